@@ -1,0 +1,253 @@
+"""Load and save HeartGPT weights: the released checkpoints, our safetensors export.
+
+The five released files (ECGPT_560k_iters, PPGPT_500k_iters, ECGPT_AF_1k_iters,
+PPGPT_AF_1k_iters, PPGPT_beat_5k_iters) are plain state dicts with one module per attention
+head, saved on a CUDA device, shipped as ``.pth`` inside a release ``.zip``. They load here on
+any device, with ``weights_only=True`` (nothing is unpickled but tensors), into our fused-QKV
+:class:`~heartgpt.model.GPT` with identical outputs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from heartgpt import __version__
+from heartgpt.model import GPT, GPTConfig
+
+# The fine-tuned releases wrap their 1-unit head in a Sequential(Linear, Sigmoid).
+_RELEASED_TASK_HEAD = "lm_head.linear1.0"
+_RELEASED_LM_HEAD = "lm_head"
+SAFETENSORS_FORMAT = "heartgpt-safetensors-1"
+
+
+class CheckpointError(ValueError):
+    """A file is not a checkpoint this code can load; the message names the file."""
+
+
+@dataclass
+class LoadedModel:
+    """A model and what its file says about it."""
+
+    model: GPT
+    modality: str | None  # 'ecg' / 'ppg' where known
+    task: str  # 'pretrain', or for released fine-tunes 'af' / 'beats' / 'binary'
+    source: str  # path it came from
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """torch.load a ``.pth`` (or the single ``.pth`` inside a release ``.zip``) onto the CPU."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            names = zf.namelist()
+            inner = [n for n in names if n.endswith((".pth", ".pt"))]
+            if len(inner) == 1:  # a release zip wrapping one .pth
+                data = io.BytesIO(zf.read(inner[0]))
+            elif any(n.endswith("data.pkl") for n in names):  # the .pth itself (torch zip format)
+                data = path
+            else:
+                raise CheckpointError(
+                    f"{path}: zip holds {len(inner)} .pth files ({inner[:5]}); expected exactly one"
+                )
+    else:
+        data = path
+    try:
+        obj = torch.load(data, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise CheckpointError(f"{path}: cannot read as a torch checkpoint: {e}") from e
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors (got {type(obj).__name__})")
+    return obj
+
+
+def _require(sd: dict[str, torch.Tensor], keys: list[str], path: Path) -> None:
+    missing = [k for k in keys if k not in sd]
+    if missing:
+        raise CheckpointError(
+            f"{path}: not a HeartGPT state dict; missing {len(missing)} key(s), e.g. {missing[:4]}"
+        )
+
+
+def released_config(sd: dict[str, torch.Tensor], path: Path) -> tuple[GPTConfig, str]:
+    """Infer the :class:`GPTConfig` and head kind ('lm' or 'binary') of a released state dict."""
+    _require(sd, ["token_embedding_table.weight", "position_embedding_table.weight",
+                  "ln_f.weight"], path)
+    vocab_size, n_embd = sd["token_embedding_table.weight"].shape
+    block_size = sd["position_embedding_table.weight"].shape[0]
+    layers = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
+    heads = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.0\.sa\.heads\.(\d+)\.", k))}
+    if not layers or not heads:
+        raise CheckpointError(f"{path}: no transformer blocks / attention heads found")
+    if layers != set(range(len(layers))) or heads != set(range(len(heads))):
+        raise CheckpointError(f"{path}: block or head indices are not contiguous")
+    if f"{_RELEASED_TASK_HEAD}.weight" in sd:
+        head, out_features = "binary", 1
+    elif f"{_RELEASED_LM_HEAD}.weight" in sd:
+        head, out_features = "lm", None
+    else:
+        raise CheckpointError(f"{path}: no output head ('lm_head.weight' or "
+                              f"'{_RELEASED_TASK_HEAD}.weight')")
+    config = GPTConfig(
+        vocab_size=int(vocab_size), block_size=int(block_size), n_embd=int(n_embd),
+        n_head=len(heads), n_layer=len(layers), dropout=0.2,
+        attn_scale=float(n_embd) ** -0.5,  # the release scales by n_embd, not head size
+        out_features=out_features,
+    )
+    return config, head
+
+
+def convert_released_state_dict(
+    sd: dict[str, torch.Tensor], config: GPTConfig, head: str, path: Path
+) -> dict[str, torch.Tensor]:
+    """Map the released per-head layout onto ours (fused QKV); drop the ``tril`` buffers."""
+    out = {
+        "token_embedding.weight": sd["token_embedding_table.weight"],
+        "position_embedding.weight": sd["position_embedding_table.weight"],
+        "ln_f.weight": sd["ln_f.weight"],
+        "ln_f.bias": sd["ln_f.bias"],
+    }
+    prefix = _RELEASED_TASK_HEAD if head == "binary" else _RELEASED_LM_HEAD
+    _require(sd, [f"{prefix}.weight", f"{prefix}.bias"], path)
+    out["head.weight"], out["head.bias"] = sd[f"{prefix}.weight"], sd[f"{prefix}.bias"]
+    for layer in range(config.n_layer):
+        src, dst = f"blocks.{layer}.", f"blocks.{layer}."
+        per_head = [f"{src}sa.heads.{h}.{w}.weight" for h in range(config.n_head)
+                    for w in ("query", "key", "value")]
+        plain = {
+            "ln1.weight": "ln1.weight", "ln1.bias": "ln1.bias",
+            "ln2.weight": "ln2.weight", "ln2.bias": "ln2.bias",
+            "sa.proj.weight": "attn.proj.weight", "sa.proj.bias": "attn.proj.bias",
+            "ffwd.net.0.weight": "mlp.fc.weight", "ffwd.net.0.bias": "mlp.fc.bias",
+            "ffwd.net.2.weight": "mlp.proj.weight", "ffwd.net.2.bias": "mlp.proj.bias",
+        }
+        _require(sd, per_head + [src + k for k in plain], path)
+        # Heads are concatenated in order 0..n_head-1, which is how we split the fused output.
+        q, k, v = (
+            torch.cat([sd[f"{src}sa.heads.{h}.{w}.weight"] for h in range(config.n_head)])
+            for w in ("query", "key", "value")
+        )  # each (C, C)
+        out[f"{dst}attn.qkv.weight"] = torch.cat([q, k, v])  # (3C, C)
+        for s, d in plain.items():
+            out[dst + d] = sd[src + s]
+    known = {k for k in sd if not k.endswith(".tril")}
+    used = {"token_embedding_table.weight", "position_embedding_table.weight", "ln_f.weight",
+            "ln_f.bias", f"{prefix}.weight", f"{prefix}.bias"}
+    used |= {k for k in known if k.startswith("blocks.")}
+    extra = sorted(known - used)
+    if extra:
+        raise CheckpointError(f"{path}: unexpected key(s) for a HeartGPT state dict: {extra[:4]}")
+    return {k: v.float() for k, v in out.items()}
+
+
+def _guess_released_task(path: Path, head: str) -> str:
+    name = path.name.lower()
+    if head == "lm":
+        return "pretrain"
+    if "_af" in name:
+        return "af"
+    if "beat" in name:
+        return "beats"
+    return "binary"
+
+
+def load_released(path: str | os.PathLike) -> LoadedModel:
+    """Load a released HeartGPT checkpoint (``.zip`` or ``.pth``) into :class:`GPT` (eval mode).
+
+    Vocab size and dimensions are read off the tensors; ECG/PPG is told by the vocab size
+    (101 / 102). Fine-tuned files come with a 1-unit head: apply ``sigmoid`` to the outputs
+    (AF: the last position is the probability; beats: every position).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    sd = _read_state_dict(path)
+    config, head = released_config(sd, path)
+    model = GPT(config)
+    model.load_state_dict(convert_released_state_dict(sd, config, head, path), strict=True)
+    model.eval()
+    modality = {101: "ecg", 102: "ppg"}.get(config.vocab_size)
+    return LoadedModel(model, modality, _guess_released_task(path, head), str(path))
+
+
+def _atomic_target(path: Path) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+
+
+def save_safetensors(
+    model: GPT, path: str | os.PathLike, modality: str | None = None, task: str = "pretrain"
+) -> Path:
+    """Export ``model`` to a safetensors file that carries its own config; written atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    metadata = {
+        "format": SAFETENSORS_FORMAT,
+        "config": json.dumps(model.config.to_dict()),
+        "modality": modality or "",
+        "task": task,
+        "heartgpt_version": __version__,
+    }
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_safetensors(path: str | os.PathLike) -> LoadedModel:
+    """Load a file written by :func:`save_safetensors` (eval mode)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+        raise CheckpointError(f"{path}: cannot read as safetensors: {e}") from e
+    if metadata.get("format") != SAFETENSORS_FORMAT:
+        raise CheckpointError(f"{path}: not a heartgpt safetensors export "
+                              f"(format={metadata.get('format')!r})")
+    config = GPTConfig.from_dict(json.loads(metadata["config"]))
+    model = GPT(config)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match the stored config: {e}") from e
+    model.eval()
+    return LoadedModel(model, metadata.get("modality") or None, metadata.get("task", "pretrain"),
+                       str(path))
+
+
+def load_model(path: str | os.PathLike) -> LoadedModel:
+    """Load any HeartGPT weights file: a released ``.zip``/``.pth`` or a ``.safetensors`` export."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return load_safetensors(path)
+    return load_released(path)
+
+
+def check_vocab(loaded: LoadedModel, vocab_size: int, what: str = "the data") -> None:
+    """Raise a clear error when a checkpoint's vocabulary does not match ``vocab_size``."""
+    have = loaded.model.config.vocab_size
+    if have != vocab_size:
+        raise CheckpointError(
+            f"{loaded.source}: checkpoint vocab size {have} "
+            f"({loaded.modality or 'unknown modality'}) does not match {what} "
+            f"(vocab size {vocab_size})"
+        )
