@@ -61,7 +61,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         data = path
     try:
         obj = torch.load(data, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+    except Exception as e:
         raise CheckpointError(f"{path}: cannot read as a torch checkpoint: {e}") from e
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: not a state dict of tensors (got {type(obj).__name__})")
@@ -218,7 +218,7 @@ def load_safetensors(path: str | os.PathLike) -> LoadedModel:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
-    except Exception as e:  # noqa: BLE001 - re-raised with the file named
+    except Exception as e:
         raise CheckpointError(f"{path}: cannot read as safetensors: {e}") from e
     if metadata.get("format") != SAFETENSORS_FORMAT:
         raise CheckpointError(f"{path}: not a heartgpt safetensors export "

@@ -1,0 +1,66 @@
+"""Files that are not HeartGPT checkpoints get a clear error naming the file and the problem."""
+
+from __future__ import annotations
+
+import zipfile
+
+import pytest
+import torch
+
+from heartgpt.checkpoints import CheckpointError, load_model, save_safetensors
+from heartgpt.model import GPT, GPTConfig
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        load_model(tmp_path / "nope.pth")
+
+
+def test_not_a_checkpoint(tmp_path):
+    path = tmp_path / "notes.pth"
+    path.write_text("hello")
+    with pytest.raises(CheckpointError, match="notes.pth: cannot read as a torch checkpoint"):
+        load_model(path)
+
+
+def test_state_dict_missing_keys(tmp_path):
+    path = tmp_path / "partial.pth"
+    torch.save({"token_embedding_table.weight": torch.zeros(101, 64)}, path)
+    with pytest.raises(CheckpointError, match=r"partial.pth: not a HeartGPT state dict; missing"):
+        load_model(path)
+
+
+def test_arbitrary_objects_are_not_unpickled(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"x": object()}, path)  # needs full unpickling, refused by weights_only
+    with pytest.raises(CheckpointError, match="evil.pth"):
+        load_model(path)
+
+
+def test_zip_without_one_pth(tmp_path):
+    path = tmp_path / "two.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("a.pth", b"1")
+        zf.writestr("b.pth", b"2")
+    with pytest.raises(CheckpointError, match="expected exactly one"):
+        load_model(path)
+
+
+def test_safetensors_from_elsewhere(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path))
+    with pytest.raises(CheckpointError, match="not a heartgpt safetensors export"):
+        load_model(path)
+
+
+def test_safetensors_round_trip_tiny(tmp_path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=102, block_size=16, n_embd=16, n_head=2, n_layer=1,
+                          out_features=1)).eval()
+    loaded = load_model(save_safetensors(model, tmp_path / "m.safetensors", "ppg", task="af"))
+    assert (loaded.modality, loaded.task) == ("ppg", "af")
+    idx = torch.randint(0, 102, (1, 16))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(idx), model(idx))
