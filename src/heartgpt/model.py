@@ -18,6 +18,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from heartgpt.attention import chunked_dropout_attention
+
 
 @dataclass
 class GPTConfig:
@@ -101,12 +103,14 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = self._split_heads(x)
-        y = F.scaled_dot_product_attention(
-            q, k, v,
-            dropout_p=self.dropout if self.training else 0.0,
-            is_causal=True,
-            scale=self.scale,
-        )  # (B, nh, T, hs)
+        dropout_p = self.dropout if self.training else 0.0
+        if dropout_p > 0 and not q.is_cuda:
+            # No fused CPU SDPA kernel supports dropout; its math fallback keeps T x T tensors.
+            y = chunked_dropout_attention(q, k, v, self.scale, dropout_p)  # (B, nh, T, hs)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=dropout_p, is_causal=True, scale=self.scale
+            )  # (B, nh, T, hs)
         return self.resid_dropout(self.proj(self._merge_heads(y)))  # (B, T, C)
 
     def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

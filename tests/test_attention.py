@@ -1,0 +1,79 @@
+"""Chunked causal attention with dropout: exact math, correct gradients, real dropout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from heartgpt.attention import _ChunkedDropoutAttention, chunked_dropout_attention
+from heartgpt.model import GPT, GPTConfig
+
+
+def qkv(B=2, nh=3, T=37, hs=8, dtype=torch.float64):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(B, nh, T, hs, generator=g, dtype=dtype, requires_grad=True)
+            for _ in range(3)]
+
+
+@pytest.mark.parametrize("block", [1, 10, 37, 64])
+def test_without_dropout_equals_sdpa(block):
+    q, k, v = qkv()
+    out = chunked_dropout_attention(q, k, v, 0.125, 0.0, block=block)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.125)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    grad = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad),
+                    torch.autograd.grad(ref, (q, k, v), grad), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_gradients_with_dropout_match_finite_differences():
+    q, k, v = qkv(B=1, nh=2, T=13, hs=4)
+
+    def fn(q, k, v):  # a fixed seed: the same mask on every call
+        return _ChunkedDropoutAttention.apply(q, k, v, 0.3, 0.3, 5, 1234)
+
+    assert torch.autograd.gradcheck(fn, (q, k, v))
+
+
+def test_dropout_equals_masked_weights():
+    """With the mask the kernel drew, the output is (softmax(QK^T s) * mask / (1-p)) V."""
+    q, k, v = qkv(B=1, nh=1, T=6, hs=4)
+    T, p = 6, 0.5
+    # One value per key: out[i] = sum_j w_ij m_ij v_j, so with v = identity rows we read w*m.
+    v_eye = torch.eye(T, dtype=torch.float64)[None, None]
+    out = _ChunkedDropoutAttention.apply(q, k, v_eye, 0.5, p, 64, 99)[0, 0]  # (T, T)
+    w = torch.softmax((q @ k.transpose(-2, -1))[0, 0] * 0.5 + torch.full((T, T), float("-inf")).triu(1), -1)
+    ratio = out / w
+    kept = ratio > 0
+    torch.testing.assert_close(ratio[kept], torch.full_like(ratio[kept], 1 / (1 - p)))
+    assert torch.all(out.triu(1) == 0)
+
+
+def test_dropout_rate_and_reproducibility():
+    T = 200
+    q = k = torch.zeros(4, 4, T, 8)  # uniform weights over the causal prefix
+    v = torch.ones(4, 4, T, 8)
+    out = chunked_dropout_attention(q, k, v, 1.0, 0.2, generator=torch.Generator().manual_seed(0))
+    # row i averages i+1 values of 0 or 1/(1-p): its mean over rows is 1 in expectation
+    assert out.mean().item() == pytest.approx(1.0, abs=0.01)
+    again = chunked_dropout_attention(q, k, v, 1.0, 0.2, generator=torch.Generator().manual_seed(0))
+    other = chunked_dropout_attention(q, k, v, 1.0, 0.2, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(out, again) and not torch.equal(out, other)
+    # with V = identity, out[..., i, j] = w_ij * m_ij: the last row shows the mask over T keys
+    eye = torch.eye(T).expand(16, 4, T, T)
+    masked = chunked_dropout_attention(torch.zeros(16, 4, T, 8), torch.zeros(16, 4, T, 8), eye,
+                                       1.0, 0.2)
+    assert (masked[..., -1, :] == 0).float().mean().item() == pytest.approx(0.2, abs=0.01)
+
+
+def test_model_trains_with_chunked_attention():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=101, block_size=32, n_embd=32, n_head=4, n_layer=2,
+                          dropout=0.2))
+    model.train()
+    idx = torch.randint(0, 101, (4, 32))
+    loss = F.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
