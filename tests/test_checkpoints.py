@@ -107,3 +107,13 @@ def test_vocab_mismatch_is_reported(released):
     with pytest.raises(CheckpointError, match=r"vocab size 101 \(ecg\) does not match"):
         check_vocab(released["ECGPT_560k_iters"], 102, "the PPG shards")
     check_vocab(released["PPGPT_500k_iters"], 102)
+
+
+def test_export_to_released_layout_is_lossless(weights_dir, released):
+    from heartgpt.checkpoints import _read_state_dict, to_released_state_dict
+
+    original = _read_state_dict(weights_dir / "PPGPT_AF_1k_iters.zip")
+    exported = to_released_state_dict(released["PPGPT_AF_1k_iters"].model)
+    assert exported.keys() == original.keys()
+    for key, tensor in original.items():
+        assert torch.equal(exported[key], tensor), key

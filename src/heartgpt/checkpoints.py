@@ -104,47 +104,76 @@ def released_config(sd: dict[str, torch.Tensor], path: Path) -> tuple[GPTConfig,
     return config, head
 
 
+# Per-block parameters whose tensors are the same in both layouts: released name -> ours.
+_BLOCK_KEYS = {
+    "ln1.weight": "ln1.weight", "ln1.bias": "ln1.bias",
+    "ln2.weight": "ln2.weight", "ln2.bias": "ln2.bias",
+    "sa.proj.weight": "attn.proj.weight", "sa.proj.bias": "attn.proj.bias",
+    "ffwd.net.0.weight": "mlp.fc.weight", "ffwd.net.0.bias": "mlp.fc.bias",
+    "ffwd.net.2.weight": "mlp.proj.weight", "ffwd.net.2.bias": "mlp.proj.bias",
+}
+_TOP_KEYS = {
+    "token_embedding_table.weight": "token_embedding.weight",
+    "position_embedding_table.weight": "position_embedding.weight",
+    "ln_f.weight": "ln_f.weight", "ln_f.bias": "ln_f.bias",
+}
+_QKV = ("query", "key", "value")  # order of the fused projection's output rows
+
+
 def convert_released_state_dict(
     sd: dict[str, torch.Tensor], config: GPTConfig, head: str, path: Path
 ) -> dict[str, torch.Tensor]:
     """Map the released per-head layout onto ours (fused QKV); drop the ``tril`` buffers."""
-    out = {
-        "token_embedding.weight": sd["token_embedding_table.weight"],
-        "position_embedding.weight": sd["position_embedding_table.weight"],
-        "ln_f.weight": sd["ln_f.weight"],
-        "ln_f.bias": sd["ln_f.bias"],
-    }
     prefix = _RELEASED_TASK_HEAD if head == "binary" else _RELEASED_LM_HEAD
-    _require(sd, [f"{prefix}.weight", f"{prefix}.bias"], path)
-    out["head.weight"], out["head.bias"] = sd[f"{prefix}.weight"], sd[f"{prefix}.bias"]
+    wanted = [*_TOP_KEYS, f"{prefix}.weight", f"{prefix}.bias"]
     for layer in range(config.n_layer):
-        src, dst = f"blocks.{layer}.", f"blocks.{layer}."
-        per_head = [f"{src}sa.heads.{h}.{w}.weight" for h in range(config.n_head)
-                    for w in ("query", "key", "value")]
-        plain = {
-            "ln1.weight": "ln1.weight", "ln1.bias": "ln1.bias",
-            "ln2.weight": "ln2.weight", "ln2.bias": "ln2.bias",
-            "sa.proj.weight": "attn.proj.weight", "sa.proj.bias": "attn.proj.bias",
-            "ffwd.net.0.weight": "mlp.fc.weight", "ffwd.net.0.bias": "mlp.fc.bias",
-            "ffwd.net.2.weight": "mlp.proj.weight", "ffwd.net.2.bias": "mlp.proj.bias",
-        }
-        _require(sd, per_head + [src + k for k in plain], path)
-        # Heads are concatenated in order 0..n_head-1, which is how we split the fused output.
-        q, k, v = (
-            torch.cat([sd[f"{src}sa.heads.{h}.{w}.weight"] for h in range(config.n_head)])
-            for w in ("query", "key", "value")
-        )  # each (C, C)
-        out[f"{dst}attn.qkv.weight"] = torch.cat([q, k, v])  # (3C, C)
-        for s, d in plain.items():
-            out[dst + d] = sd[src + s]
-    known = {k for k in sd if not k.endswith(".tril")}
-    used = {"token_embedding_table.weight", "position_embedding_table.weight", "ln_f.weight",
-            "ln_f.bias", f"{prefix}.weight", f"{prefix}.bias"}
-    used |= {k for k in known if k.startswith("blocks.")}
-    extra = sorted(known - used)
+        wanted += [f"blocks.{layer}.{k}" for k in _BLOCK_KEYS]
+        wanted += [f"blocks.{layer}.sa.heads.{h}.{w}.weight" for h in range(config.n_head)
+                   for w in _QKV]
+    _require(sd, wanted, path)
+    extra = sorted(set(sd) - set(wanted) - {k for k in sd if k.endswith(".tril")})
     if extra:
         raise CheckpointError(f"{path}: unexpected key(s) for a HeartGPT state dict: {extra[:4]}")
+
+    out = {ours: sd[theirs] for theirs, ours in _TOP_KEYS.items()}
+    out["head.weight"], out["head.bias"] = sd[f"{prefix}.weight"], sd[f"{prefix}.bias"]
+    for layer in range(config.n_layer):
+        b = f"blocks.{layer}."
+        out.update({b + ours: sd[b + theirs] for theirs, ours in _BLOCK_KEYS.items()})
+        # Heads are concatenated in order 0..n_head-1, which is how we split the fused output.
+        q, k, v = (
+            torch.cat([sd[f"{b}sa.heads.{h}.{w}.weight"] for h in range(config.n_head)])
+            for w in _QKV
+        )  # each (C, C)
+        out[f"{b}attn.qkv.weight"] = torch.cat([q, k, v])  # (3C, C)
     return {k: v.float() for k, v in out.items()}
+
+
+def to_released_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """Our model's weights in the released layout (per-head q/k/v, ``tril`` buffers included).
+
+    The result loads into the released HeartGPT code and GUIs with ``load_state_dict``.
+    """
+    config = model.config
+    if abs(config.scale - config.n_embd**-0.5) > 1e-12:
+        raise ValueError("the released code scales attention by n_embd ** -0.5; this model "
+                         f"uses {config.scale}, so its outputs would differ there")
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    out = {theirs: sd[ours] for theirs, ours in _TOP_KEYS.items()}
+    prefix = _RELEASED_LM_HEAD if config.out_features is None else _RELEASED_TASK_HEAD
+    out[f"{prefix}.weight"], out[f"{prefix}.bias"] = sd["head.weight"], sd["head.bias"]
+    tril = torch.tril(torch.ones(config.block_size, config.block_size))
+    hs = config.head_size
+    for layer in range(config.n_layer):
+        b = f"blocks.{layer}."
+        out.update({b + theirs: sd[b + ours] for theirs, ours in _BLOCK_KEYS.items()})
+        fused = sd[f"{b}attn.qkv.weight"].split(config.n_embd)  # q, k, v: each (C, C)
+        for w, weight in zip(_QKV, fused, strict=True):
+            for h in range(config.n_head):
+                out[f"{b}sa.heads.{h}.{w}.weight"] = weight[h * hs : (h + 1) * hs].clone()
+        for h in range(config.n_head):
+            out[f"{b}sa.heads.{h}.tril"] = tril
+    return out
 
 
 def _guess_released_task(path: Path, head: str) -> str:

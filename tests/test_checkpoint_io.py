@@ -1,4 +1,4 @@
-"""Files that are not HeartGPT checkpoints get a clear error naming the file and the problem."""
+"""Checkpoint I/O without the shared data: bad files get clear errors; exports round-trip."""
 
 from __future__ import annotations
 
@@ -64,3 +64,26 @@ def test_safetensors_round_trip_tiny(tmp_path):
     idx = torch.randint(0, 102, (1, 16))
     with torch.no_grad():
         assert torch.equal(loaded.model(idx), model(idx))
+
+
+@pytest.mark.parametrize("out_features", [None, 1])
+def test_released_layout_round_trip(tmp_path, out_features):
+    from heartgpt.checkpoints import to_released_state_dict
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=102, block_size=24, n_embd=16, n_head=4, n_layer=2,
+                          attn_scale=16**-0.5, out_features=out_features)).eval()
+    path = tmp_path / "exported.pth"
+    torch.save(to_released_state_dict(model), path)
+    loaded = load_model(path)
+    assert loaded.model.config == model.config
+    idx = torch.randint(0, 102, (2, 24))
+    with torch.no_grad():
+        assert torch.equal(loaded.model(idx), model(idx))
+
+
+def test_released_layout_refuses_other_scale():
+    from heartgpt.checkpoints import to_released_state_dict
+
+    with pytest.raises(ValueError, match="scales attention"):
+        to_released_state_dict(GPT(GPTConfig(n_layer=1, attn_scale=None)))
