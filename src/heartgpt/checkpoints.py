@@ -263,11 +263,48 @@ def load_safetensors(path: str | os.PathLike) -> LoadedModel:
                        str(path))
 
 
+def load_lightning(path: str | os.PathLike) -> LoadedModel:
+    """Load the GPT out of one of our Lightning ``.ckpt`` files (eval mode).
+
+    The LightningModules keep the network as ``self.model`` and save ``model_config`` (the
+    :class:`GPTConfig` fields), ``modality`` and ``task`` as plain hyper-parameters, so this
+    needs neither Hydra nor unpickling beyond tensors and containers.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: cannot read as a Lightning checkpoint: {e}") from e
+    hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hparams, dict) or "model_config" not in hparams or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a heartgpt Lightning checkpoint "
+                              "(no 'state_dict' or no 'model_config' hyper-parameter)")
+    config = GPTConfig.from_dict(hparams["model_config"])
+    weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
+               if k.startswith("model.")}
+    weights = {k.removeprefix("_orig_mod."): v for k, v in weights.items()}  # torch.compile
+    model = GPT(config)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{path}: weights do not match the stored config: {e}") from e
+    model.eval()
+    return LoadedModel(model, hparams.get("modality"), hparams.get("task", "pretrain"), str(path))
+
+
 def load_model(path: str | os.PathLike) -> LoadedModel:
-    """Load any HeartGPT weights file: a released ``.zip``/``.pth`` or a ``.safetensors`` export."""
+    """Load any HeartGPT weights file.
+
+    A released ``.zip``/``.pth``, one of our Lightning ``.ckpt`` files or a ``.safetensors``
+    export; the kind is told by the suffix (``.ckpt``, ``.safetensors``, anything else released).
+    """
     path = Path(path)
     if path.suffix == ".safetensors":
         return load_safetensors(path)
+    if path.suffix == ".ckpt":
+        return load_lightning(path)
     return load_released(path)
 
 
