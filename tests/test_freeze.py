@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from heartgpt.callbacks.freeze import Freeze, GradualUnfreeze, count_trainable
 from heartgpt.model import GPT, GPTConfig
+from heartgpt.optim import param_groups
 
 N_LAYER = 3
 
@@ -36,7 +37,7 @@ class TinyClassifier(pl.LightningModule):
         }
 
     def configure_optimizers(self):
-        optim = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=self.lr)
+        optim = torch.optim.AdamW(param_groups(self.model, 0.1), lr=self.lr)
         sched = torch.optim.lr_scheduler.LambdaLR(optim, lambda step: 1.0 / (1 + step))
         return {"optimizer": optim, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -117,10 +118,13 @@ def test_gradual_unfreezes_on_schedule():
     assert seen[4] == seen[5] == top | block(2) | block(1)
     assert seen[6] == top | block(2) | block(1) | block(0)
     groups = trainer.optimizers[0].param_groups
-    assert len(groups) == 4  # head+ln_f, then one group per unfrozen block
+    # head+ln_f (decay, no decay), then a decay and a no-decay group per unfrozen block
+    assert len(groups) == 2 + 2 * 3
+    assert [g["weight_decay"] for g in groups] == [0.1, 0.0] * 4
     sched = trainer.lr_scheduler_configs[0].scheduler
-    assert len(sched.base_lrs) == 4
-    assert sched.base_lrs[1:] == pytest.approx([1e-2 * 0.5, 1e-2 * 0.25, 1e-2 * 0.125])
+    assert len(sched.base_lrs) == len(sched.lr_lambdas) == 8
+    assert sched.base_lrs[2:] == pytest.approx([1e-2 * f for f in (0.5, 0.5, 0.25, 0.25,
+                                                                    0.125, 0.125)])
     # the embeddings are never unfrozen in 7 epochs at k=2: still bit-identical
     after = module.model.state_dict()
     assert torch.equal(after["token_embedding.weight"], before["token_embedding.weight"])

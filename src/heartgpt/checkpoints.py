@@ -317,3 +317,37 @@ def check_vocab(loaded: LoadedModel, vocab_size: int, what: str = "the data") ->
             f"({loaded.modality or 'unknown modality'}) does not match {what} "
             f"(vocab size {vocab_size})"
         )
+
+
+# Fields that must agree for weights to carry over (dropout may differ; the head may not).
+_SHAPE_FIELDS = ("vocab_size", "block_size", "n_embd", "n_head", "n_layer")
+
+
+def init_from_pretrained(model: GPT, path: str | os.PathLike, modality: str | None = None
+                         ) -> LoadedModel:
+    """Copy the weights of ``path`` (anything :func:`load_model` reads) into ``model``.
+
+    The trunk (embeddings, blocks, final norm) must match in shape and attention scale; the head
+    is copied when it has the same shape, and otherwise left as initialised -- a language-model
+    checkpoint starting a 1-unit fine-tuning head. A vocab, modality or shape mismatch raises
+    :class:`CheckpointError` naming the file, before any training.
+    """
+    loaded = load_model(path)
+    ours, theirs = model.config, loaded.model.config
+    if modality is not None and loaded.modality is not None and loaded.modality != modality:
+        raise CheckpointError(f"{path}: a {loaded.modality.upper()} checkpoint cannot start a "
+                              f"{modality.upper()} model")
+    check_vocab(loaded, ours.vocab_size, what=f"this {modality or ''} model".replace("  ", " "))
+    diff = {f: (getattr(theirs, f), getattr(ours, f)) for f in _SHAPE_FIELDS
+            if getattr(theirs, f) != getattr(ours, f)}
+    if abs(theirs.scale - ours.scale) > 1e-12:
+        diff["attention scale"] = (theirs.scale, ours.scale)
+    if diff:
+        detail = ", ".join(f"{k}: file {a} vs model {b}" for k, (a, b) in diff.items())
+        raise CheckpointError(f"{path}: does not fit this model ({detail})")
+    weights = loaded.model.state_dict()
+    if theirs.n_out != ours.n_out:
+        weights = {k: v for k, v in weights.items() if not k.startswith("head.")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
+    return loaded

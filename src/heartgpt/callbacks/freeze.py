@@ -23,6 +23,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from heartgpt.optim import param_groups
+
 STRATEGIES = ("full", "head", "last_block", "last_n", "gradual")
 
 
@@ -109,8 +111,14 @@ class GradualUnfreeze(BaseFinetuning):
             modules = group if isinstance(group, list) else [group]
             if all(p.requires_grad for m in modules for p in m.parameters()):
                 continue  # already unfrozen (also after a resume)
+            self.make_trainable(modules)
             lr = optimizer.param_groups[0]["lr"] * self.lr_decay**depth
-            self.unfreeze_and_add_param_group(modules, optimizer, lr=lr)
+            on_optimizer = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            decay = optimizer.param_groups[0].get("weight_decay", 0.0)
+            for group in param_groups(nn.ModuleList(modules), decay):  # same decay rule
+                group["params"] = [p for p in group["params"] if id(p) not in on_optimizer]
+                if group["params"]:  # after a resume they are on the optimiser already
+                    optimizer.add_param_group({**group, "lr": lr})
             _follow_schedule(pl_module.trainer, optimizer)
             changed = True
         if changed or epoch == 0:
