@@ -1,0 +1,604 @@
+"""Lightning DataModules over HDF5 shards: windows for pre-training and fine-tuning.
+
+Design (see ``data/README.md``):
+
+- Splits are by subject (:mod:`heartgpt.data.splits`); ``fold`` picks the k-fold/LOSO fold.
+- All randomness lives in :class:`WindowSampler`, in the main process: it yields
+  ``(row, offset)`` keys, fresh each epoch from ``np.random.default_rng([seed, epoch])``. The
+  datasets only read what a key names, so batches are identical for any ``num_workers``.
+- Each rank takes its own slice of every epoch (the DataModule handles DDP itself; run the
+  Trainer with ``use_distributed_sampler=False``). Train drops the last ``< world_size`` keys so
+  every rank has as many batches; val/test pad by repeating keys (``row`` lets you de-duplicate).
+- h5py files are opened lazily in the process that reads them (reopened after a fork) and rows
+  are read on demand, so memory does not grow with the data set.
+- The train loader is :class:`ResumableDataLoader`: Lightning (>= 2.3) saves its
+  ``state_dict()`` in checkpoints and restores it with ``load_state_dict()``, after which the
+  next iteration skips the batches already consumed without reading them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from heartgpt.data.shards import Manifest, ShardError, open_shard, read_column, validate_shard_dir
+from heartgpt.data.splits import SubjectSplit, split_subjects
+from heartgpt.tokenizer import get_modality
+
+SPLITS = ("train", "val", "test")
+_FIXED_STREAM = 2**31 - 1  # rng stream of the fixed (val/test) pre-training offsets
+
+
+# --------------------------------------------------------------------------------- reading rows
+
+
+class ShardRows:
+    """Row access to the shards of a manifest; h5py files open lazily, once per process."""
+
+    def __init__(self, manifest: Manifest) -> None:
+        self.paths = [str(p) for p in manifest.paths]
+        self.offsets = np.concatenate([[0], np.cumsum([s.rows for s in manifest.shards])])
+        self._files: dict[int, Any] | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_files"], state["_pid"] = None, None  # handles never cross processes
+        return state
+
+    @property
+    def is_open(self) -> bool:
+        return bool(self._files) and self._pid == os.getpid()
+
+    def _file(self, i: int):
+        if self._pid != os.getpid():  # first use here, or a forked worker: open our own
+            self._files, self._pid = {}, os.getpid()
+        assert self._files is not None
+        f = self._files.get(i)
+        if f is None:
+            f = self._files[i] = open_shard(self.paths[i])
+        return f
+
+    def read(self, name: str, row: int, start: int, stop: int) -> np.ndarray:
+        """``dataset[name][row, start:stop]`` of the global ``row``."""
+        i = int(np.searchsorted(self.offsets, row, side="right")) - 1
+        try:
+            return self._file(i)[name][row - int(self.offsets[i]), start:stop]
+        except OSError as e:
+            raise ShardError(f"{self.paths[i]}: truncated or corrupt HDF5 file ({e})") from e
+
+    def close(self) -> None:
+        if self._files and self._pid == os.getpid():
+            for f in self._files.values():
+                f.close()
+        self._files, self._pid = None, None
+
+
+class PretrainWindows(Dataset):
+    """``(row, offset) -> (x, y)``: ``window`` tokens split into input and next-token target."""
+
+    def __init__(self, rows: ShardRows, block_size: int) -> None:
+        self.rows = rows
+        self.block_size = block_size
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        row, off = key
+        t = torch.from_numpy(self.rows.read("tokens", row, off, off + self.block_size + 1).astype(np.int64))
+        return t[:-1], t[1:]  # (T,), (T,)
+
+
+class FinetuneWindows(Dataset):
+    """``(row, offset) -> {"tokens", "label" | "targets", "subject", "row"}``."""
+
+    def __init__(
+        self,
+        rows: ShardRows,
+        block_size: int,
+        task_type: str,
+        subject_names: list[str],
+        subject_codes: np.ndarray,
+        labels: np.ndarray | None,
+    ) -> None:
+        self.rows = rows
+        self.block_size = block_size
+        self.task_type = task_type
+        self.subject_names = subject_names
+        self.subject_codes = subject_codes
+        self.labels = labels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        row, off = key
+        stop = off + self.block_size
+        item: dict[str, Any] = {
+            "tokens": torch.from_numpy(self.rows.read("tokens", row, off, stop).astype(np.int64)),
+            "subject": self.subject_names[self.subject_codes[row]],
+            "row": row,
+        }
+        if self.task_type == "sequence":
+            assert self.labels is not None
+            item["label"] = torch.tensor(self.labels[row], dtype=torch.float32)
+        else:
+            item["targets"] = torch.from_numpy(self.rows.read("targets", row, off, stop).astype(np.float32))
+        return item
+
+
+# --------------------------------------------------------------------------------- sampling
+
+
+class WindowSampler(Sampler):
+    """Yields this rank's ``(row, offset)`` keys for one epoch.
+
+    Args:
+        rows: global row indices of the split.
+        segment_length: tokens per row (S).
+        window: tokens read per item (block_size + 1 for pre-training, block_size for fine-tuning).
+        seed: base seed; epoch ``e`` draws from ``np.random.default_rng([seed, e])``.
+        shuffle: random order each epoch (train) or the order of ``rows`` (val/test).
+        offsets: 'random' (fresh each epoch), 'fixed' (random once, same every epoch) or 'last'
+            (the last ``window`` tokens of the row).
+        rank, world_size: this process's slice; train truncates, val/test pad, to equal lengths.
+        repeats: keys per row per epoch (pre-training ``windows_per_segment``).
+    """
+
+    def __init__(
+        self,
+        rows: np.ndarray,
+        segment_length: int,
+        window: int,
+        *,
+        seed: int,
+        shuffle: bool,
+        offsets: str,
+        rank: int = 0,
+        world_size: int = 1,
+        repeats: int = 1,
+    ) -> None:
+        if offsets not in ("random", "fixed", "last"):
+            raise ValueError(f"offsets must be 'random', 'fixed' or 'last', got {offsets!r}")
+        if window > segment_length:
+            raise ValueError(f"window {window} is longer than the segments ({segment_length})")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world of {world_size}")
+        self.rows = np.repeat(np.asarray(rows, dtype=np.int64), repeats)
+        self.segment_length = segment_length
+        self.window = window
+        self.seed = seed
+        self.shuffle = shuffle
+        self.offsets = offsets
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start = 0  # keys to skip at the next __iter__ (set by ResumableDataLoader)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this at the start of every training epoch."""
+        self.epoch = int(epoch)
+
+    def _num_keys(self) -> int:
+        n, w = len(self.rows), self.world_size
+        if w == 1:
+            return n
+        return (n // w) * w if self.shuffle else -(-n // w) * w
+
+    def __len__(self) -> int:
+        return self._num_keys() // self.world_size
+
+    def keys(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, offsets) of this rank for ``epoch``."""
+        rng = np.random.default_rng([self.seed, epoch])
+        rows = self.rows[rng.permutation(len(self.rows))] if self.shuffle else self.rows
+        span = self.segment_length - self.window + 1
+        if self.offsets == "last":
+            offs = np.full(len(rows), span - 1, dtype=np.int64)
+        elif self.offsets == "fixed":
+            offs = np.random.default_rng([self.seed, _FIXED_STREAM]).integers(0, span, len(rows))
+        else:
+            offs = rng.integers(0, span, len(rows))
+        total = self._num_keys()
+        if total > len(rows):  # pad (val/test) by wrapping around
+            idx = np.arange(total) % max(1, len(rows))
+            rows, offs = rows[idx], offs[idx]
+        rows, offs = rows[:total], offs[:total]
+        return rows[self.rank :: self.world_size], offs[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rows, offs = self.keys(self.epoch)
+        start, self.start = self.start, 0
+        for i in range(start, len(rows)):
+            yield int(rows[i]), int(offs[i])
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over a :class:`WindowSampler` that Lightning can checkpoint mid-epoch.
+
+    ``state_dict()`` is ``{"epoch", "batches"}`` (batches already yielded this epoch).
+    ``load_state_dict()`` makes the next iteration of that epoch skip those batches by
+    skipping their keys in the sampler, so no data is read for them. The iterator is lazy:
+    the epoch is read from the sampler at the first ``next()``, after Lightning's ``set_epoch``.
+    """
+
+    def __init__(self, dataset: Dataset, sampler: WindowSampler, **kwargs: Any) -> None:
+        super().__init__(dataset, sampler=sampler, **kwargs)
+        self._epoch = 0
+        self._yielded = 0
+        self._resume: tuple[int, int] | None = None
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        return self._batches()
+
+    def _batches(self) -> Iterator[Any]:
+        sampler: WindowSampler = self.sampler  # type: ignore[assignment]
+        skip = 0
+        if self._resume is not None:
+            epoch, batches = self._resume
+            self._resume = None
+            if epoch == sampler.epoch:
+                skip = min(batches, len(self))
+        assert self.batch_size is not None
+        sampler.start = skip * self.batch_size
+        self._epoch, self._yielded = sampler.epoch, skip
+        it = super().__iter__()
+        try:
+            for batch in it:
+                self._yielded += 1
+                yield batch
+        finally:
+            # Abandoned mid-epoch (limit_train_batches, a crash): stop its workers now rather
+            # than whenever the garbage collector gets to it.
+            if not self.persistent_workers and hasattr(it, "_shutdown_workers"):
+                it._shutdown_workers()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self._epoch, "batches": self._yielded}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        epoch = int(state_dict["epoch"])
+        self._resume = (epoch, int(state_dict["batches"]))
+        self.sampler.set_epoch(epoch)  # type: ignore[attr-defined]
+        self._epoch, self._yielded = epoch, int(state_dict["batches"])
+
+
+# --------------------------------------------------------------------------------- shared setup
+
+
+class _Index:
+    """What setup learns from the shards: manifest, subject of each row, labels."""
+
+    def __init__(self, manifest: Manifest, with_labels: bool) -> None:
+        self.manifest = manifest
+        code_of: dict[str, int] = {}
+        codes, labels = [], []
+        for path in manifest.paths:
+            uniq, inverse = np.unique(read_column(path, "subject"), return_inverse=True)
+            mapping = np.array([code_of.setdefault(str(u), len(code_of)) for u in uniq], dtype=np.int32)
+            codes.append(mapping[inverse])
+            if with_labels:
+                labels.append(read_column(path, "label").astype(np.float32))
+        self.code_of = code_of
+        self.subject_names = list(code_of)
+        self.subject_codes = np.concatenate(codes)  # (N,) int32
+        self.labels = np.concatenate(labels) if with_labels else None  # (N,) float32
+
+    def subject_classes(self) -> dict[str, int]:
+        """Each subject's majority label (rounded mean), for stratified splits."""
+        assert self.labels is not None
+        sums = np.bincount(self.subject_codes, weights=self.labels, minlength=len(self.subject_names))
+        counts = np.bincount(self.subject_codes, minlength=len(self.subject_names))
+        return {s: int(np.round(sums[i] / counts[i])) for i, s in enumerate(self.subject_names)}
+
+    def rows_of(self, subjects: tuple[str, ...]) -> np.ndarray:
+        wanted = np.array([self.code_of[s] for s in subjects], dtype=np.int32)
+        return np.flatnonzero(np.isin(self.subject_codes, wanted)).astype(np.int64)
+
+
+def _open_index(
+    shard_dir: str | Path,
+    modality: str,
+    vocab_size: int | None,
+    tasks: tuple[str, ...],
+    min_length: int,
+    need: str,
+    with_labels: bool,
+) -> _Index:
+    manifest = validate_shard_dir(shard_dir, modality=modality, task=tasks)
+    meta = manifest.meta
+    if vocab_size is not None and meta.vocab_size != vocab_size:
+        raise ShardError(
+            f"{shard_dir}: shards have vocab_size {meta.vocab_size}, the model expects {vocab_size}"
+        )
+    if meta.segment_length < min_length:
+        raise ShardError(
+            f"{shard_dir}: segments hold {meta.segment_length} tokens but {need} = {min_length}; "
+            f"re-run `python -m heartgpt.prepare` with segment.samples >= {min_length}"
+        )
+    return _Index(manifest, with_labels)
+
+
+def _rank_world(dm: L.LightningDataModule) -> tuple[int, int]:
+    trainer = dm.trainer
+    if trainer is None:
+        return 0, 1
+    rank, world = int(trainer.global_rank), int(trainer.world_size)
+    connector = getattr(trainer, "_accelerator_connector", None)
+    if world > 1 and getattr(connector, "use_distributed_sampler", False):
+        raise RuntimeError(
+            "heartgpt DataModules shard batches across ranks themselves: create the Trainer "
+            "with use_distributed_sampler=False (trainer.use_distributed_sampler: false)"
+        )
+    return rank, world
+
+
+def _loader_kwargs(dm: Any) -> dict[str, Any]:
+    pin = torch.cuda.is_available() if dm.pin_memory is None else bool(dm.pin_memory)
+    kw: dict[str, Any] = {"batch_size": dm.batch_size, "num_workers": dm.num_workers, "pin_memory": pin}
+    if dm.num_workers > 0:
+        kw["persistent_workers"] = bool(dm.persistent_workers)
+        if dm.prefetch_factor is not None:
+            kw["prefetch_factor"] = dm.prefetch_factor
+    return kw
+
+
+def _split(index: _Index, seed: int, val_fraction: float, test_fraction: float, folds, fold: int,
+           stratify: bool) -> SubjectSplit:
+    classes = index.subject_classes() if stratify and index.labels is not None else None
+    return split_subjects(
+        index.subject_names, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+        folds=folds, fold=fold, subject_classes=classes,
+    )
+
+
+# --------------------------------------------------------------------------------- pre-training
+
+
+class PretrainDataModule(L.LightningDataModule):
+    """Random windows of ``block_size + 1`` tokens; batches are ``(x, y)`` int64 (B, block_size).
+
+    Args:
+        shard_dir: a shard directory written by ``python -m heartgpt.prepare``.
+        modality: 'ecg' | 'ppg'; the shards must match.
+        block_size: model context; segments must hold at least ``block_size + 1`` tokens.
+        batch_size: windows per batch (per rank).
+        seed: split and window randomness.
+        val_fraction, test_fraction, folds, fold: subject split (:func:`split_subjects`).
+        vocab_size: if given, the shards must have it.
+        windows_per_segment: windows drawn from each training segment per epoch.
+        num_workers, pin_memory (None: when CUDA is available), persistent_workers,
+        prefetch_factor: DataLoader settings.
+        verify_checksums: hash every shard against the manifest once in ``prepare_data``.
+    """
+
+    def __init__(
+        self,
+        shard_dir: str,
+        modality: str,
+        block_size: int,
+        batch_size: int,
+        seed: int,
+        val_fraction: float,
+        test_fraction: float,
+        folds: int | str | None = None,
+        fold: int = 0,
+        vocab_size: int | None = None,
+        windows_per_segment: int = 1,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
+        verify_checksums: bool = True,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(logger=False)
+        self.shard_dir = str(shard_dir)
+        self.modality = get_modality(modality).name
+        self.block_size = block_size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.folds, self.fold = folds, fold
+        self.vocab_size = vocab_size
+        self.windows_per_segment = windows_per_segment
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.prefetch_factor = prefetch_factor
+        self.verify_checksums = verify_checksums
+        self._index: _Index | None = None
+        self._split: SubjectSplit | None = None
+        self._rows: dict[str, np.ndarray] = {}
+        self._dataset: PretrainWindows | None = None
+
+    def prepare_data(self) -> None:
+        if self.verify_checksums:
+            validate_shard_dir(self.shard_dir, modality=self.modality, verify_checksums=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._index is not None:
+            return
+        self._index = _open_index(
+            self.shard_dir, self.modality, self.vocab_size, ("pretrain", "sequence", "token"),
+            self.block_size + 1, "block_size + 1", with_labels=False,
+        )
+        self._split = _split(self._index, self.seed, self.val_fraction, self.test_fraction,
+                             self.folds, self.fold, stratify=False)
+        self._rows = {s: self._index.rows_of(self._split.of(s)) for s in SPLITS}
+        self._dataset = PretrainWindows(ShardRows(self._index.manifest), self.block_size)
+
+    @property
+    def manifest(self) -> Manifest:
+        self.setup()
+        assert self._index is not None
+        return self._index.manifest
+
+    @property
+    def split(self) -> SubjectSplit:
+        """Subjects of each split (for leak checks and cross-validation)."""
+        self.setup()
+        assert self._split is not None
+        return self._split
+
+    def rows(self, split: str) -> np.ndarray:
+        """Global row indices of ``split``."""
+        self.setup()
+        return self._rows[split]
+
+    def _loader(self, split: str) -> DataLoader | list:
+        self.setup()
+        rows = self._rows[split]
+        if split != "train" and len(rows) == 0:
+            return []  # Lightning skips an empty list of loaders
+        rank, world = _rank_world(self)
+        train = split == "train"
+        sampler = WindowSampler(
+            rows, self.manifest.meta.segment_length, self.block_size + 1, seed=self.seed,
+            shuffle=train, offsets="random" if train else "fixed", rank=rank, world_size=world,
+            repeats=self.windows_per_segment if train else 1,
+        )
+        assert self._dataset is not None
+        cls = ResumableDataLoader if train else DataLoader
+        return cls(self._dataset, sampler=sampler, **_loader_kwargs(self))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")  # type: ignore[return-value]
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._loader("test")
+
+
+# --------------------------------------------------------------------------------- fine-tuning
+
+
+class FinetuneDataModule(L.LightningDataModule):
+    """Windows of ``block_size`` tokens with their ``label`` (sequence) or ``targets`` (token).
+
+    Batches are dicts: ``tokens`` int64 (B, T), ``label`` float32 (B,) or ``targets`` float32
+    (B, T), ``subject`` list[str], ``row`` int64 (B,) (global row, to pool per subject). When
+    segments are longer than ``block_size``, train takes a random window, val/test the last.
+
+    Args: as :class:`PretrainDataModule`, plus
+        task_type: 'sequence' (needs shards with ``label``) or 'token' (``targets``).
+        stratify: stratify the subject split by each subject's majority label (sequence task).
+    """
+
+    def __init__(
+        self,
+        shard_dir: str,
+        modality: str,
+        block_size: int,
+        task_type: str,
+        batch_size: int,
+        seed: int,
+        val_fraction: float,
+        test_fraction: float,
+        folds: int | str | None = None,
+        fold: int = 0,
+        stratify: bool = True,
+        vocab_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
+        verify_checksums: bool = True,
+    ) -> None:
+        super().__init__()
+        if task_type not in ("sequence", "token"):
+            raise ValueError(f"task_type must be 'sequence' or 'token', got {task_type!r}")
+        self.save_hyperparameters(logger=False)
+        self.shard_dir = str(shard_dir)
+        self.modality = get_modality(modality).name
+        self.block_size = block_size
+        self.task_type = task_type
+        self.batch_size = batch_size
+        self.seed = seed
+        self.val_fraction, self.test_fraction = val_fraction, test_fraction
+        self.folds, self.fold = folds, fold
+        self.stratify = stratify
+        self.vocab_size = vocab_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers
+        self.prefetch_factor = prefetch_factor
+        self.verify_checksums = verify_checksums
+        self._index: _Index | None = None
+        self._split: SubjectSplit | None = None
+        self._rows: dict[str, np.ndarray] = {}
+        self._dataset: FinetuneWindows | None = None
+
+    def prepare_data(self) -> None:
+        if self.verify_checksums:
+            validate_shard_dir(self.shard_dir, modality=self.modality, verify_checksums=True)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._index is not None:
+            return
+        self._index = _open_index(
+            self.shard_dir, self.modality, self.vocab_size, (self.task_type,),
+            self.block_size, "block_size", with_labels=self.task_type == "sequence",
+        )
+        self._split = _split(self._index, self.seed, self.val_fraction, self.test_fraction,
+                             self.folds, self.fold, stratify=self.stratify)
+        self._rows = {s: self._index.rows_of(self._split.of(s)) for s in SPLITS}
+        self._dataset = FinetuneWindows(
+            ShardRows(self._index.manifest), self.block_size, self.task_type,
+            self._index.subject_names, self._index.subject_codes, self._index.labels,
+        )
+
+    @property
+    def manifest(self) -> Manifest:
+        self.setup()
+        assert self._index is not None
+        return self._index.manifest
+
+    @property
+    def split(self) -> SubjectSplit:
+        """Subjects of each split (for leak checks and cross-validation)."""
+        self.setup()
+        assert self._split is not None
+        return self._split
+
+    def rows(self, split: str) -> np.ndarray:
+        """Global row indices of ``split``."""
+        self.setup()
+        return self._rows[split]
+
+    def _loader(self, split: str) -> DataLoader | list:
+        self.setup()
+        rows = self._rows[split]
+        if split != "train" and len(rows) == 0:
+            return []
+        rank, world = _rank_world(self)
+        train = split == "train"
+        sampler = WindowSampler(
+            rows, self.manifest.meta.segment_length, self.block_size, seed=self.seed,
+            shuffle=train, offsets="random" if train else "last", rank=rank, world_size=world,
+        )
+        assert self._dataset is not None
+        cls = ResumableDataLoader if train else DataLoader
+        return cls(self._dataset, sampler=sampler, **_loader_kwargs(self))
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")  # type: ignore[return-value]
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader | list:
+        return self._loader("test")

@@ -1,0 +1,416 @@
+"""From recordings to shards: filter, resample, cut segments, tokenise, write.
+
+``prepare_records`` runs the whole path over a list of files with a process pool and returns a
+:class:`PrepareSummary`; ``segment_recording`` is the per-recording step (also used by the
+synthetic demo). Records are processed in sorted order and written in that order whatever the
+number of workers, so the same input always gives the same shards. A bad record is skipped and
+counted by reason, never fatal.
+"""
+
+from __future__ import annotations
+
+import csv
+import multiprocessing
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy.signal import butter, sosfiltfilt
+
+from heartgpt.data.readers import (
+    RecordFile,
+    Recording,
+    read_recording,
+    read_sidecar_beats,
+    read_wfdb_beats,
+    sidecar_path,
+)
+from heartgpt.data.shards import (
+    SUMMARY_NAME,
+    Manifest,
+    ShardError,
+    ShardMeta,
+    ShardWriter,
+    write_json_atomic,
+)
+from heartgpt.tokenizer import LEVELS, get_modality, resample, sliding_windows, tokenize_window
+
+# Reasons a record or segment is skipped (the summary counts them).
+UNREADABLE = "unreadable"
+TOO_SHORT = "too short"
+NAN = "NaN/inf"
+FLAT = "flat"
+NO_LABEL = "no label"
+NO_BEATS = "no beat annotations"
+
+
+@dataclass(frozen=True)
+class SegmentSpec:
+    """How records are cut, in samples at the modality rate."""
+
+    length: int
+    stride: int
+    max_per_record: int | None = None  # paper ECG pre-training: 1 (first 10 s of each record)
+
+    def __post_init__(self) -> None:
+        if self.length <= 0 or self.stride <= 0:
+            raise ValueError(f"segment length and stride must be positive, got {self}")
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """Optional Butterworth band-pass (zero-phase), applied at the recording's own rate."""
+
+    low_hz: float | None = None
+    high_hz: float | None = None
+    order: int = 4
+
+
+@dataclass(frozen=True)
+class BeatSpec:
+    """Where per-record beat sample indices come from (task 'token')."""
+
+    wfdb_extension: str | None = None  # <record>.<ext>, e.g. 'atr'
+    symbols: tuple[str, ...] | None = None  # WFDB annotation symbols to keep (None: all)
+    sidecar_suffix: str | None = None  # CSV beside the record, e.g. '_beats.csv'
+    record_suffix: str | None = None  # part of the record file name the sidecar suffix replaces
+    column: int | str | None = None  # sidecar column (None: first)
+    index_base: int = 0  # 1 for one-based sample numbers (MATLAB, CapnoBase)
+    tolerance: int = 0  # also mark +-tolerance samples (modality rate) around each beat
+
+
+@dataclass(frozen=True)
+class PrepareSpec:
+    """Everything a worker needs to turn one file into segments (picklable)."""
+
+    modality: str
+    task: str  # 'pretrain' | 'sequence' | 'token'
+    channel: int | str
+    segment: SegmentSpec
+    sample_rate: float | None = None
+    filter: FilterSpec = field(default_factory=FilterSpec)
+    beats: BeatSpec = field(default_factory=BeatSpec)
+    labels: dict[str, tuple[str | None, float | None]] = field(default_factory=dict)
+    dx_positive: tuple[str, ...] | None = None
+
+
+@dataclass
+class RecordResult:
+    """The segments of one record, or why it gave none."""
+
+    name: str
+    subject: str = ""
+    tokens: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.uint8))  # (n, S)
+    starts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n,)
+    label: float | None = None
+    targets: np.ndarray | None = None  # (n, S) uint8
+    segments_skipped: Counter = field(default_factory=Counter)
+    skip_reason: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class PrepareSummary:
+    """What a prepare run did; printed at the end and saved as ``summary.json``."""
+
+    out_dir: str
+    records_found: int = 0
+    records_read: int = 0
+    records_skipped: dict[str, int] = field(default_factory=dict)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # record, reason, detail
+    segments_written: int = 0
+    segments_skipped: dict[str, int] = field(default_factory=dict)
+    subjects: int = 0
+    shards: int = 0
+    label_counts: dict[str, int] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------- one record
+
+
+def bandpass(x: np.ndarray, rate: float, spec: FilterSpec) -> np.ndarray:
+    """Zero-phase Butterworth band-/high-/low-pass per ``spec`` (no-op when both edges are None)."""
+    if spec.low_hz is None and spec.high_hz is None:
+        return x
+    nyq = rate / 2
+    if spec.high_hz is not None and spec.high_hz >= nyq:
+        raise ValueError(f"filter.high_hz={spec.high_hz} must be below Nyquist ({nyq} Hz)")
+    if spec.low_hz is not None and spec.high_hz is not None:
+        sos = butter(spec.order, [spec.low_hz, spec.high_hz], btype="bandpass", fs=rate, output="sos")
+    elif spec.low_hz is not None:
+        sos = butter(spec.order, spec.low_hz, btype="highpass", fs=rate, output="sos")
+    else:
+        sos = butter(spec.order, spec.high_hz, btype="lowpass", fs=rate, output="sos")
+    return sosfiltfilt(sos, x)
+
+
+def _why_bad(window: np.ndarray) -> str | None:
+    """NAN or FLAT when the samples cannot be tokenised for that reason, else None."""
+    if not np.isfinite(window).all():
+        return NAN
+    if window.size == 0 or window.max() == window.min():
+        return FLAT
+    return None
+
+
+def beat_targets(beats: np.ndarray, rate_in: float, rate_out: float, n: int, tolerance: int) -> np.ndarray:
+    """A 0/1 uint8 vector of length ``n`` at ``rate_out`` with 1 at each beat (+-tolerance)."""
+    pos = np.round(np.asarray(beats, dtype=np.float64) * (rate_out / rate_in)).astype(np.int64)
+    out = np.zeros(n, dtype=np.uint8)
+    for d in range(-tolerance, tolerance + 1):
+        p = pos + d
+        out[p[(p >= 0) & (p < n)]] = 1
+    return out
+
+
+def segment_recording(
+    rec: Recording,
+    modality: str,
+    task: str,
+    segment: SegmentSpec,
+    filt: FilterSpec = FilterSpec(),
+    tolerance: int = 0,
+) -> RecordResult:
+    """Filter, resample to the modality rate, cut segments and tokenise each one.
+
+    ``rec.subject``/``rec.label``/``rec.beats`` must already be final (task 'sequence' needs a
+    label, 'token' beats). Segments that cannot be tokenised (NaN, flat) are dropped and counted.
+    """
+    res = RecordResult(name=rec.name, subject=rec.subject or rec.name, label=rec.label)
+    if task == "sequence" and rec.label is None:
+        res.skip_reason, res.detail = NO_LABEL, "no label in the file or labels_csv"
+        return res
+    if task == "token" and rec.beats is None:
+        res.skip_reason, res.detail = NO_BEATS, "no beat annotations found"
+        return res
+    if rec.sample_rate is None:
+        raise ValueError(f"{rec.path}: unknown sampling rate")
+    rate = get_modality(modality).sample_rate
+    raw = np.asarray(rec.signal, dtype=np.float64).reshape(-1)
+    x = bandpass(raw, rec.sample_rate, filt) if raw.size else raw  # a NaN spreads to the whole record
+    x = resample(x, rec.sample_rate, rate) if x.size else x
+    ratio = rec.sample_rate / rate
+    starts = sliding_windows(x.size, segment.length, segment.stride)[: segment.max_per_record]
+    if starts.size == 0:
+        res.skip_reason = TOO_SHORT
+        res.detail = f"{x.size} samples at {rate:g} Hz, a segment needs {segment.length}"
+        return res
+    targets = None
+    if task == "token":
+        targets = beat_targets(rec.beats, rec.sample_rate, rate, x.size, tolerance)
+    kept, toks = [], []
+    for s in starts:
+        window = x[s : s + segment.length]
+        # Judge NaN/flat on the recorded samples: resampling turns a flat line into tiny ripples.
+        reason = _why_bad(raw[int(s * ratio) : int(np.ceil((s + segment.length) * ratio))])
+        if reason is None:
+            try:
+                toks.append(tokenize_window(window, segment.length))
+            except ValueError:  # e.g. a NaN spread by the filter or the resampler
+                reason = _why_bad(window) or "invalid"
+            else:
+                kept.append(s)
+                continue
+        res.segments_skipped[reason] += 1
+    if not kept:
+        reason, _ = res.segments_skipped.most_common(1)[0]
+        res.skip_reason, res.detail = reason, f"all {starts.size} segment(s) {reason}"
+        return res
+    res.starts = np.asarray(kept, dtype=np.int64)
+    res.tokens = np.stack(toks).astype(np.uint8)
+    if targets is not None:
+        res.targets = np.stack([targets[s : s + segment.length] for s in res.starts])
+    return res
+
+
+def _attach_annotations(rec: Recording, rf: RecordFile, spec: PrepareSpec) -> Recording:
+    """Fill subject/label/beats from labels_csv and annotation files (they win over the file)."""
+    key = rf.name if rf.name in spec.labels else rf.name.rsplit("/", 1)[-1]
+    subject, label = spec.labels.get(key, (None, None))
+    rec.subject = subject or rec.subject
+    rec.label = label if label is not None else rec.label
+    b = spec.beats
+    if spec.task == "token":
+        if b.wfdb_extension and rf.format == "wfdb":
+            ann = rf.path.with_suffix("." + b.wfdb_extension)
+            rec.beats = read_wfdb_beats(rf.path, b.wfdb_extension, b.symbols) if ann.exists() else None
+        elif b.sidecar_suffix:
+            side = sidecar_path(rf.path, b.sidecar_suffix, b.record_suffix)
+            rec.beats = read_sidecar_beats(side, b.column, b.index_base) if side.exists() else None
+    return rec
+
+
+def process_file(rf: RecordFile, spec: PrepareSpec) -> RecordResult:
+    """Read one file and segment it; any error reading it becomes an 'unreadable' skip."""
+    try:
+        rec = read_recording(rf, spec.channel, spec.sample_rate, spec.dx_positive)
+        rec = _attach_annotations(rec, rf, spec)
+    except Exception as e:  # one bad file must never abort the run
+        return RecordResult(name=rf.name, skip_reason=UNREADABLE, detail=f"{type(e).__name__}: {e}")
+    return segment_recording(rec, spec.modality, spec.task, spec.segment, spec.filter, spec.beats.tolerance)
+
+
+_WORKER_SPEC: PrepareSpec | None = None  # set once per worker process (not per record)
+
+
+def _init_worker(spec: PrepareSpec) -> None:
+    global _WORKER_SPEC
+    _WORKER_SPEC = spec
+
+
+def _work(rf: RecordFile) -> RecordResult:
+    assert _WORKER_SPEC is not None
+    return process_file(rf, _WORKER_SPEC)
+
+
+# --------------------------------------------------------------------------------- many records
+
+
+def read_labels_csv(path: str | Path) -> dict[str, tuple[str | None, float | None]]:
+    """``record -> (subject, label)`` from a CSV with a ``record`` column and optional
+    ``subject`` and ``label`` columns (blank cells mean "not given")."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        cols = {c.strip().lower(): c for c in reader.fieldnames or []}
+        if "record" not in cols:
+            raise ValueError(f"{path}: needs a 'record' column (found {reader.fieldnames})")
+        out = {}
+        for row in reader:
+            rec = row[cols["record"]].strip()
+            subject = row[cols["subject"]].strip() if "subject" in cols else ""
+            label = row[cols["label"]].strip() if "label" in cols else ""
+            out[rec] = (subject or None, float(label) if label else None)
+    return out
+
+
+def tokenizer_settings(spec: PrepareSpec) -> dict[str, Any]:
+    """What produced the tokens, stored in every shard's ``tokenizer`` attribute."""
+    return {
+        "method": "minmax-per-segment",
+        "levels": LEVELS,
+        "rounding": "numpy.round (half to even)",
+        "resample": "scipy.signal.resample_poly",
+        "filter": asdict(spec.filter),
+        "channel": spec.channel,
+        "segment_stride": spec.segment.stride,
+        "max_per_record": spec.segment.max_per_record,
+        "beat_tolerance": spec.beats.tolerance if spec.task == "token" else None,
+    }
+
+
+class SummaryCounter:
+    """Accumulates :class:`RecordResult` s into a :class:`PrepareSummary`."""
+
+    def __init__(self, out_dir: Path, records_found: int) -> None:
+        self.summary = PrepareSummary(out_dir=str(out_dir), records_found=records_found)
+        self._rec: Counter[str] = Counter()
+        self._seg: Counter[str] = Counter()
+        self._subjects: set[str] = set()
+        self._labels: Counter[str] = Counter()
+
+    def add(self, r: RecordResult) -> None:
+        self._seg.update(r.segments_skipped)
+        if r.skip_reason:
+            self._rec[r.skip_reason] += 1
+            self.summary.skipped.append({"record": r.name, "reason": r.skip_reason, "detail": r.detail})
+            return
+        n = len(r.tokens)
+        self.summary.records_read += 1
+        self.summary.segments_written += n
+        self._subjects.add(r.subject)
+        if r.label is not None and float(r.label).is_integer():
+            self._labels[str(int(r.label))] += n
+
+    def finish(self, shards: int) -> PrepareSummary:
+        s = self.summary
+        s.records_skipped = dict(sorted(self._rec.items()))
+        s.segments_skipped = dict(sorted(self._seg.items()))
+        s.subjects = len(self._subjects)
+        s.label_counts = dict(sorted(self._labels.items())) or None
+        s.shards = shards
+        return s
+
+
+def write_results(
+    results: Iterable[RecordResult],
+    writer: ShardWriter,
+    counter: SummaryCounter,
+) -> None:
+    """Add every record's segments to ``writer`` (in the order given) and count them."""
+    for r in results:
+        counter.add(r)
+        if r.skip_reason:
+            continue
+        n = len(r.tokens)
+        writer.add(
+            r.tokens, [r.subject] * n, [r.name] * n, r.starts,
+            label=None if r.label is None else np.full(n, r.label, np.float32),
+            targets=r.targets,
+        )
+
+
+def _results(files: Sequence[RecordFile], spec: PrepareSpec, num_workers: int) -> Iterator[RecordResult]:
+    if num_workers <= 1 or len(files) <= 1:
+        for rf in files:
+            yield process_file(rf, spec)
+        return
+    with multiprocessing.get_context().Pool(num_workers, _init_worker, (spec,)) as pool:
+        # imap keeps input order: the output does not depend on the number of workers.
+        yield from pool.imap(_work, files, chunksize=1)
+
+
+def prepare_records(
+    files: Sequence[RecordFile],
+    spec: PrepareSpec,
+    out_dir: str | Path,
+    *,
+    source: str,
+    rows_per_shard: int,
+    num_workers: int,
+    compression: str | None = None,
+    progress: bool = True,
+) -> tuple[PrepareSummary, Manifest | None]:
+    """Turn ``files`` into shards under ``out_dir``; return the summary and the manifest.
+
+    The manifest is None when no segment could be written (the summary says why); the
+    directory then keeps whatever it held before.
+    """
+    from rich.progress import Progress
+
+    out_dir = Path(out_dir)
+    mod = get_modality(spec.modality)
+    meta = ShardMeta(
+        modality=mod.name, sample_rate=mod.sample_rate, vocab_size=mod.vocab_size,
+        segment_length=spec.segment.length, task=spec.task, source=source,
+        synthetic=False, tokenizer=tokenizer_settings(spec),
+    )
+    counter = SummaryCounter(out_dir, len(files))
+    writer = ShardWriter(out_dir, meta, rows_per_shard, compression)
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task(f"prepare {mod.name} -> {out_dir}", total=len(files))
+        try:
+            for r in _results(files, spec, num_workers):
+                write_results([r], writer, counter)
+                bar.advance(task)
+        except BaseException:
+            writer.abort()
+            raise
+    if counter.summary.segments_written == 0:
+        writer.abort()
+        summary = counter.finish(0)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out_dir / SUMMARY_NAME, summary.to_json())
+        return summary, None
+    summary = counter.finish(writer.pending_shards)
+    try:
+        manifest = writer.commit(summary.to_json())
+    except ShardError:
+        writer.abort()
+        raise
+    return summary, manifest

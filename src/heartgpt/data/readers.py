@@ -1,0 +1,344 @@
+"""Read one channel of a recording from CSV, NumPy (.npy/.npz), MATLAB (.mat) or WFDB files.
+
+Every reader returns a :class:`Recording`: the chosen channel as float64 samples plus whatever
+the file itself says about it (sampling rate, subject, label, beat sample indices). Layout
+conventions, documented in ``data/README.md``:
+
+- CSV: one column per channel, one row per sample; an optional header row names the columns
+  (names are matched without surrounding spaces, case-insensitively). Empty cells are NaN.
+- .npy: 1-D (one channel) or 2-D (samples, channels).
+- .npz / .mat: a ``signal`` array (1-D or (samples, channels)); optional ``fs`` (Hz),
+  ``channel_names``, ``subject``, ``label`` and ``beats`` (sample indices, 0-based).
+  A .mat file with only ``val`` (PhysioNet style) is read as (channels, samples).
+- WFDB: ``<record>.hea`` plus its signal files (``.dat`` or PhysioNet/CinC 2020 ``.mat``);
+  channels by index or by name (e.g. lead ``I``). ``# Dx:`` header comments can give the label.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FORMATS = ("csv", "npy", "mat", "wfdb")
+_EXTENSIONS = {".csv": "csv", ".npy": "npy", ".npz": "npy", ".mat": "mat", ".hea": "wfdb"}
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+@dataclass
+class Recording:
+    """One channel of one recording, at its own sampling rate."""
+
+    name: str  # record id: path relative to the input root, without extension
+    path: Path
+    signal: np.ndarray  # (n,) float64
+    sample_rate: float | None  # Hz; None when the file does not say
+    subject: str | None = None
+    label: float | None = None
+    beats: np.ndarray | None = None  # sample indices at sample_rate, 0-based
+
+
+@dataclass(frozen=True)
+class RecordFile:
+    """A recording found on disk, before reading."""
+
+    name: str
+    path: Path
+    format: str
+
+
+class RecordError(Exception):
+    """A recording cannot be read (the prepare run skips it as 'unreadable')."""
+
+
+# --------------------------------------------------------------------------------- discovery
+
+
+def _root_of(pattern: str) -> Path:
+    """The folder part of a glob before its first wildcard (record names are relative to it)."""
+    fixed = []
+    for part in Path(pattern).parts:
+        if _GLOB_CHARS.search(part):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def format_of(path: Path) -> str | None:
+    """The reader for ``path`` by extension; a .mat beside a .hea of the same stem is WFDB."""
+    fmt = _EXTENSIONS.get(path.suffix.lower())
+    if fmt == "mat" and path.with_suffix(".hea").exists():
+        return None  # signal file of a WFDB record: the .hea is the record
+    return fmt
+
+
+def find_records(
+    input: str | Path | Sequence[str | Path],
+    format: str = "auto",
+    exclude: Sequence[str | Path] = (),
+    exclude_suffixes: Sequence[str] = (),
+) -> list[RecordFile]:
+    """List the recordings under a folder (recursively) or matching a glob, sorted by name.
+
+    ``input`` may also be a list of folders/globs. Record names are paths relative to the
+    folder (or the glob's fixed part), without extension. ``format`` 'auto' picks by extension
+    (.csv, .npy/.npz, .mat, .hea); otherwise only files of that format are taken. ``exclude``
+    are files to leave out (a labels CSV), ``exclude_suffixes`` file-name endings to leave out
+    (beat-annotation sidecars).
+    """
+    if format != "auto" and format not in FORMATS:
+        raise ValueError(f"format must be 'auto' or one of {FORMATS}, got {format!r}")
+    if not isinstance(input, (str, Path)):
+        found = [r for one in input for r in find_records(one, format, exclude, exclude_suffixes)]
+        dup = sorted(n for n, c in Counter(r.name for r in found).items() if c > 1)
+        if dup:
+            raise ValueError(f"record names found in more than one input: {dup[:5]}")
+        return sorted(found, key=lambda r: r.name)
+    text = str(input)
+    if _GLOB_CHARS.search(text):
+        root = _root_of(text)
+        paths = [Path(p) for p in glob.glob(text, recursive=True)]
+    else:
+        root = Path(text)
+        if root.is_file():
+            paths, root = [root], root.parent
+        elif root.is_dir():
+            paths = list(root.rglob("*"))
+        else:
+            raise FileNotFoundError(f"{root}: no such file or folder")
+    skip = {Path(p).resolve() for p in exclude}
+    out = []
+    for p in paths:
+        if not p.is_file() or p.resolve() in skip or p.name.endswith(tuple(exclude_suffixes)):
+            continue
+        fmt = format_of(p)
+        if fmt is None or (format != "auto" and fmt != format):
+            continue
+        rel = p.relative_to(root) if p.is_relative_to(root) else Path(p.name)
+        out.append(RecordFile(name=rel.with_suffix("").as_posix(), path=p, format=fmt))
+    return sorted(out, key=lambda r: r.name)
+
+
+# --------------------------------------------------------------------------------- channels
+
+
+def _pick(names: Sequence[str] | None, channel: int | str, n_channels: int, where: Path) -> int:
+    if isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
+        if not -n_channels <= channel < n_channels:
+            raise RecordError(f"{where}: channel {channel} out of range ({n_channels} channels)")
+        return int(channel) % n_channels
+    text = str(channel).strip()
+    if names:
+        clean = [str(n).strip() for n in names]
+        if text in clean:
+            return clean.index(text)
+        lower = [n.lower() for n in clean]
+        if text.lower() in lower:
+            return lower.index(text.lower())
+    if text.lstrip("-").isdigit():
+        return _pick(names, int(text), n_channels, where)
+    raise RecordError(f"{where}: no channel named {text!r} (channels: {list(names or [])})")
+
+
+def _column(data: np.ndarray, names: Sequence[str] | None, channel: int | str, where: Path) -> np.ndarray:
+    """Channel ``channel`` of a (samples,) or (samples, channels) array."""
+    data = np.asarray(data)
+    if data.ndim == 1:
+        data = data[:, None]
+    if data.ndim != 2:
+        raise RecordError(f"{where}: expected a 1-D or 2-D signal array, got shape {data.shape}")
+    j = _pick(names, channel, data.shape[1], where)
+    col = data[:, j]
+    if not np.issubdtype(col.dtype, np.number):
+        raise RecordError(f"{where}: channel {channel!r} is not numeric ({col.dtype})")
+    return col.astype(np.float64)
+
+
+# --------------------------------------------------------------------------------- readers
+
+
+def read_csv(path: Path, channel: int | str) -> np.ndarray:
+    """Channel of a CSV file (header row optional); empty or non-numeric cells become NaN."""
+    text = path.read_text(encoding="utf-8-sig")
+    first = text.split("\n", 1)[0]
+    delimiter = next((d for d in ",;\t" if d in first), ",")
+    cells = next(csv.reader([first], delimiter=delimiter), [])
+    header = bool(cells) and not all(_is_number(c) for c in cells)
+    names = [c.strip() for c in cells] if header else None
+    n_cols = len(cells)
+    j = _pick(names, channel, n_cols, path)
+    data = np.genfromtxt(
+        io.StringIO(text), delimiter=delimiter, skip_header=int(header), usecols=(j,),
+        dtype=np.float64, invalid_raise=False, filling_values=np.nan,
+    )
+    return np.atleast_1d(data).astype(np.float64)
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return s.strip() == ""
+    return True
+
+
+def _scalar(value) -> object:
+    a = np.asarray(value).squeeze()
+    if a.size != 1:
+        return None
+    v = a.item()
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _names(value) -> list[str] | None:
+    if value is None:
+        return None
+    a = np.asarray(value).reshape(-1)
+    return [str(_scalar(v) if not isinstance(v, str) else v).strip() for v in a]
+
+
+def _from_mapping(d: dict, path: Path, channel: int | str, default_key: str | None) -> tuple[np.ndarray, dict]:
+    """Shared .npz/.mat logic: the ``signal`` array plus optional metadata keys."""
+    keys = [k for k in d if not k.startswith("__")]
+    if "signal" in d:
+        data = np.asarray(d["signal"])
+    elif "val" in d and default_key == "val":
+        data = np.asarray(d["val"]).T  # PhysioNet .mat layout: (channels, samples)
+    elif len(keys) == 1:
+        data = np.asarray(d[keys[0]])
+    else:
+        raise RecordError(f"{path}: no 'signal' array (keys: {sorted(keys)})")
+    if data.ndim == 2 and 1 in data.shape:
+        data = data.reshape(-1)
+    sig = _column(data, _names(d.get("channel_names")), channel, path)
+    meta = {}
+    if "fs" in d:
+        meta["fs"] = float(_scalar(d["fs"]))
+    if "subject" in d:
+        meta["subject"] = str(_scalar(d["subject"]))
+    if "label" in d:
+        meta["label"] = float(_scalar(d["label"]))
+    if "beats" in d:
+        meta["beats"] = np.asarray(d["beats"]).reshape(-1).astype(np.int64)
+    return sig, meta
+
+
+def read_numpy(path: Path, channel: int | str) -> tuple[np.ndarray, dict]:
+    if path.suffix.lower() == ".npy":
+        return _column(np.load(path, allow_pickle=False), None, channel, path), {}
+    with np.load(path, allow_pickle=False) as z:
+        return _from_mapping({k: z[k] for k in z.files}, path, channel, None)
+
+
+def read_mat(path: Path, channel: int | str) -> tuple[np.ndarray, dict]:
+    import scipy.io
+
+    try:
+        d = scipy.io.loadmat(path, squeeze_me=False)
+    except NotImplementedError as e:  # MATLAB v7.3 files are HDF5
+        raise RecordError(f"{path}: MATLAB v7.3 files are not supported; save with -v7 ({e})") from e
+    return _from_mapping(d, path, channel, "val")
+
+
+def read_wfdb(path: Path, channel: int | str) -> tuple[np.ndarray, dict]:
+    import wfdb
+
+    rec_path = str(path.with_suffix(""))
+    header = wfdb.rdheader(rec_path)
+    j = _pick(header.sig_name, channel, header.n_sig, path)
+    record = wfdb.rdrecord(rec_path, channels=[j], physical=True)
+    meta: dict = {"fs": float(record.fs), "comments": list(record.comments or [])}
+    return record.p_signal[:, 0].astype(np.float64), meta
+
+
+def dx_codes(comments: Sequence[str]) -> list[str]:
+    """Diagnosis codes of a WFDB header's ``# Dx: a,b,c`` comment (PhysioNet/CinC 2020)."""
+    for line in comments:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == "dx":
+            return [c.strip() for c in value.split(",") if c.strip()]
+    return []
+
+
+# --------------------------------------------------------------------------------- annotations
+
+
+def read_wfdb_beats(path: Path, extension: str, symbols: Sequence[str] | None) -> np.ndarray:
+    """Sample indices of a WFDB annotation file ``<record>.<extension>``."""
+    import wfdb
+
+    ann = wfdb.rdann(str(path.with_suffix("")), extension)
+    samples = np.asarray(ann.sample, dtype=np.int64)
+    if symbols:
+        keep = np.isin(np.asarray(ann.symbol), list(symbols))
+        samples = samples[keep]
+    return samples
+
+
+def sidecar_path(path: Path, sidecar_suffix: str, record_suffix: str | None) -> Path:
+    """The annotation file of a record: its name minus ``record_suffix`` plus ``sidecar_suffix``."""
+    ending = record_suffix or path.suffix
+    if not path.name.endswith(ending):
+        raise RecordError(f"{path}: name does not end with {ending!r}")
+    return path.with_name(path.name[: len(path.name) - len(ending)] + sidecar_suffix)
+
+
+def read_sidecar_beats(path: Path, column: int | str | None, index_base: int) -> np.ndarray:
+    """Beat sample indices from a CSV: one column (header optional), a cell may hold several
+    space-separated numbers (as CapnoBase's ``pleth_peak_x``)."""
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = [r for r in csv.reader(f) if r]
+    if not rows:
+        return np.zeros(0, dtype=np.int64)
+    header = not all(_is_number(c) for c in rows[0])
+    names = [c.strip() for c in rows[0]] if header else None
+    j = _pick(names, 0 if column is None else column, len(rows[0]), path)
+    values: list[float] = []
+    for r in rows[int(header):]:
+        if j < len(r):
+            values.extend(float(v) for v in r[j].split())
+    return np.asarray(values, dtype=np.float64).round().astype(np.int64) - int(index_base)
+
+
+# --------------------------------------------------------------------------------- entry point
+
+
+def read_recording(
+    rf: RecordFile,
+    channel: int | str,
+    sample_rate: float | None = None,
+    dx_positive: Sequence[str | int] | None = None,
+) -> Recording:
+    """Read the chosen channel of ``rf``. Raises :class:`RecordError` (or any reader error).
+
+    ``sample_rate`` is used when the file does not carry one (a rate in the file wins).
+    ``dx_positive``: WFDB diagnosis codes that make the label 1 (else 0).
+    """
+    if rf.format == "csv":
+        sig, meta = read_csv(rf.path, channel), {}
+    elif rf.format == "npy":
+        sig, meta = read_numpy(rf.path, channel)
+    elif rf.format == "mat":
+        sig, meta = read_mat(rf.path, channel)
+    elif rf.format == "wfdb":
+        sig, meta = read_wfdb(rf.path, channel)
+    else:
+        raise ValueError(f"unknown format {rf.format!r}")
+    fs = meta.get("fs", sample_rate)
+    if fs is None:
+        raise RecordError(f"{rf.path}: the file does not carry its sampling rate; set sample_rate=<Hz>")
+    label = meta.get("label")
+    if dx_positive and rf.format == "wfdb":
+        positive = {str(c) for c in dx_positive}
+        label = float(any(c in positive for c in dx_codes(meta.get("comments", []))))
+    return Recording(
+        name=rf.name, path=rf.path, signal=sig, sample_rate=float(fs),
+        subject=meta.get("subject"), label=label, beats=meta.get("beats"),
+    )

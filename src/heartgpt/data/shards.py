@@ -1,0 +1,539 @@
+"""HDF5 shards of tokenised segments: the format, an atomic writer and a validating reader.
+
+A shard directory holds ``shard-00000.h5``, ``shard-00001.h5``, ... and a ``manifest.json``
+written last. Each shard has one row per fixed-length segment:
+
+- ``tokens``  uint8 [N, S]   tokens 0..100, chunked by rows
+- ``subject`` str   [N]      who the segment comes from (splits are by subject)
+- ``record``  str   [N]      the recording it was cut from
+- ``start``   int64 [N]      first sample of the segment in the resampled recording
+- ``label``   float32 [N]    optional, sequence task (e.g. AF 0/1)
+- ``targets`` uint8 [N, S]   optional, per-token task (e.g. 1 at each beat)
+
+and attributes describing the data (:class:`ShardMeta`). See ``data/README.md``.
+
+Writing is atomic: shards are written as ``*.h5.partial`` and only renamed, the old shards
+removed and the manifest written once the whole run has succeeded, so an interrupted run never
+leaves a directory that validates. Files carry no timestamps: the same rows give byte-identical
+files and the same sha256 in the manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+import heartgpt
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SUMMARY_NAME = "summary.json"
+SHARD_GLOB = "shard-*.h5"
+PARTIAL_SUFFIX = ".partial"
+TASKS = ("pretrain", "sequence", "token")
+_CHUNK_BYTES = 64 * 1024  # rows per HDF5 chunk ~ this many tokens: cheap random row reads
+
+
+class ShardError(ValueError):
+    """A shard file or directory is missing, corrupt or does not match what was asked for."""
+
+
+@dataclass(frozen=True)
+class ShardMeta:
+    """What every shard of a directory says about its rows (stored as HDF5 attributes)."""
+
+    modality: str  # 'ecg' | 'ppg'
+    sample_rate: float  # Hz of the tokenised signal
+    vocab_size: int
+    segment_length: int  # S: tokens per row
+    task: str  # 'pretrain' (tokens only) | 'sequence' (+ label) | 'token' (+ targets)
+    source: str  # free text: where the rows come from ("SYNTHETIC ..." for demo data)
+    synthetic: bool = False
+    tokenizer: dict[str, Any] = field(default_factory=dict)  # settings used to make tokens
+    format_version: int = FORMAT_VERSION
+    heartgpt_version: str = heartgpt.__version__
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.segment_length <= 0:
+            raise ValueError(f"segment_length must be positive, got {self.segment_length}")
+
+    @property
+    def has_label(self) -> bool:
+        return self.task == "sequence"
+
+    @property
+    def has_targets(self) -> bool:
+        return self.task == "token"
+
+    def to_attrs(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["tokenizer"] = json.dumps(self.tokenizer, sort_keys=True)
+        return d
+
+    @classmethod
+    def from_mapping(cls, d: dict[str, Any]) -> ShardMeta:
+        d = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
+        tok = d.get("tokenizer", "{}")
+        return cls(
+            modality=str(d["modality"]),
+            sample_rate=float(d["sample_rate"]),
+            vocab_size=int(d["vocab_size"]),
+            segment_length=int(d["segment_length"]),
+            task=str(d["task"]),
+            source=str(d["source"]),
+            synthetic=bool(d.get("synthetic", False)),
+            tokenizer=json.loads(tok) if isinstance(tok, str) else dict(tok),
+            format_version=int(d["format_version"]),
+            heartgpt_version=str(d.get("heartgpt_version", "")),
+        )
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """One shard as the manifest lists it."""
+
+    file: str  # name inside the shard directory
+    rows: int
+    bytes: int
+    sha256: str
+    subjects: dict[str, int]  # subject -> rows in this shard
+    label_counts: dict[str, int] | None  # label value -> rows (sequence task, integer labels)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The validated content of a shard directory's ``manifest.json``."""
+
+    directory: Path
+    meta: ShardMeta
+    shards: tuple[ShardInfo, ...]
+
+    @property
+    def paths(self) -> list[Path]:
+        return [self.directory / s.file for s in self.shards]
+
+    @property
+    def total_rows(self) -> int:
+        return sum(s.rows for s in self.shards)
+
+    @property
+    def subjects(self) -> dict[str, int]:
+        c: Counter[str] = Counter()
+        for s in self.shards:
+            c.update(s.subjects)
+        return dict(sorted(c.items()))
+
+    @property
+    def label_counts(self) -> dict[str, int] | None:
+        if not self.meta.has_label:
+            return None
+        c: Counter[str] = Counter()
+        for s in self.shards:
+            c.update(s.label_counts or {})
+        return dict(sorted(c.items()))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": self.meta.format_version,
+            "meta": asdict(self.meta),
+            "total_rows": self.total_rows,
+            "subjects": self.subjects,
+            "label_counts": self.label_counts,
+            "shards": [asdict(s) for s in self.shards],
+        }
+
+
+def _label_counts(label: np.ndarray | None) -> dict[str, int] | None:
+    if label is None:
+        return None
+    if not np.all(label == np.round(label)):
+        return None  # regression targets: counting values makes no sense
+    values, counts = np.unique(label.astype(np.int64), return_counts=True)
+    return {str(int(v)): int(n) for v, n in zip(values, counts, strict=True)}
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as sorted, indented JSON through a temporary file and a rename."""
+    _atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+# --------------------------------------------------------------------------------- writing
+
+
+def _write_h5(path: Path, meta: ShardMeta, rows: dict[str, np.ndarray], compression: str | None) -> None:
+    """Write one shard file (no timestamps, so identical rows give identical bytes)."""
+    n, s = rows["tokens"].shape
+    chunk_rows = max(1, min(n, _CHUNK_BYTES // s))
+    str_dt = h5py.string_dtype("utf-8")
+    with h5py.File(path, "w", libver="earliest", track_order=False) as f:
+        for key, value in meta.to_attrs().items():
+            f.attrs[key] = value
+        f.attrs["rows"] = n
+        opts: dict[str, Any] = {"track_times": False}
+        if compression:
+            opts["compression"] = compression
+        f.create_dataset("tokens", data=rows["tokens"], chunks=(chunk_rows, s), **opts)
+        if "targets" in rows:
+            f.create_dataset("targets", data=rows["targets"], chunks=(chunk_rows, s), **opts)
+        if "label" in rows:
+            f.create_dataset("label", data=rows["label"], track_times=False)
+        f.create_dataset("start", data=rows["start"], track_times=False)
+        f.create_dataset("subject", data=rows["subject"].astype(object), dtype=str_dt, track_times=False)
+        f.create_dataset("record", data=rows["record"].astype(object), dtype=str_dt, track_times=False)
+
+
+class ShardWriter:
+    """Collects rows and writes them as shards of ``rows_per_shard`` rows, atomically.
+
+    Use as a context manager: leaving the block normally commits (renames the partial files,
+    removes older shards, writes ``manifest.json`` last); leaving it with an exception removes
+    the partial files and leaves the directory as it was.
+
+    >>> with ShardWriter(out_dir, meta, rows_per_shard=4096) as w:  # doctest: +SKIP
+    ...     w.add(tokens, subjects, records, starts, label=labels)
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        meta: ShardMeta,
+        rows_per_shard: int,
+        compression: str | None = None,
+    ) -> None:
+        if rows_per_shard <= 0:
+            raise ValueError(f"rows_per_shard must be positive, got {rows_per_shard}")
+        self.out_dir = Path(out_dir)
+        self.meta = meta
+        self.rows_per_shard = rows_per_shard
+        self.compression = compression
+        self._buf: dict[str, list[np.ndarray]] = {}
+        self._buffered = 0
+        self._partials: list[tuple[Path, ShardInfo]] = []
+        self.manifest: Manifest | None = None
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.out_dir.glob(f"*{PARTIAL_SUFFIX}"):
+            stale.unlink()  # left by an interrupted run
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+    def add(
+        self,
+        tokens: np.ndarray,
+        subject: Sequence[str],
+        record: Sequence[str],
+        start: np.ndarray,
+        label: np.ndarray | None = None,
+        targets: np.ndarray | None = None,
+    ) -> None:
+        """Append rows: ``tokens`` (n, S) in 0..vocab-1, one subject/record/start per row."""
+        tokens = np.asarray(tokens)
+        n = len(tokens)
+        if n == 0:
+            return
+        S = self.meta.segment_length
+        if tokens.shape != (n, S):
+            raise ValueError(f"tokens must have shape (n, {S}), got {tokens.shape}")
+        if tokens.min() < 0 or tokens.max() >= self.meta.vocab_size:
+            raise ValueError(f"tokens outside 0..{self.meta.vocab_size - 1}")
+        rows = {
+            "tokens": tokens.astype(np.uint8),
+            "subject": np.asarray(subject, dtype=str).reshape(n),
+            "record": np.asarray(record, dtype=str).reshape(n),
+            "start": np.asarray(start, dtype=np.int64).reshape(n),
+        }
+        if self.meta.has_label:
+            if label is None:
+                raise ValueError("this shard set has a 'sequence' task: every row needs a label")
+            rows["label"] = np.asarray(label, dtype=np.float32).reshape(n)
+        if self.meta.has_targets:
+            if targets is None:
+                raise ValueError("this shard set has a 'token' task: every row needs targets")
+            rows["targets"] = np.asarray(targets, dtype=np.uint8).reshape(n, S)
+        for key, value in rows.items():
+            self._buf.setdefault(key, []).append(value)
+        self._buffered += n
+        while self._buffered >= self.rows_per_shard:
+            self._flush(self.rows_per_shard)
+
+    def _flush(self, n: int) -> None:
+        rows = {k: np.concatenate(v) for k, v in self._buf.items()}
+        now = {k: v[:n] for k, v in rows.items()}
+        self._buf = {k: [v[n:]] for k, v in rows.items()}
+        self._buffered -= n
+        name = f"shard-{len(self._partials):05d}.h5"
+        path = self.out_dir / (name + PARTIAL_SUFFIX)
+        _write_h5(path, self.meta, now, self.compression)
+        subjects, counts = np.unique(now["subject"], return_counts=True)
+        info = ShardInfo(
+            file=name,
+            rows=n,
+            bytes=path.stat().st_size,
+            sha256=sha256_file(path),
+            subjects={str(s): int(c) for s, c in zip(subjects, counts, strict=True)},
+            label_counts=_label_counts(now.get("label")),
+        )
+        self._partials.append((path, info))
+
+    @property
+    def pending_shards(self) -> int:
+        """Shards this writer will have written once committed."""
+        return len(self._partials) + (1 if self._buffered else 0)
+
+    def commit(self, summary: dict[str, Any] | None = None) -> Manifest:
+        """Write the last shard, replace the directory's old shards and write the manifest."""
+        if self.manifest is not None:
+            return self.manifest
+        if self._buffered:
+            self._flush(self._buffered)
+        if not self._partials:
+            self.abort()
+            raise ShardError(f"{self.out_dir}: no rows to write (every record was skipped?)")
+        manifest_path = self.out_dir / MANIFEST_NAME
+        # From here until the new manifest exists the directory does not validate.
+        manifest_path.unlink(missing_ok=True)
+        for old in self.out_dir.glob(SHARD_GLOB):
+            old.unlink()
+        for path, info in self._partials:
+            os.replace(path, self.out_dir / info.file)
+        self.manifest = Manifest(self.out_dir, self.meta, tuple(i for _, i in self._partials))
+        if summary is not None:
+            write_json_atomic(self.out_dir / SUMMARY_NAME, summary)
+        write_json_atomic(manifest_path, self.manifest.to_json())
+        return self.manifest
+
+    def abort(self) -> None:
+        """Remove the partial files written so far; the directory's old content stays."""
+        for path, _ in self._partials:
+            path.unlink(missing_ok=True)
+        self._partials = []
+        self._buf = {}
+        self._buffered = 0
+
+
+# --------------------------------------------------------------------------------- reading
+
+
+def read_manifest(shard_dir: str | os.PathLike) -> Manifest:
+    """Parse ``<shard_dir>/manifest.json`` (no file checks; see :func:`validate_shard_dir`)."""
+    shard_dir = Path(shard_dir)
+    path = shard_dir / MANIFEST_NAME
+    if not shard_dir.is_dir():
+        raise ShardError(f"{shard_dir}: no such shard directory (run `python -m heartgpt.prepare`)")
+    if not path.is_file():
+        raise ShardError(
+            f"{path}: missing; the shards in {shard_dir} are incomplete (an interrupted or failed "
+            "prepare?) - run `python -m heartgpt.prepare` again"
+        )
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        version = int(d["format_version"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ShardError(f"{path}: unreadable manifest ({e})") from e
+    if version != FORMAT_VERSION:
+        raise ShardError(
+            f"{path}: shard format version {version}, this heartgpt reads version {FORMAT_VERSION}"
+            " - re-run `python -m heartgpt.prepare`"
+        )
+    try:
+        meta = ShardMeta.from_mapping(d["meta"])
+        shards = tuple(ShardInfo(**s) for s in d["shards"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ShardError(f"{path}: malformed manifest ({e})") from e
+    if not shards:
+        raise ShardError(f"{path}: lists no shard files")
+    return Manifest(shard_dir, meta, shards)
+
+
+def _check_meta(path: Path, found: ShardMeta, expected: ShardMeta) -> None:
+    for key in ("format_version", "modality", "sample_rate", "vocab_size", "segment_length", "task"):
+        a, b = getattr(found, key), getattr(expected, key)
+        if a != b:
+            raise ShardError(f"{path}: attribute {key}={a!r} but the manifest says {b!r}")
+
+
+def validate_shard_file(
+    path: str | os.PathLike,
+    info: ShardInfo | None = None,
+    meta: ShardMeta | None = None,
+    verify_checksum: bool = False,
+) -> ShardMeta:
+    """Check one shard file's size, schema and attributes (and sha256 if asked).
+
+    ``info``/``meta`` are what the manifest says; without them only the file itself is checked.
+    Raises :class:`ShardError` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ShardError(f"{path}: shard file missing")
+    if info is not None:
+        size = path.stat().st_size
+        if size != info.bytes:
+            raise ShardError(
+                f"{path}: {size} bytes but the manifest says {info.bytes} (truncated or rewritten)"
+            )
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise ShardError(f"{path}: truncated or corrupt HDF5 file ({e})") from e
+    try:
+        with f:
+            try:
+                found = ShardMeta.from_mapping(dict(f.attrs))
+            except (KeyError, ValueError, TypeError) as e:
+                raise ShardError(f"{path}: missing or bad shard attributes ({e})") from e
+            if found.format_version != FORMAT_VERSION:
+                raise ShardError(
+                    f"{path}: shard format version {found.format_version}, this heartgpt reads "
+                    f"version {FORMAT_VERSION}"
+                )
+            if meta is not None:
+                _check_meta(path, found, meta)
+            _check_datasets(path, f, found, info)
+    except OSError as e:  # h5py raises OSError when reading corrupt metadata
+        raise ShardError(f"{path}: truncated or corrupt HDF5 file ({e})") from e
+    if verify_checksum and info is not None:
+        digest = sha256_file(path)
+        if digest != info.sha256:
+            raise ShardError(f"{path}: sha256 {digest[:12]}... differs from the manifest's {info.sha256[:12]}...")
+    return found
+
+
+def _check_datasets(path: Path, f: h5py.File, meta: ShardMeta, info: ShardInfo | None) -> None:
+    if "tokens" not in f:
+        raise ShardError(f"{path}: no 'tokens' dataset")
+    tokens = f["tokens"]
+    if tokens.dtype != np.uint8 or tokens.ndim != 2 or tokens.shape[1] != meta.segment_length:
+        raise ShardError(
+            f"{path}: 'tokens' is {tokens.dtype} {tokens.shape}, expected uint8 (N, {meta.segment_length})"
+        )
+    n = tokens.shape[0]
+    if info is not None and n != info.rows:
+        raise ShardError(f"{path}: {n} rows but the manifest says {info.rows}")
+    wanted = {"subject": (n,), "record": (n,), "start": (n,)}
+    if meta.has_label:
+        wanted["label"] = (n,)
+    if meta.has_targets:
+        wanted["targets"] = (n, meta.segment_length)
+    for name, shape in wanted.items():
+        if name not in f:
+            raise ShardError(f"{path}: no {name!r} dataset (task {meta.task!r} needs it)")
+        if f[name].shape != shape:
+            raise ShardError(f"{path}: {name!r} has shape {f[name].shape}, expected {shape}")
+
+
+def validate_shard_dir(
+    shard_dir: str | os.PathLike,
+    modality: str | None = None,
+    task: str | Sequence[str] | None = None,
+    verify_checksums: bool = False,
+) -> Manifest:
+    """Read the manifest and check every shard it lists; return the :class:`Manifest`.
+
+    Cheap checks (existence, size, schema, row counts, attributes against the manifest) always
+    run; ``verify_checksums`` also hashes every file. ``modality``/``task`` are what the run
+    expects. Stray files (``*.partial`` from an interrupted run, anything not listed) are
+    ignored. Raises :class:`ShardError` naming the bad file.
+    """
+    manifest = read_manifest(shard_dir)
+    where = Path(shard_dir) / MANIFEST_NAME
+    if modality is not None and manifest.meta.modality != modality.lower():
+        raise ShardError(
+            f"{where}: shards hold {manifest.meta.modality!r} data but this run is {modality!r}"
+        )
+    if task is not None:
+        allowed = (task,) if isinstance(task, str) else tuple(task)
+        if manifest.meta.task not in allowed:
+            raise ShardError(f"{where}: shards are for task {manifest.meta.task!r}, this run needs {allowed}")
+    for path, info in zip(manifest.paths, manifest.shards, strict=True):
+        validate_shard_file(path, info, manifest.meta, verify_checksum=verify_checksums)
+    return manifest
+
+
+@dataclass
+class ShardData:
+    """All rows of a shard directory in memory (for tests, tools and small sets)."""
+
+    meta: ShardMeta
+    tokens: np.ndarray  # (N, S) uint8
+    subject: np.ndarray  # (N,) str
+    record: np.ndarray  # (N,) str
+    start: np.ndarray  # (N,) int64
+    label: np.ndarray | None = None  # (N,) float32
+    targets: np.ndarray | None = None  # (N, S) uint8
+
+
+def read_shards(shard_dir: str | os.PathLike, verify_checksums: bool = False) -> ShardData:
+    """Validate a shard directory and load all its rows in manifest order."""
+    manifest = validate_shard_dir(shard_dir, verify_checksums=verify_checksums)
+    parts: dict[str, list[np.ndarray]] = {}
+    for path in manifest.paths:
+        with open_shard(path) as f:
+            for name in ("tokens", "start", "label", "targets"):
+                if name in f:
+                    parts.setdefault(name, []).append(f[name][:])
+            for name in ("subject", "record"):
+                parts.setdefault(name, []).append(f[name].asstr()[:].astype(str))
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    return ShardData(meta=manifest.meta, **arrays)
+
+
+def open_shard(path: str | os.PathLike) -> h5py.File:
+    """Open a shard read-only; a corrupt file raises :class:`ShardError` naming it."""
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise ShardError(f"{path}: truncated or corrupt HDF5 file ({e})") from e
+
+
+def read_column(path: str | os.PathLike, name: str) -> np.ndarray:
+    """One whole dataset of a shard (``subject``/``record`` come back as ``str``)."""
+    with open_shard(path) as f, _named(path):
+        if name not in f:
+            raise ShardError(f"{path}: no {name!r} dataset")
+        ds = f[name]
+        return ds.asstr()[:].astype(str) if ds.dtype.kind == "O" else ds[:]
+
+
+@contextlib.contextmanager
+def _named(path: str | os.PathLike):
+    try:
+        yield
+    except OSError as e:
+        raise ShardError(f"{path}: truncated or corrupt HDF5 file ({e})") from e

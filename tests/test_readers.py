@@ -1,0 +1,140 @@
+"""Recording readers on real files written by numpy, scipy.io and wfdb."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.io
+import wfdb
+
+from heartgpt.data.readers import (
+    RecordError,
+    RecordFile,
+    dx_codes,
+    find_records,
+    read_recording,
+    read_sidecar_beats,
+    sidecar_path,
+)
+
+FS = 250.0
+
+
+def _sig(n: int = 1000, channels: int = 3) -> np.ndarray:
+    t = np.arange(n) / FS
+    return np.stack([np.sin(2 * np.pi * (1 + c) * t) + c for c in range(channels)], axis=1)
+
+
+def _read(path, fmt, channel, sample_rate=None, **kw):
+    return read_recording(RecordFile(path.stem, path, fmt), channel, sample_rate, **kw)
+
+
+def test_csv_with_and_without_header(tmp_path):
+    x = _sig()
+    p = tmp_path / "h.csv"
+    lines = ["Time [s], RESP, PLETH"] + [f"{i / FS},{a},{b}" for i, (a, b) in enumerate(x[:, :2])]
+    lines[5] = "0.016,,1.0"  # empty cell -> NaN
+    p.write_text("\n".join(lines) + "\n")
+    rec = _read(p, "csv", "pleth", 125)  # names match without spaces, any case
+    assert rec.sample_rate == 125 and rec.signal.shape == (1000,)
+    np.testing.assert_allclose(rec.signal[5:], x[5:, 1])
+    resp = _read(p, "csv", "RESP", 125).signal
+    assert np.isnan(resp[4]) and np.isfinite(resp[5:]).all()
+    q = tmp_path / "n.csv"
+    np.savetxt(q, x, delimiter=",")
+    np.testing.assert_allclose(_read(q, "csv", 2, FS).signal, x[:, 2])
+    with pytest.raises(RecordError, match="no channel named 'II'"):
+        _read(p, "csv", "II", 125)
+
+
+def test_csv_needs_a_rate(tmp_path):
+    p = tmp_path / "a.csv"
+    np.savetxt(p, _sig()[:, 0])
+    with pytest.raises(RecordError, match="sample_rate"):
+        _read(p, "csv", 0)
+
+
+def test_npy_and_npz(tmp_path):
+    x = _sig()
+    np.save(tmp_path / "one.npy", x[:, 0])
+    np.save(tmp_path / "many.npy", x)
+    np.testing.assert_allclose(_read(tmp_path / "one.npy", "npy", 0, FS).signal, x[:, 0])
+    np.testing.assert_allclose(_read(tmp_path / "many.npy", "npy", -1, FS).signal, x[:, 2])
+    np.savez(tmp_path / "z.npz", signal=x, fs=500.0, channel_names=np.array(["I", "II", "III"]),
+             subject="p7", label=1, beats=np.array([3, 40]))
+    rec = _read(tmp_path / "z.npz", "npy", "II", sample_rate=100.0)
+    assert rec.sample_rate == 500.0  # the file's own rate wins
+    assert (rec.subject, rec.label) == ("p7", 1.0)
+    np.testing.assert_array_equal(rec.beats, [3, 40])
+    np.testing.assert_allclose(rec.signal, x[:, 1])
+
+
+def test_mat(tmp_path):
+    x = _sig()
+    scipy.io.savemat(tmp_path / "a.mat", {"signal": x, "fs": 360.0, "subject": "s1"})
+    rec = _read(tmp_path / "a.mat", "mat", 1)
+    assert rec.sample_rate == 360.0 and rec.subject == "s1"
+    np.testing.assert_allclose(rec.signal, x[:, 1])
+    scipy.io.savemat(tmp_path / "v.mat", {"val": x.T})  # PhysioNet layout (channels, samples)
+    np.testing.assert_allclose(_read(tmp_path / "v.mat", "mat", 2, FS).signal, x[:, 2])
+
+
+def test_wfdb_channel_by_name_dx_label_and_annotations(tmp_path):
+    x = _sig(channels=2)
+    wfdb.wrsamp("r1", fs=500, units=["mV", "mV"], sig_name=["I", "II"], p_signal=x,
+                fmt=["16", "16"], comments=["Age: 50", "Dx: 426783006,164889003"],
+                write_dir=str(tmp_path))
+    wfdb.wrann("r1", "atr", np.array([10, 300, 600]), symbol=["N", "+", "N"], write_dir=str(tmp_path))
+    path = tmp_path / "r1.hea"
+    rec = _read(path, "wfdb", "II", dx_positive=["164889003"])
+    assert rec.sample_rate == 500.0 and rec.label == 1.0
+    np.testing.assert_allclose(rec.signal, x[:, 1], atol=1e-3)
+    assert _read(path, "wfdb", "I", dx_positive=[111]).label == 0.0
+    assert dx_codes(["Sex: F", "Dx: 1, 2"]) == ["1", "2"]
+    from heartgpt.data.readers import read_wfdb_beats
+
+    np.testing.assert_array_equal(read_wfdb_beats(path, "atr", None), [10, 300, 600])
+    np.testing.assert_array_equal(read_wfdb_beats(path, "atr", ["N"]), [10, 600])
+
+
+def test_cinc2020_style_mat_record_is_read_through_its_header(tmp_path):
+    x = _sig(channels=2)
+    d = np.round(x * 1000).astype(np.int16).T
+    scipy.io.savemat(tmp_path / "A0001.mat", {"val": d}, format="4")
+    (tmp_path / "A0001.hea").write_text(
+        "A0001 2 500 1000\n"
+        "A0001.mat 16+24 1000/mV 16 0 0 0 0 I\n"
+        "A0001.mat 16+24 1000/mV 16 0 0 0 0 II\n"
+        "#Dx: 164889003\n"
+    )
+    found = find_records(tmp_path)
+    assert [(r.name, r.format) for r in found] == [("A0001", "wfdb")]
+    rec = read_recording(found[0], "I")
+    np.testing.assert_allclose(rec.signal, d[0] / 1000)
+
+
+def test_find_records(tmp_path):
+    (tmp_path / "sub").mkdir()
+    np.save(tmp_path / "sub" / "b.npy", np.zeros(3))
+    np.savetxt(tmp_path / "a.csv", np.zeros(3))
+    (tmp_path / "a_beats.csv").write_text("1\n")
+    (tmp_path / "labels.csv").write_text("record,label\n")
+    (tmp_path / "readme.md").write_text("not a record")
+    names = [r.name for r in find_records(tmp_path, exclude=[tmp_path / "labels.csv"],
+                                          exclude_suffixes=["_beats.csv"])]
+    assert names == ["a", "sub/b"]
+    assert [r.name for r in find_records(tmp_path, "npy")] == ["sub/b"]
+    assert [r.name for r in find_records(str(tmp_path / "**" / "*.npy"))] == ["sub/b"]
+    with pytest.raises(FileNotFoundError):
+        find_records(tmp_path / "missing")
+
+
+def test_sidecar_beats(tmp_path):
+    rec = tmp_path / "0009_8min_signal.csv"
+    side = sidecar_path(rec, "_labels.csv", "_signal.csv")
+    assert side.name == "0009_8min_labels.csv"
+    side.write_text('pleth_peak_x,units_x\n" 59 242 500",samples\n')
+    np.testing.assert_array_equal(read_sidecar_beats(side, "pleth_peak_x", 1), [58, 241, 499])
+    plain = tmp_path / "r_beats.csv"
+    plain.write_text("12\n40\n")
+    np.testing.assert_array_equal(read_sidecar_beats(plain, None, 0), [12, 40])
