@@ -1,0 +1,76 @@
+"""What the pre-training and fine-tuning LightningModules share: the network in ``self.model``,
+weights loaded when fitting starts, per-batch dropout seeds, AdamW with a warm-up + cosine
+schedule, and hyper-parameters kept as plain Python values (a ``.ckpt`` loads with
+``torch.load(..., weights_only=True)`` and ``load_from_checkpoint`` needs no Hydra)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from heartgpt.checkpoints import init_from_pretrained
+from heartgpt.optim import build_optimizer, build_scheduler
+
+
+def plain(value: Any) -> Any:
+    """OmegaConf containers -> Python containers (hparams must unpickle with weights_only)."""
+    if isinstance(value, DictConfig | ListConfig):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def step_seed(seed: int, rank: int, step: int, batch_idx: int) -> int:
+    """The torch seed of one training batch: a pure function of where training is.
+
+    Re-seeding every batch makes dropout masks independent of anything else that drew random
+    numbers before (data-loader workers, sanity checks, a resume), so a resumed run repeats the
+    loss curve of an uninterrupted one; every DDP rank gets different masks.
+    """
+    return int(np.random.SeedSequence([seed, rank, step, batch_idx]).generate_state(1)[0])
+
+
+class GPTLightningModule(L.LightningModule):
+    """Base of :class:`~heartgpt.lit_pretrain.PretrainModule` and
+    :class:`~heartgpt.lit_finetune.FinetuneModule`.
+
+    Subclasses build ``self.model`` (a :class:`~heartgpt.model.GPT`) and save hyper-parameters
+    ``modality``, ``seed``, ``compile``, ``lr``, ``betas``, ``weight_decay``, ``warmup_steps``,
+    ``lr_decay_steps``, ``min_lr_ratio``; :meth:`initial_weights` names the file to start from.
+    """
+
+    model: torch.nn.Module
+    _prepared = False
+
+    def initial_weights(self) -> str | None:
+        """Weights copied into ``self.model`` when fitting starts (None: keep the init)."""
+        return None
+
+    def setup(self, stage: str) -> None:
+        if self._prepared:
+            return
+        self._prepared = True
+        path = self.initial_weights()
+        if stage == "fit" and path:  # a resumed run then overwrites them with the checkpoint's
+            init_from_pretrained(self.model, path, modality=self.hparams.modality)
+        if self.hparams.compile:
+            self.model.compile()  # nn.Module.compile: state-dict keys unchanged
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        torch.manual_seed(step_seed(self.hparams.seed, self.global_rank, self.global_step, batch_idx))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """AdamW over the parameters that require grad (frozen ones get no state), stepped
+        warm-up + cosine; ``lr_decay_steps`` null or <= 0: the trainer's total steps."""
+        hp = self.hparams
+        optimizer = build_optimizer(self.model, hp.lr, hp.betas, hp.weight_decay)
+        decay_steps = hp.lr_decay_steps
+        if decay_steps is None or decay_steps <= 0:
+            decay_steps = int(self.trainer.estimated_stepping_batches)
+        scheduler = build_scheduler(optimizer, hp.warmup_steps, max(decay_steps, hp.warmup_steps),
+                                    hp.min_lr_ratio)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step", "name": "lr"}}

@@ -1,0 +1,66 @@
+"""Resuming a run: which checkpoint ``ckpt_path=last`` means, and which W&B run to continue.
+
+Each run directory holds ``checkpoints/last.ckpt`` (Lightning's ModelCheckpoint) and, when it
+logs to W&B, ``wandb_run_id`` (written by :func:`save_wandb_id`), so that a run resumed from
+one of its checkpoints keeps logging to the same W&B run.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
+
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def find_last_checkpoint(*roots: str | Path) -> Path | None:
+    """The most recently written ``last*.ckpt`` anywhere under ``roots`` (None if there is none)."""
+    found = [p for root in roots if Path(root).is_dir() for p in Path(root).rglob("last*.ckpt")]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path, runs_root: str | Path) -> str | None:
+    """Turn the ``ckpt_path`` setting into a file to resume from, or None to start afresh.
+
+    ``last`` means the newest ``last*.ckpt`` of this run directory, else of any run under
+    ``runs_root`` (``<log_dir>/<task_name>``); when there is none yet, training starts from
+    scratch (so a re-queued job can always say ``ckpt_path=last``). Any other value must be a file.
+    """
+    if not ckpt_path:
+        return None
+    if str(ckpt_path) == "last":
+        found = find_last_checkpoint(output_dir) or find_last_checkpoint(runs_root)
+        if found is None:
+            log.warning("ckpt_path=last: no last*.ckpt under %s or %s; starting from scratch",
+                        output_dir, runs_root)
+            return None
+        log.info("ckpt_path=last: resuming from %s", found)
+        return str(found)
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    return str(path.resolve())
+
+
+def run_dir_of(ckpt_path: str | Path) -> Path:
+    """The run directory of a checkpoint written to ``<run dir>/checkpoints/``."""
+    return Path(ckpt_path).resolve().parent.parent
+
+
+def wandb_id_for(ckpt_path: str | Path | None) -> str | None:
+    """The W&B run id stored in the run directory of ``ckpt_path``, if any."""
+    if ckpt_path is None:
+        return None
+    f = run_dir_of(ckpt_path) / WANDB_ID_FILE
+    return f.read_text().strip() or None if f.is_file() else None
+
+
+@rank_zero_only
+def save_wandb_id(output_dir: str | Path, run_id: str) -> None:
+    """Remember this run's W&B id in its directory (rank 0 only)."""
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / WANDB_ID_FILE).write_text(f"{run_id}\n")

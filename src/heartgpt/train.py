@@ -1,0 +1,207 @@
+"""``python -m heartgpt.train``: pre-train or fine-tune HeartGPT (Hydra config ``conf/train.yaml``).
+
+:func:`train` is the whole job for a composed config (tests and notebooks call it directly,
+with :func:`compose_config`); :func:`main` is the Hydra entry point. The override cookbook is in
+``docs/training.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.loggers import Logger, WandbLogger
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from heartgpt.resume import find_last_checkpoint, resolve_ckpt_path, save_wandb_id, wandb_id_for
+
+log = logging.getLogger(__name__)
+CONF_DIR = Path(__file__).resolve().parent / "conf"
+TEST_METRICS = "test_metrics.json"
+
+
+def latest_checkpoint(runs_root: str) -> str:
+    """``${latest_ckpt:<dir>}``: the newest ``last.ckpt`` under ``<dir>`` (e.g. the demo
+    pre-training runs a fine-tune starts from); an error saying what to run when there is none."""
+    found = find_last_checkpoint(runs_root)
+    if found is None:
+        task = Path(runs_root).name
+        raise FileNotFoundError(
+            f"no checkpoint under {runs_root}: run that training first (e.g. "
+            f"`python -m heartgpt.train modality={task.rsplit('_', 1)[-1]}` for {task}), or set "
+            "task.pretrained=<a .ckpt, .safetensors or released .zip>")
+    return str(found)
+
+
+if not OmegaConf.has_resolver("latest_ckpt"):
+    OmegaConf.register_new_resolver("latest_ckpt", latest_checkpoint)
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """``conf/train.yaml`` composed with ``overrides``, as ``python -m heartgpt.train`` would,
+    for use from Python (notebooks, :mod:`heartgpt.cv`): the run directory is a new
+    ``<log_dir>/<task_name>/runs/<date_time>`` relative to the current directory."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides or []), return_hydra_config=True)
+    runtime = cfg.hydra.runtime
+    with read_write(runtime), open_dict(runtime):
+        runtime.cwd = str(Path.cwd())
+    HydraConfig().set_config(cfg)  # for ${hydra:runtime.cwd} in hydra.run.dir
+    run_dir = str(Path(cfg.hydra.run.dir).resolve())
+    with read_write(runtime), open_dict(runtime):
+        runtime.output_dir = run_dir
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths = OmegaConf.create(OmegaConf.to_container(cfg.paths, resolve=True))
+        del cfg["hydra"]
+    return cfg
+
+
+def ensure_demo_shards(cfg: DictConfig) -> None:
+    """Build the SYNTHETIC demo shards when ``data.shard_dir`` is under ``<data_dir>/demo``
+    and has no manifest yet (settings: the ``demo`` section of ``conf/prepare.yaml``)."""
+    from heartgpt.data.demo import build_demo
+    from heartgpt.data.shards import MANIFEST_NAME
+
+    shard_dir = cfg.data.get("shard_dir")
+    if not shard_dir or (Path(shard_dir) / MANIFEST_NAME).is_file():
+        return
+    demo_root = (Path(cfg.paths.data_dir) / "demo").resolve()
+    try:
+        modality = Path(shard_dir).resolve().relative_to(demo_root).parts[0]
+    except (ValueError, IndexError):
+        return  # not demo data: the DataModule reports what is missing
+    prep = OmegaConf.load(CONF_DIR / "prepare.yaml")
+    d = prep.demo
+    log.info("building the SYNTHETIC demo shards in %s", demo_root / modality)
+    build_demo(
+        demo_root / modality, modality, subjects=d.subjects, seconds=d.seconds, seed=prep.seed,
+        pretrain_samples=d.pretrain_samples, finetune_samples=d.finetune_samples,
+        finetune_stride=d.finetune_stride, beat_tolerance=d.beat_tolerance,
+        rows_per_shard=d.rows_per_shard,
+    )
+
+
+def instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a config group of named objects (callbacks, loggers)."""
+    if not group:
+        return []
+    return [instantiate(node, _convert_="all") for node in group.values()
+            if isinstance(node, DictConfig) and "_target_" in node]
+
+
+def continue_wandb_run(cfg: DictConfig, ckpt_path: str | None) -> None:
+    """Point ``logger.wandb.id`` at the W&B run of the run directory being resumed (if unset)."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    run_id = wandb_id_for(ckpt_path)
+    if wandb_cfg is not None and wandb_cfg.get("id") is None and run_id:
+        with open_dict(cfg):
+            cfg.logger.wandb.id = run_id
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Fit (and optionally test) the model of ``cfg``; return ``cfg.optimized_metric``.
+
+    ``ckpt_path`` resumes model, optimiser, scheduler, step and data order from a checkpoint
+    (``last``: the newest ``last.ckpt`` of this task's runs), continuing the same W&B run.
+    """
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    ensure_demo_shards(cfg)
+
+    datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
+    if cfg.get("overfit_batches"):
+        from heartgpt.overfit import FixedBatches
+
+        datamodule = FixedBatches(datamodule, cfg.overfit_batches)
+    module: L.LightningModule = instantiate(cfg.task, _convert_="all")
+
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir,
+                                  Path(cfg.paths.log_dir) / cfg.task_name)
+    continue_wandb_run(cfg, ckpt_path)
+    loggers: list[Logger] = instantiate_all(cfg.get("logger"))
+    callbacks: list[L.Callback] = instantiate_all(cfg.get("callbacks"))
+    if cfg.get("freeze") and "_target_" in cfg.freeze:
+        callbacks.append(instantiate(cfg.freeze, _convert_="all"))
+    if not loggers:  # nothing to log learning rates to (LearningRateMonitor would refuse)
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     _convert_="all")
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(resolved)
+        if isinstance(lg, WandbLogger):
+            save_wandb_id(cfg.paths.output_dir, lg.version)
+    try:
+        if cfg.get("train"):
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+        metric = trainer.callback_metrics.get(cfg.optimized_metric)
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        if cfg.get("test"):
+            if not (best or ckpt_path):
+                log.warning("no checkpoint to test: testing the current weights")
+            results = trainer.test(module, datamodule=datamodule, ckpt_path=best or ckpt_path)
+            if trainer.is_global_zero:
+                write_test_metrics(cfg.paths.output_dir, results, best or ckpt_path)
+        if trainer.checkpoint_callback is not None:
+            for lg in trainer.loggers:
+                lg.log_hyperparams({"checkpoints/best": best,
+                                    "checkpoints/last": trainer.checkpoint_callback.last_model_path})
+    finally:
+        if any(isinstance(lg, WandbLogger) for lg in trainer.loggers) and trainer.is_global_zero:
+            import wandb
+
+            wandb.finish()
+    if metric is None:
+        log.warning("optimized_metric %r was not logged", cfg.optimized_metric)
+        return None
+    return float(metric)
+
+
+def write_test_metrics(output_dir: str, results: list[dict[str, float]], ckpt: str | None) -> None:
+    """``<run dir>/test_metrics.json``: the test metrics of the tested checkpoint (for
+    :mod:`heartgpt.cv` and for comparing sweep runs without a logger)."""
+    if not results:
+        return
+    path = Path(output_dir) / TEST_METRICS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**results[0], "checkpoint": ckpt or ""}, indent=2))
+    tmp.replace(path)
+
+
+def route_lightning_logs() -> None:
+    """Send Lightning's log records through Hydra's handlers (console and ``train.log``).
+
+    Lightning gives its loggers their own console handler, without propagation, when it is
+    imported before logging is configured, which would leave the run's ``train.log`` empty.
+    """
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in [h for h in logger.handlers if type(h) is logging.StreamHandler]:
+            logger.removeHandler(handler)
+        logger.propagate = True
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the optimised metric for sweepers."""
+    route_lightning_logs()
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

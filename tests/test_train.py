@@ -1,0 +1,165 @@
+"""``heartgpt.train`` end to end: fast CPU runs, overfitting, resume, bf16, W&B offline, and (slow,
+in subprocesses) 2-process DDP and a multirun."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from heartgpt.checkpoints import load_model
+from heartgpt.lit_pretrain import PretrainModule
+from heartgpt.resume import WANDB_ID_FILE
+from heartgpt.train import ensure_demo_shards, train
+from training_helpers import (
+    FAST,
+    TINY_MODEL,
+    build_tiny_demo,
+    column,
+    compose_train,
+    read_metrics_csv,
+    run_module,
+    single_thread,
+    wandb_history,
+)
+
+one_thread = pytest.fixture(autouse=True)(single_thread)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return build_tiny_demo(tmp_path_factory.mktemp("data"))
+
+
+def run_train(overrides: list[str], data_dir: Path, out: Path, log_dir: Path | None = None) -> float | None:
+    cfg = compose_train([*FAST, *overrides], data_dir=data_dir, output_dir=out,
+                        log_dir=log_dir or out.parent / "logs")
+    return train(cfg)
+
+
+@pytest.mark.parametrize("modality", ["ecg", "ppg"])
+def test_fast_run(modality, data_dir, tmp_path):
+    out = tmp_path / "run"
+    val_loss = run_train([f"modality={modality}"], data_dir, out)
+    rows = read_metrics_csv(out)
+    assert val_loss == pytest.approx(column(rows, "val/loss")[-1][1])
+    assert 3.5 < val_loss < math.log(110)  # a few steps from uniform over ~101 tokens
+    for name in ("train/loss", "train/ppl", "train/acc", "val/ppl", "val/acc", "test/loss"):
+        assert column(rows, name), name
+    assert len(column(rows, "train/loss")) == 6  # per step
+    ckpts = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
+    assert len(ckpts) == 2 and "last.ckpt" in ckpts  # best + last
+    loaded = load_model(out / "checkpoints" / "last.ckpt")
+    assert loaded.modality == modality
+    assert loaded.model.config.vocab_size == {"ecg": 101, "ppg": 102}[modality]
+
+
+def test_demo_shards_are_built_if_absent(tmp_path):
+    cfg = compose_train(["modality=ppg"], data_dir=tmp_path / "data", output_dir=tmp_path / "run",
+                        log_dir=tmp_path / "logs")
+    ensure_demo_shards(cfg)
+    assert (tmp_path / "data" / "demo" / "ppg" / "pretrain" / "manifest.json").is_file()
+    assert (tmp_path / "data" / "demo" / "ppg" / "af" / "manifest.json").is_file()
+
+
+def test_overfit_one_batch(data_dir, tmp_path):
+    out = tmp_path / "run"
+    cfg = compose_train(["debug=overfit", *TINY_MODEL, "trainer.max_steps=150"], data_dir=data_dir,
+                        output_dir=out, log_dir=tmp_path / "logs")
+    val_loss = train(cfg)
+    losses = [v for _, v in column(read_metrics_csv(out), "train/loss")]
+    assert losses[0] > 4.0
+    assert losses[-1] < 0.5 * losses[0] and val_loss < 0.5 * losses[0]
+
+
+def test_resume_follows_the_uninterrupted_run(data_dir, tmp_path):
+    """Stop at step 4, resume with ckpt_path=last: steps 5-8 repeat the uninterrupted run."""
+    common = ["trainer.max_steps=8", "trainer.val_check_interval=4", "test=false", "data.num_workers=1",
+              "data.persistent_workers=false"]
+    logs = tmp_path / "logs"
+    run_train(common, data_dir, tmp_path / "full", logs)
+    stopped = logs / "pretrain_ecg" / "runs" / "stopped"
+    run_train([*common, "trainer.max_steps=4", "task.lr_decay_steps=8"], data_dir, stopped, logs)
+    run_train([*common, "ckpt_path=last"], data_dir, tmp_path / "resumed", logs)
+
+    full = dict(column(read_metrics_csv(tmp_path / "full"), "train/loss"))
+    first = dict(column(read_metrics_csv(stopped), "train/loss"))
+    resumed = dict(column(read_metrics_csv(tmp_path / "resumed"), "train/loss"))
+    assert sorted(first) == [0, 1, 2, 3] and sorted(resumed) == [4, 5, 6, 7]
+    for step in range(8):
+        assert (first | resumed)[step] == pytest.approx(full[step], rel=1e-5, abs=1e-6), step
+    a = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 8
+    for k, v in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_bf16_mixed_on_cpu(data_dir, tmp_path):
+    val_loss = run_train(["trainer.precision=bf16-mixed", "test=false"], data_dir, tmp_path / "run")
+    assert val_loss is not None and math.isfinite(val_loss) and val_loss < math.log(110)
+
+
+def test_wandb_offline_run_and_resume(data_dir, tmp_path):
+    out = tmp_path / "run"
+    over = ["logger=wandb", "callbacks.attention_maps.every_n_validations=1", "test=false",
+            "callbacks.attention_maps.figures=[heads,aggregate]"]
+    val_loss = run_train(over, data_dir, out)
+    (run_dir,) = (out / "wandb").glob("offline-run-*")
+    run_id = (out / WANDB_ID_FILE).read_text().strip()
+    assert run_dir.name.endswith(run_id)
+    history = wandb_history(run_dir / f"run-{run_id}.wandb")
+    vals = [h["val/loss"] for h in history if "val/loss" in h]
+    assert len(vals) == 2, history and vals[-1] == pytest.approx(val_loss)
+    assert any("train/loss" in h for h in history) and any("val/acc" in h for h in history)
+    images = run_dir / "files" / "media" / "images" / "val"
+    for name in ("attention_layer0", "attention_layer1", "attention_aggregate"):  # layers [0, -1]
+        assert len(list(images.glob(f"{name}_*.png"))) == 4, name  # 2 validations x 2 windows
+
+    resumed = tmp_path / "resumed"  # same W&B run id, new run directory
+    run_train([*over, f"ckpt_path={out / 'checkpoints' / 'last.ckpt'}", "trainer.max_steps=8"],
+              data_dir, resumed)
+    assert (resumed / WANDB_ID_FILE).read_text().strip() == run_id
+    assert list((resumed / "wandb").glob(f"offline-run-*-{run_id}"))
+
+
+def test_init_from_in_config(data_dir, tmp_path):
+    source = tmp_path / "source"
+    run_train(["test=false"], data_dir, source)
+    ckpt = source / "checkpoints" / "last.ckpt"
+    cfg = compose_train([*FAST, f"task.init_from={ckpt}", "train=false"], data_dir=data_dir,
+                        output_dir=tmp_path / "run", log_dir=tmp_path / "logs")
+    train(cfg)  # testing only: init_from is applied when fitting, so this stays random
+    module = PretrainModule(**{k: v for k, v in cfg.task.items() if k != "_target_"})
+    module.setup("fit")
+    assert torch.equal(module.model.head.weight, load_model(ckpt).model.head.weight)
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(data_dir, tmp_path):
+    out = tmp_path / "run"
+    result = run_module([*FAST, "trainer=ddp_cpu", "trainer.devices=2", "test=false",
+                         f"paths.data_dir={data_dir}", f"hydra.run.dir={out}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert len(ckpts) == 2 and "last.ckpt" in ckpts, ckpts  # one best + one last, written once
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 6
+
+
+@pytest.mark.slow
+def test_multirun_writes_separate_run_dirs(data_dir, tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_module(["-m", "model=paper,medium", *FAST, "trainer.max_steps=2",
+                         "trainer.val_check_interval=2", "test=false", "logger=none",
+                         f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    scales = {}
+    for job, model in (("0", "paper"), ("1", "medium")):
+        assert f"model={model}" in (sweep / job / ".hydra" / "overrides.yaml").read_text()
+        assert "`max_steps=2` reached" in (sweep / job / "train.log").read_text()  # Lightning's log
+        ckpt = torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=True)
+        scales[model] = ckpt["hyper_parameters"]["model_config"]["attn_scale"]
+    assert scales == {"paper": 0.125, "medium": None}

@@ -1,0 +1,220 @@
+"""The training config tree: every option composes, every experiment instantiates, presets fit
+the signatures they feed and restate no library default."""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+
+import lightning as L
+import pytest
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from heartgpt.lit_finetune import FinetuneModule
+from heartgpt.lit_pretrain import PretrainModule
+from heartgpt.model import GPT, GPTConfig
+from training_helpers import CONF_DIR, compose_train
+
+NOT_OURS = {"data", "prepare"}  # the data engineer's groups
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in NOT_OURS | {"hydra"})
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+EXPERIMENTS = [o for g, o in OPTIONS if g == "experiment"]
+# Declared at Lightning's defaults on purpose: overriding them then needs no "+".
+# The demo fine-tunes start from the newest demo pre-training, which these tests do not run.
+NO_PRETRAINED = {name: ["task.pretrained=null"] for name in ("demo_af", "demo_beats")}
+DECLARED = {"Trainer": {"accelerator", "devices", "strategy", "precision", "num_nodes"},
+            "WandbLogger": {"id"}}
+
+
+@pytest.fixture
+def paths(tmp_path):
+    return {"data_dir": tmp_path / "data", "output_dir": tmp_path / "run", "log_dir": tmp_path / "logs"}
+
+
+def test_tree_has_the_expected_options():
+    have = set(OPTIONS)
+    for group, options in {
+        "modality": ["ecg", "ppg"], "model": ["paper", "medium", "large"],
+        "task": ["pretrain", "af", "beats"],
+        "freeze": ["none", "full", "head", "last_block", "last_n", "gradual"],
+        "trainer": ["default", "cpu", "gpu", "ddp", "ddp_cpu", "fsdp"],
+        "logger": ["wandb", "csv", "none"], "callbacks": ["default"], "paths": ["default"],
+        "debug": ["fast", "overfit"],
+        "experiment": ["paper_ecg_pretrain", "paper_ppg_pretrain", "demo", "paper_ecg_af",
+                       "paper_ppg_af", "paper_ppg_beats", "demo_af", "demo_beats"],
+    }.items():
+        assert {(group, o) for o in options} <= have, group
+    assert (CONF_DIR / "hydra" / "launcher" / "slurm.yaml").is_file()
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_resolves(group, option, paths):
+    cfg = compose_train([f"{group}={option}", *NO_PRETRAINED.get(option, [])], **paths)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert resolved["data"]["modality"] == resolved["modality"]["name"]
+    assert resolved["task"]["model_config"]["vocab_size"] == resolved["modality"]["vocab_size"]
+
+
+def test_default_composition_is_the_demo(paths):
+    cfg = compose_train([], **paths)
+    assert cfg.task_name == "pretrain_ecg"
+    assert cfg.data.shard_dir == f"{paths['data_dir']}/demo/ecg/pretrain"
+    assert cfg.trainer.max_steps <= 200 and cfg.trainer.use_distributed_sampler is False
+    assert "wandb" in cfg.logger and cfg.logger.wandb.offline is True
+    assert cfg.test is True  # the demo split has a test set
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_instantiates(experiment, paths):
+    cfg = compose_train([f"experiment={experiment}", *NO_PRETRAINED.get(experiment, [])], **paths)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    module = instantiate(cfg.task, _convert_="all")
+    callbacks = [instantiate(c, _convert_="all") for c in cfg.callbacks.values()]
+    loggers = [instantiate(c, _convert_="all") for c in cfg.logger.values()]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, _convert_="all")
+    assert isinstance(datamodule, L.LightningDataModule)
+    assert isinstance(module, PretrainModule if cfg.task_name.startswith(("pretrain", "paper_ecg_pre",
+                                                                        "paper_ppg_pre"))
+                      else FinetuneModule)
+    assert isinstance(trainer, L.Trainer)
+    assert module.hparams.modality == cfg.modality.name
+
+
+@pytest.mark.parametrize("experiment", ["paper_ecg_pretrain", "paper_ppg_pretrain"])
+def test_paper_presets_carry_the_paper_recipe(experiment, paths):
+    cfg = compose_train([f"experiment={experiment}"], **paths)
+    modality = experiment.split("_")[1]
+    assert cfg.modality.name == modality
+    assert cfg.data.batch_size == 64
+    assert cfg.task.lr == 3e-4 and cfg.task.warmup_steps == 0 and cfg.task.min_lr_ratio == 1.0
+    assert cfg.trainer.max_steps == {"ecg": 560_000, "ppg": 500_000}[modality]
+    assert cfg.trainer.val_check_interval == 2000 and cfg.trainer.limit_val_batches == 200
+    assert cfg.trainer.precision == "32-true" and cfg.trainer.gradient_clip_val is None
+    assert GPTConfig.from_dict(cfg.task.model_config) == GPTConfig(
+        vocab_size=cfg.modality.vocab_size)  # the released architecture (dropout 0.2)
+
+
+def test_model_presets_are_gpt_configs(paths):
+    sizes = {}
+    for option in ("paper", "medium", "large"):
+        cfg = compose_train([f"model={option}"], **paths)
+        config = GPTConfig.from_dict(OmegaConf.to_container(cfg.model, resolve=True))
+        sizes[option] = GPT(config).num_params()
+    assert 0.4e6 < sizes["paper"] < 0.5e6  # ~0.44 M as released
+    assert sizes["paper"] < sizes["medium"] < sizes["large"]
+    paper = compose_train(["model=paper"], **paths).model
+    assert paper.attn_scale == paper.n_embd**-0.5 and paper.dropout == 0.2
+
+
+@pytest.mark.parametrize(("task", "module"), [("pretrain", PretrainModule), ("af", FinetuneModule),
+                                              ("beats", FinetuneModule)])
+def test_task_preset_matches_the_module_signature(task, module, paths):
+    cfg = compose_train([f"task={task}"], **paths)
+    params = inspect.signature(module.__init__).parameters
+    keys = set(cfg.task) - {"_target_"}
+    assert keys <= set(params), keys - set(params)
+    required = {n for n, p in params.items() if n != "self" and p.default is inspect.Parameter.empty}
+    assert required <= keys
+    for name in keys & set(params):  # code defaults, where there are any, equal the YAML
+        if params[name].default is not inspect.Parameter.empty:
+            assert params[name].default == cfg.task[name], name
+
+
+def _restated_defaults(node: DictConfig) -> list[str]:
+    cls = get_class(node._target_)
+    params = inspect.signature(cls.__init__).parameters
+    allowed = DECLARED.get(cls.__name__, set())
+    out = []
+    for key, value in node.items():
+        p = params.get(str(key))
+        if key == "_target_" or p is None or key in allowed or isinstance(value, DictConfig):
+            continue
+        if p.default is not inspect.Parameter.empty and p.default == value:
+            out.append(f"{cls.__name__}.{key}={value}")
+    return out
+
+
+@pytest.mark.parametrize("overrides", [["logger=csv"], ["logger=wandb"], ["trainer=ddp_cpu"],
+                                       ["trainer=fsdp"], ["trainer=gpu"]])
+def test_no_library_default_restated(overrides, paths):
+    cfg = compose_train(overrides, **paths)
+    nodes = [cfg.trainer, *cfg.callbacks.values(), *cfg.logger.values()]
+    restated = [r for n in nodes for r in _restated_defaults(n)]
+    assert not restated, restated
+
+
+def test_distributed_and_precision_are_plain_overrides(paths):
+    cfg = compose_train(["trainer.devices=4", "trainer.strategy=fsdp", "trainer.precision=bf16-mixed",
+                         "trainer.num_nodes=2"], **paths)
+    assert (cfg.trainer.devices, cfg.trainer.strategy, cfg.trainer.precision) == (4, "fsdp", "bf16-mixed")
+    fsdp = compose_train(["trainer=fsdp"], **paths).trainer.strategy
+    assert type(instantiate(fsdp)).__name__ == "FSDPStrategy"
+    assert compose_train(["trainer=ddp_cpu"], **paths).trainer.use_distributed_sampler is False
+
+
+def test_hydra_interpolations_only_in_paths():
+    offenders = [str(p.relative_to(CONF_DIR)) for p in CONF_DIR.rglob("*.yaml")
+                 if p.parent.name not in NOT_OURS and p.name != "prepare.yaml"
+                 and p.parent != CONF_DIR / "paths" and re.search(r"\$\{hydra:", p.read_text())]
+    assert not offenders
+
+
+def test_slurm_launcher_composes(paths):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4",
+                                          "trainer.num_nodes=2"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.nodes, launcher.tasks_per_node, launcher.gpus_per_node) == (2, 4, 4)
+
+
+def test_debug_presets(paths):
+    fast = compose_train(["debug=fast"], **paths)
+    assert fast.trainer.max_steps < 20 and "csv" in fast.logger and fast.data.num_workers == 0
+    overfit = compose_train(["debug=overfit"], **paths)
+    assert overfit.overfit_batches == 1 and overfit.model.dropout == 0.0
+
+
+@pytest.mark.parametrize(("experiment", "modality", "weights", "folds"), [
+    ("paper_ecg_af", "ecg", "ECGPT_560k_iters.zip", "loso"),
+    ("paper_ppg_af", "ppg", "PPGPT_500k_iters.zip", "loso"),
+    ("paper_ppg_beats", "ppg", "PPGPT_500k_iters.zip", None),
+])
+def test_paper_finetune_presets_carry_the_paper_recipe(experiment, modality, weights, folds, paths):
+    cfg = compose_train([f"experiment={experiment}"], **paths)
+    assert cfg.modality.name == modality and cfg.freeze.strategy == "last_block"
+    assert cfg.task.pretrained.endswith(f"/{weights}")
+    assert cfg.data.batch_size == 128 and cfg.data.folds == folds
+    assert cfg.task.lr == 3e-4 and cfg.task.warmup_steps == 0 and cfg.task.min_lr_ratio == 1.0
+    assert cfg.trainer.max_steps == (5000 if "beats" in experiment else 1000)
+    assert cfg.task.task_type == cfg.data.task_type == ("token" if "beats" in experiment else "sequence")
+    assert cfg.callbacks.model_checkpoint.mode == "max"
+
+
+def test_demo_finetune_starts_from_the_newest_pretraining(paths):
+    cfg = compose_train(["experiment=demo_af"], **paths)
+    with pytest.raises(Exception, match="no checkpoint under .*pretrain_ecg"):
+        _ = cfg.task.pretrained
+    older = paths["log_dir"] / "pretrain_ecg" / "runs" / "a" / "checkpoints" / "last.ckpt"
+    newer = paths["log_dir"] / "pretrain_ecg" / "runs" / "b" / "checkpoints" / "last.ckpt"
+    for i, path in enumerate((older, newer)):
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"")
+        os.utime(path, (1_000_000 + i, 1_000_000 + i))
+    assert cfg.task.pretrained == str(newer)
+
+
+def test_freeze_sweep_composes_one_callback_per_strategy(paths):
+    from heartgpt.callbacks import Freeze, GradualUnfreeze
+
+    for strategy in ("full", "head", "last_block", "last_n", "gradual"):
+        cfg = compose_train(["experiment=demo_af", "task.pretrained=null", f"freeze={strategy}"], **paths)
+        callback = instantiate(cfg.freeze)
+        assert isinstance(callback, GradualUnfreeze if strategy == "gradual" else Freeze)
+    assert "_target_" not in compose_train([], **paths).freeze  # pre-training freezes nothing

@@ -1,0 +1,127 @@
+"""Helpers of the training tests: tiny demo shards, composing ``conf/train.yaml``, reading logs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+
+import heartgpt
+import heartgpt.train  # registers the ${latest_ckpt:} resolver of the configs)
+from heartgpt.data.demo import build_demo
+
+CONF_DIR = Path(heartgpt.__file__).resolve().parent / "conf"
+
+# A tiny model and a few steps: every training test starts from these.
+TINY_MODEL = ["model.n_layer=2", "model.n_embd=32", "model.n_head=4", "model.block_size=64"]
+FAST = ["debug=fast", *TINY_MODEL]
+
+
+def single_thread():
+    """Fixture body: tiny models run fastest on one thread (and suffer least on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def build_tiny_demo(data_dir: Path) -> Path:
+    """SYNTHETIC demo shards for both modalities under ``<data_dir>/demo`` (8 subjects, 60 s)."""
+    for modality in ("ecg", "ppg"):
+        build_demo(data_dir / "demo" / modality, modality, subjects=8, seconds=60, seed=0,
+                   pretrain_samples=200, finetune_samples=100, finetune_stride=50,
+                   beat_tolerance=0, rows_per_shard=128)
+    return data_dir
+
+
+def compose_train(overrides: list[str], data_dir: Path | None = None,
+                  output_dir: Path | None = None, log_dir: Path | None = None) -> DictConfig:
+    """``conf/train.yaml`` with ``overrides``, its ``paths`` pointed at the given folders."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    with open_dict(cfg):
+        for key, value in (("data_dir", data_dir), ("output_dir", output_dir), ("log_dir", log_dir)):
+            if value is not None:
+                cfg.paths[key] = str(value)
+        del cfg["hydra"]
+    return cfg
+
+
+def read_metrics_csv(output_dir: Path) -> list[dict[str, str]]:
+    """Rows of the CSV logger's ``metrics.csv`` in a run directory."""
+    (path,) = Path(output_dir).glob("csv/version_*/metrics.csv")
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def column(rows: list[dict[str, str]], name: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of every row that has ``name``."""
+    return [(int(r["step"]), float(r[name])) for r in rows if r.get(name)]
+
+
+def read_wandb_records(path: Path) -> list[bytes]:
+    """The protobuf records of an offline ``run-<id>.wandb`` file (LevelDB log framing)."""
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path}: not a W&B run file"
+    pos, block, out, buf = 7, 32768, [], b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:  # full
+            out.append(chunk)
+        elif kind == 2:  # first
+            buf = chunk
+        elif kind == 3:  # middle
+            buf += chunk
+        elif kind == 4:  # last
+            out.append(buf + chunk)
+        else:
+            break
+    return out
+
+
+def wandb_history(run_file: Path, timeout: float = 60.0) -> list[dict]:
+    """The history rows (``wandb.log`` calls) of an offline W&B run file.
+
+    The W&B service may still be flushing the file when ``wandb.finish()`` returns: wait for its
+    ``exit`` record.
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    deadline = time.monotonic() + timeout
+    while True:
+        records = []
+        for raw in read_wandb_records(run_file) if Path(run_file).is_file() else []:
+            rec = pb.Record()
+            rec.ParseFromString(raw)
+            records.append(rec)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    return [{(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
+            for r in records if r.WhichOneof("record_type") == "history"]
+
+
+def run_module(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m heartgpt.train <args>`` in ``cwd`` (W&B offline, no GPU)."""
+    env = {**os.environ, "WANDB_MODE": "offline", "CUDA_VISIBLE_DEVICES": "", "MPLBACKEND": "Agg",
+           "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "heartgpt.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
