@@ -1,0 +1,151 @@
+"""``python -m heartgpt.cv``: subject-wise cross-validation of a fine-tuning run.
+
+Runs every fold of ``data.folds`` (K, or ``loso`` for leave-one-subject-out, the paper's AF
+protocol) one after another with the same config, each fold fitting and then testing its best
+checkpoint, and writes into the CV directory:
+
+- ``fold_<k>/``: the fold's run (checkpoints, logs, ``test_predictions.csv``);
+- ``summary.json`` and ``folds.csv``: per-fold test metrics, and the pooled metrics over all
+  held-out predictions (pooled AUROC / AP for sequence tasks, as the paper reports).
+
+Usage (Hydra overrides as for ``heartgpt.train``)::
+
+    python -m heartgpt.cv experiment=demo_af data.folds=5
+    python -m heartgpt.cv experiment=paper_ppg_af data.folds=loso
+    python -m heartgpt.cv --summarize outputs/af/cv/<date_time>   # re-pool finished folds
+
+Folds run sequentially in this process; to spread them over a cluster, launch
+``python -m heartgpt.train -m ... data.fold=0,1,...`` with a Hydra launcher and then
+``--summarize`` the sweep directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import (
+    binary_accuracy,
+    binary_auroc,
+    binary_average_precision,
+)
+
+log = logging.getLogger(__name__)
+
+PREDICTIONS = "test_predictions.csv"
+METRICS = "test_metrics.json"
+
+
+def fold_count(cfg) -> int:
+    """Number of folds the data config defines (K, or the number of subjects for ``loso``)."""
+    from hydra.utils import instantiate
+
+    folds = cfg.data.get("folds")
+    if folds is None:
+        raise ValueError("cross-validation needs data.folds=K or data.folds=loso")
+    if str(folds) != "loso":
+        return int(folds)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    return len(datamodule.manifest.subjects)
+
+
+def read_predictions(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def summarize(cv_dir: str | Path) -> dict:
+    """Pool the folds under ``cv_dir`` (``fold_*/``) into ``summary.json`` and ``folds.csv``."""
+    cv_dir = Path(cv_dir)
+    fold_dirs = sorted((d for d in cv_dir.glob("fold_*") if d.is_dir()),
+                       key=lambda d: int(d.name.split("_")[1]))
+    if not fold_dirs:
+        raise FileNotFoundError(f"{cv_dir}: no fold_* directories to summarise")
+    per_fold, pooled_rows = [], []
+    for d in fold_dirs:
+        metrics_file = d / METRICS
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        preds = d / PREDICTIONS
+        rows = read_predictions(preds) if preds.is_file() else []
+        subjects = sorted({r["subject"] for r in rows})
+        per_fold.append({"fold": int(d.name.split("_")[1]), "windows": len(rows),
+                         "test_subjects": subjects, **metrics})
+        pooled_rows += rows
+    summary: dict = {"folds": per_fold, "n_folds": len(per_fold)}
+    if pooled_rows and "prob" in pooled_rows[0]:
+        probs = torch.tensor([float(r["prob"]) for r in pooled_rows])
+        labels = torch.tensor([int(r["label"]) for r in pooled_rows])
+        pooled = {"windows": len(pooled_rows), "positives": int(labels.sum())}
+        if 0 < int(labels.sum()) < len(labels):
+            pooled["auroc"] = float(binary_auroc(probs, labels))
+            pooled["ap"] = float(binary_average_precision(probs, labels))
+        pooled["acc"] = float(binary_accuracy(probs, labels))
+        summary["pooled"] = pooled
+    numeric = {k for f in per_fold for k, v in f.items()
+               if isinstance(v, int | float) and k not in ("fold", "windows")}
+    summary["mean"] = {k: float(np.mean([f[k] for f in per_fold if k in f])) for k in sorted(numeric)}
+    (cv_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    with open(cv_dir / "folds.csv", "w", newline="") as f:
+        keys = ["fold", "windows", *sorted(numeric)]
+        writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(per_fold)
+    return summary
+
+
+def run_cv(cfg, cv_dir: str | Path) -> dict:
+    """Fit and test every fold of ``cfg`` under ``cv_dir``; return the summary."""
+    from omegaconf import open_dict
+
+    from heartgpt.train import train
+
+    cv_dir = Path(cv_dir)
+    n = fold_count(cfg)
+    log.info("cross-validation: %d folds in %s", n, cv_dir)
+    for k in range(n):
+        fold_cfg = cfg.copy()
+        with open_dict(fold_cfg):
+            fold_cfg.data.fold = k
+            fold_cfg.test = True
+            fold_cfg.trainer.limit_test_batches = 1.0  # pooling needs every held-out window
+            fold_cfg.paths.output_dir = str(cv_dir / f"fold_{k}")
+            if fold_cfg.get("logger") and fold_cfg.logger.get("wandb"):
+                fold_cfg.logger.wandb.group = cv_dir.name
+                fold_cfg.logger.wandb.name = f"{cv_dir.name}-fold{k}"
+        train(fold_cfg)
+    return summarize(cv_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--summarize", metavar="DIR", help="only pool the folds already in DIR")
+    parser.add_argument("--dir", help="CV directory (default <log_dir>/<task_name>/cv/<time>)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for heartgpt.train")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    if args.summarize:
+        summary = summarize(args.summarize)
+    else:
+        from heartgpt.train import compose_config
+
+        cfg = compose_config(args.overrides)
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        cv_dir = Path(args.dir or Path(cfg.paths.log_dir) / cfg.task_name / "cv" / stamp)
+        summary = run_cv(cfg, cv_dir)
+        print(f"cross-validation summary: {cv_dir / 'summary.json'}")
+    json.dump({k: summary[k] for k in ("n_folds", "pooled", "mean") if k in summary},
+              sys.stdout, indent=2)
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Fine-tuning end to end: FinetuneModule through ``heartgpt.train`` with the freeze configs, from
+the released checkpoints and from ours, and subject-wise cross-validation."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from heartgpt.checkpoints import CheckpointError, load_model
+from heartgpt.cv import run_cv, summarize
+from heartgpt.data.demo import build_demo
+from heartgpt.lit_finetune import FinetuneModule
+from heartgpt.train import train
+from training_helpers import TINY_MODEL, compose_train, read_metrics_csv, single_thread
+
+single_thread = pytest.fixture(autouse=True)(single_thread)
+
+FAST = ["debug=fast", "logger=csv", "callbacks.rich_progress_bar=null",
+        "callbacks.rich_model_summary=null", "data.batch_size=4"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """SYNTHETIC demo shards with 500-sample fine-tuning windows (the released context)."""
+    root = tmp_path_factory.mktemp("data")
+    for modality in ("ecg", "ppg"):
+        build_demo(root / "demo" / modality, modality, subjects=6, seconds=40, seed=0,
+                   pretrain_samples=501, finetune_samples=500, finetune_stride=250,
+                   beat_tolerance=0, rows_per_shard=64)
+    return root
+
+
+def run(overrides: list[str], data_dir: Path, out: Path) -> tuple[float | None, Path]:
+    cfg = compose_train([*FAST, *overrides], data_dir=data_dir, output_dir=out,
+                        log_dir=out.parent / "logs")
+    return train(cfg), out
+
+
+def trainable_logged(out: Path) -> int:
+    rows = [r for r in read_metrics_csv(out) if r.get("trainable_params")]
+    return int(float(rows[0]["trainable_params"]))
+
+
+@pytest.mark.shared
+@pytest.mark.slow
+@pytest.mark.parametrize(("modality", "task", "base"), [
+    ("ecg", "af", "ECGPT_560k_iters.zip"),
+    ("ppg", "af", "PPGPT_500k_iters.zip"),
+    ("ppg", "beats", "PPGPT_500k_iters.zip"),
+])
+def test_finetune_from_released_checkpoint(modality, task, base, weights_dir, data_dir, tmp_path):
+    """The paper's recipe from the released files: only head, ln_f and block 7 move."""
+    released = load_model(weights_dir / base).model.state_dict()
+    metric, out = run([f"task={task}", f"modality={modality}", f"task.pretrained={weights_dir / base}",
+                       "trainer.max_steps=3", "test=true"], data_dir, tmp_path / "run")
+    assert metric is not None
+    tuned = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    assert trainable_logged(out) == 49_985
+    moved = {k.removeprefix("model.") for k, v in tuned.items() if k.startswith("model.")
+             and (k.removeprefix("model.") not in released or v.shape != released[k[6:]].shape
+                  or not torch.equal(v, released[k[6:]]))}
+    assert moved and all(k.startswith(("head.", "ln_f.", "blocks.7.")) for k in moved), moved
+    assert any(k.startswith("blocks.7.") for k in moved)
+    test_metrics = json.loads((out / "test_metrics.json").read_text())
+    key = "test/auroc" if task == "af" else "test/beat_f1"
+    assert 0.0 <= test_metrics[key] <= 1.0
+    with open(out / "test_predictions.csv") as f:
+        assert len(list(csv.DictReader(f))) > 0
+    # the fine-tuned checkpoint loads as a task model of the right modality
+    loaded = load_model(out / "checkpoints" / "last.ckpt")
+    assert (loaded.modality, loaded.task, loaded.model.config.n_out) == (modality, task, 1)
+
+
+@pytest.mark.shared
+def test_wrong_modality_checkpoint_fails_before_training(weights_dir, data_dir, tmp_path):
+    with pytest.raises(CheckpointError, match=r"ECGPT_560k_iters\.zip.*(ECG|vocab)"):
+        run(["task=af", "modality=ppg", f"task.pretrained={weights_dir / 'ECGPT_560k_iters.zip'}"],
+            data_dir, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_vocab_mismatch_of_our_checkpoint_is_a_clear_error(data_dir, tmp_path):
+    """An ECG pre-training checkpoint (vocab 101) cannot start a PPG fine-tune (vocab 102)."""
+    run([*TINY_MODEL, "model.block_size=500", "trainer.max_steps=1", "task=pretrain",
+         "data.shard_dir=${paths.data_dir}/demo/ecg/pretrain"], data_dir, tmp_path / "pre")
+    ckpt = tmp_path / "pre" / "checkpoints" / "last.ckpt"
+    with pytest.raises(CheckpointError, match=f"{ckpt.name}"):
+        run([*TINY_MODEL, "model.block_size=500", "task=af", "modality=ppg", f"task.pretrained={ckpt}"],
+            data_dir, tmp_path / "run")
+
+
+def test_frozen_parameters_get_no_optimizer_state(data_dir, tmp_path):
+    run([*TINY_MODEL, "model.block_size=500", "task=af", "freeze=head", "trainer.max_steps=2"],
+        data_dir, tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    state = ckpt["optimizer_states"][0]["state"]
+    head_params = 2  # head.weight, head.bias
+    assert len(state) == head_params
+    assert trainable_logged(tmp_path / "run") == 32 + 1  # Linear(32 -> 1)
+
+
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_sequence_head_pools_the_chosen_positions(pooling):
+    module = FinetuneModule(
+        model_config={"vocab_size": 101, "block_size": 16, "n_embd": 16, "n_head": 2, "n_layer": 1,
+                      "dropout": 0.0},
+        modality="ecg", task="af", task_type="sequence", pooling=pooling, pretrained=None, lr=1e-3,
+        betas=[0.9, 0.95], weight_decay=0.1, warmup_steps=0, lr_decay_steps=10, min_lr_ratio=0.1,
+        pos_weight=None, beat_tolerance_ms=150, peak_height=0.5, peak_distance_ms=300, seed=0)
+    x = torch.randint(0, 101, (3, 16))
+    per_position = module.model(x)[..., 0]  # (3, 16)
+    want = per_position[:, -1] if pooling == "last" else per_position.mean(1)
+    torch.testing.assert_close(module(x), want)
+    assert module.model.config.n_out == 1
+
+
+def test_beats_task_logs_beat_level_scores(data_dir, tmp_path):
+    run([*TINY_MODEL, "model.block_size=500", "task=beats", "modality=ppg", "trainer.max_steps=2",
+         "trainer.val_check_interval=2",
+         "test=true"], data_dir, tmp_path / "run")
+    rows = read_metrics_csv(tmp_path / "run")
+    names = set().union(*(r for r in rows if any(r.values())))
+    assert {"val/beat_f1", "val/beat_precision", "val/beat_recall", "val/auroc", "test/beat_f1"} <= {
+        n for n in names if any(r.get(n) for r in rows)}
+
+
+@pytest.mark.slow
+def test_cross_validation_pools_every_held_out_subject_once(data_dir, tmp_path):
+    cfg = compose_train([*FAST, *TINY_MODEL, "model.block_size=500", "task=af", "data.folds=3",
+                         "trainer.max_steps=2"], data_dir=data_dir, output_dir=tmp_path / "unused",
+                        log_dir=tmp_path / "logs")
+    summary = run_cv(cfg, tmp_path / "cv")
+    assert summary["n_folds"] == 3
+    held_out = [s for fold in summary["folds"] for s in fold["test_subjects"]]
+    assert len(held_out) == len(set(held_out)) == 6  # every subject tested once, in one fold
+    for fold in summary["folds"]:
+        split = json.loads((tmp_path / "cv" / f"fold_{fold['fold']}" / "test_metrics.json").read_text())
+        assert "test/auroc" in split and "test/auroc" in fold
+    assert 0.0 <= summary["pooled"]["auroc"] <= 1.0
+    assert summary["pooled"]["windows"] == sum(f["windows"] for f in summary["folds"])
+    assert summarize(tmp_path / "cv") == summary  # re-pooling the finished folds is the same
+    assert (tmp_path / "cv" / "folds.csv").is_file()
