@@ -78,6 +78,34 @@ class GPTTrace:
     attentions: torch.Tensor  # (n_layer, B, nh, T, T), post-softmax weights
 
 
+class KVCache:
+    """Keys and values of the tokens a :class:`GPT` has already seen, for incremental decoding.
+
+    Preallocated for ``block_size`` positions; the first ``length`` are filled. Used by
+    :meth:`GPT.forward_cached` and :meth:`GPT.generate_cached` (inference only: no dropout).
+    """
+
+    def __init__(
+        self,
+        config: GPTConfig,
+        batch_size: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_size)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, block_size, hs)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, block_size, hs)
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.k.size(3)
+
+    def reset(self) -> None:
+        """Forget every position (the buffers are reused)."""
+        self.length = 0
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -123,6 +151,27 @@ class CausalSelfAttention(nn.Module):
         y = self.attn_dropout(att) @ v  # (B, nh, T, hs)
         return self.resid_dropout(self.proj(self._merge_heads(y))), att
 
+    def forward_cached(
+        self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, start: int
+    ) -> torch.Tensor:
+        """Attend new positions ``start..start+T-1`` over the cached ones; no dropout.
+
+        ``cache_k``/``cache_v`` (B, nh, block_size, hs) receive this call's keys and values.
+        """
+        q, k, v = self._split_heads(x)  # (B, nh, T, hs)
+        end = start + x.size(1)
+        cache_k[:, :, start:end] = k
+        cache_v[:, :, start:end] = v
+        keys, values = cache_k[:, :, :end], cache_v[:, :, :end]  # (B, nh, end, hs)
+        mask = None
+        if start > 0 and x.size(1) > 1:  # new query i sees keys 0..start+i
+            mask = torch.ones(x.size(1), end, dtype=torch.bool, device=x.device).tril(start)
+        y = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask, is_causal=start == 0 and x.size(1) > 1,
+            scale=self.scale,
+        )  # (B, nh, T, hs)
+        return self.proj(self._merge_heads(y))  # (B, T, C)
+
 
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
@@ -151,6 +200,12 @@ class Block(nn.Module):
         a, att = self.attn.forward_with_weights(self.ln1(x))
         x = x + a  # (B, T, C)
         return x + self.mlp(self.ln2(x)), att
+
+    def forward_cached(
+        self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, start: int
+    ) -> torch.Tensor:
+        x = x + self.attn.forward_cached(self.ln1(x), cache_k, cache_v, start)  # (B, T, C)
+        return x + self.mlp(self.ln2(x))  # (B, T, C)
 
 
 class GPT(nn.Module):
@@ -243,4 +298,72 @@ class GPT(nn.Module):
             probs = F.softmax(logits, dim=-1)  # (B, V)
             idx_next = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
+        return idx
+
+    @torch.no_grad()
+    def forward_cached(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """Head outputs (B, T, n_out) for tokens ``idx`` (B, T) that follow those in ``cache``.
+
+        The new tokens take positions ``cache.length .. cache.length + T - 1``; their keys and
+        values are appended to ``cache``. Equal to ``forward`` of all the tokens seen since the
+        cache was (re)started, at the new positions; inference only (no dropout).
+        """
+        B, T = idx.shape
+        start = cache.length
+        if start + T > cache.capacity:
+            raise ValueError(f"{start} cached + {T} new tokens exceed block_size {cache.capacity}")
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.token_embedding(idx) + self.position_embedding(pos)  # (B, T, C)
+        for layer, block in enumerate(self.blocks):
+            x = block.forward_cached(x, cache.k[layer], cache.v[layer], start)  # (B, T, C)
+        cache.length = start + T
+        return self.head(self.ln_f(x))  # (B, T, n_out)
+
+    @torch.no_grad()
+    def generate_cached(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        generator: torch.Generator | None = None,
+        stride: int | None = None,
+    ) -> torch.Tensor:
+        """Like :meth:`generate`, with a KV cache: an approximation once the window is full.
+
+        While the context plus the generated tokens fit in ``block_size``, the logits equal
+        :meth:`generate`'s (each new token is one cached step). When the window is full, the
+        cache is rebuilt from the last ``block_size - stride`` tokens (re-encoded at positions
+        0..) plus the new one, so every token is predicted from between ``block_size - stride``
+        and ``block_size - 1`` previous tokens instead of always ``block_size - 1``.
+        ``stride=1`` is exact mode (a re-encode every step); larger strides are faster.
+        Default ``block_size // 5`` (100 for the released models). Returns (B, T + max_new_tokens).
+        """
+        if self.config.out_features is not None:
+            raise ValueError("generate needs a language-model head; this model has a task head")
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        bs = self.config.block_size
+        stride = max(1, bs // 5) if stride is None else stride
+        if not 1 <= stride <= bs:
+            raise ValueError(f"stride must be in 1..{bs}, got {stride}")
+        if max_new_tokens <= 0:
+            return idx
+        cache = KVCache(self.config, idx.size(0), idx.device, self.head.weight.dtype)
+        logits = self.forward_cached(idx[:, -bs:], cache)[:, -1, :]  # (B, V)
+        for step in range(max_new_tokens):
+            logits = logits / temperature
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            probs = F.softmax(logits, dim=-1)  # (B, V)
+            idx_next = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+            idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
+            if step == max_new_tokens - 1:
+                break
+            if cache.length == bs:  # window full: re-encode the last bs - stride tokens + new
+                cache.reset()
+                logits = self.forward_cached(idx[:, -(bs - stride + 1) :], cache)[:, -1, :]
+            else:
+                logits = self.forward_cached(idx_next, cache)[:, -1, :]  # (B, V)
         return idx

@@ -1,0 +1,316 @@
+"""Matplotlib figures of the tools (Agg backend, no display needed).
+
+Every helper takes plain numpy arrays and returns a :class:`~matplotlib.figure.Figure`, so the
+CLIs save them with :func:`save_figure` and a Lightning callback can log them as images
+(e.g. ``logger.experiment.add_figure`` or ``wandb.Image(fig)``) without touching files.
+Figures are built without ``pyplot`` (no global figure registry to leak from, no GUI backend:
+PNGs render with Agg), so importing this module changes no matplotlib state; the CLIs call
+``matplotlib.use("Agg")`` for the rest of their process.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.colors import PowerNorm
+from matplotlib.figure import Figure
+
+DPI = 100
+_SIGNAL = "0.15"  # colour of the raw signal / context
+
+
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
+    """Write ``fig`` as a PNG with a 256-colour palette (a third of the size)."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png")
+    buf.seek(0)
+    with Image.open(buf) as im:
+        im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT).save(
+            path, format="PNG", optimize=True)
+    return path
+
+
+def _figure(figsize: tuple[float, float]) -> Figure:
+    return Figure(figsize=figsize, layout="constrained")
+
+
+def _seconds(n: int, sample_rate: float, start: int = 0) -> np.ndarray:
+    return (start + np.arange(n)) / sample_rate
+
+
+# ------------------------------------------------------------------------------- generation
+def plot_generation(
+    context: np.ndarray, samples: np.ndarray, sample_rate: float, title: str = "", max_rows: int = 4
+) -> Figure:
+    """Context tokens (T,) followed by each generated continuation (S, N), one row a sample."""
+    samples = np.atleast_2d(samples)
+    rows = min(len(samples), max_rows)
+    fig = _figure(figsize=(10, 1.6 + 1.4 * rows))
+    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)
+    t_ctx = _seconds(len(context), sample_rate)
+    t_new = _seconds(samples.shape[1], sample_rate, start=len(context))
+    for i, ax in enumerate(axes[:, 0]):
+        ax.plot(t_ctx, context, color=_SIGNAL, lw=0.8, label="context")
+        # join the continuation to the last context token so there is no visual gap
+        ax.plot(np.r_[t_ctx[-1:], t_new], np.r_[context[-1:], samples[i]], color="C3", lw=0.8,
+                label="generated")
+        ax.axvline(t_ctx[-1], color="0.6", ls="--", lw=0.8)
+        ax.set_ylabel(f"sample {i}\ntoken")
+        ax.set_ylim(-3, 103)
+    axes[0, 0].legend(loc="upper left", fontsize=8, ncol=2)
+    axes[-1, 0].set_xlabel("time (s)")
+    more = f" (first {rows} of {len(samples)} samples)" if len(samples) > rows else ""
+    fig.suptitle((title + more).strip(), fontsize=10)
+    return fig
+
+
+# ------------------------------------------------------------------------------- AF screening
+def plot_af(
+    signal: np.ndarray,
+    sample_rate: float,
+    starts: np.ndarray,
+    window: int,
+    probs: np.ndarray,
+    threshold: float = 0.5,
+    title: str = "",
+) -> Figure:
+    """The signal shaded by AF probability (mean over the windows covering each sample), and
+    the probability of every window at its centre; skipped windows (NaN) are marked grey."""
+    n = len(signal)
+    acc, cnt = np.zeros(n), np.zeros(n)
+    for s, p in zip(starts, probs, strict=True):
+        if np.isfinite(p):
+            acc[s : s + window] += p
+            cnt[s : s + window] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        per_sample = acc / cnt  # NaN where no usable window
+    t = _seconds(n, sample_rate)
+    fig = _figure(figsize=(10, 4.2))
+    ax, axp = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    finite = np.isfinite(signal)
+    lo, hi = (np.nanmin(signal), np.nanmax(signal)) if finite.any() else (0.0, 1.0)
+    shade = np.ma.masked_invalid(per_sample)[None, :]
+    cmap = colormaps["RdYlGn_r"].with_extremes(bad="0.85")  # no usable window
+    half = 0.5 / sample_rate
+    im = ax.imshow(shade, aspect="auto", cmap=cmap, vmin=0, vmax=1, alpha=0.45,
+                   extent=(t[0] - half, t[-1] + half, lo, hi), interpolation="nearest")
+    ax.plot(t, signal, color=_SIGNAL, lw=0.6)
+    ax.set_ylim(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))
+    ax.set_ylabel("signal")
+    fig.colorbar(im, ax=ax, label="AF probability", pad=0.01)
+    centres = (np.asarray(starts) + window / 2) / sample_rate
+    ok = np.isfinite(probs)
+    axp.plot(centres[ok], probs[ok], ".-", color="C3", ms=3, lw=0.8)
+    if (~ok).any():
+        axp.plot(centres[~ok], np.zeros((~ok).sum()), "x", color="0.5", label="skipped window")
+        axp.legend(loc="upper right", fontsize=8)
+    axp.axhline(threshold, color="0.4", ls="--", lw=0.8)
+    axp.set_ylim(-0.03, 1.03)
+    axp.set_ylabel("P(AF) per\nwindow")
+    axp.set_xlabel("time (s)")
+    fig.colorbar(im, ax=axp, pad=0.01).remove()  # keep both axes the same width
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+# ------------------------------------------------------------------------------- beats
+def plot_beats(
+    signal: np.ndarray,
+    confidence: np.ndarray,
+    peaks: np.ndarray,
+    sample_rate: float,
+    start: int = 0,
+    length: int | None = None,
+    title: str = "",
+    thresholds: Sequence[float] = (0.2051, 0.4598),
+) -> Figure:
+    """Signal with detected beats, and the beat confidence, over samples [start, start+length)."""
+    end = len(signal) if length is None else min(len(signal), start + length)
+    sl = slice(start, end)
+    t = _seconds(end - start, sample_rate, start)
+    pk = peaks[(peaks >= start) & (peaks < end)]
+    fig = _figure(figsize=(10, 4.2))
+    ax, axc = fig.subplots(2, 1, sharex=True)
+    ax.plot(t, signal[sl], color=_SIGNAL, lw=0.7)
+    ax.plot(pk / sample_rate, signal[pk], "v", color="C3", ms=5, label=f"{len(pk)} beats")
+    ax.set_ylabel("signal")
+    ax.legend(loc="upper right", fontsize=8)
+    axc.plot(t, confidence[sl], color="C0", lw=0.8)
+    axc.plot(pk / sample_rate, confidence[pk], "v", color="C3", ms=4)
+    for th, name in zip(thresholds, ("Low | Medium", "Medium | High"), strict=True):
+        axc.axhline(th, color="0.5", ls=":", lw=0.8)
+        axc.text(t[0], th, f" {name}", fontsize=7, va="bottom", color="0.35")
+    axc.set_ylim(-0.02, 1.02)
+    axc.set_ylabel("beat confidence")
+    axc.set_xlabel("time (s)")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+# ------------------------------------------------------------------------------- attention
+def plot_attention_heads(attn: np.ndarray, layer: int, title: str = "") -> Figure:
+    """Every head's attention map (nh, T, T) of one layer, query rows x key columns.
+
+    Shown on a power-law colour scale (gamma 0.3): the weights are spread over hundreds of
+    keys, so on a linear scale all but the largest vanish.
+    """
+    nh = attn.shape[0]
+    cols = min(nh, 4)
+    rows = -(-nh // cols)
+    fig = _figure(figsize=(2.6 * cols, 2.6 * rows + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    T = attn.shape[-1]
+    # The first queries see few keys (query 0 only itself: weight 1); scale by the rest.
+    vmax = float(attn[:, T // 10 :].max()) if T >= 10 else float(attn.max())
+    norm = PowerNorm(gamma=0.3, vmin=0.0, vmax=vmax or 1.0)
+    cmap = colormaps["magma"].with_extremes(bad="white")  # masked: the future keys
+    future = np.triu(np.ones((T, T), dtype=bool), k=1)
+    for h, ax in enumerate(axes.flat):
+        if h >= nh:
+            ax.axis("off")
+            continue
+        im = ax.imshow(np.ma.array(attn[h], mask=future), cmap=cmap, norm=norm,
+                       interpolation="antialiased")
+        ax.set_title(f"head {h}", fontsize=8)
+        ax.tick_params(labelsize=6)
+        if h % cols == 0:
+            ax.set_ylabel("query position", fontsize=7)
+        if h >= nh - cols:
+            ax.set_xlabel("key position", fontsize=7)
+    fig.colorbar(im, ax=axes, shrink=0.6, label="attention weight", extend="max")
+    fig.suptitle(title or f"layer {layer}", fontsize=10)
+    return fig
+
+
+def plot_aggregate_attention(
+    tokens: np.ndarray, rows: np.ndarray, sample_rate: float, query: int, title: str = ""
+) -> Figure:
+    """The paper's aggregate view: per layer, the head-summed attention row of one query
+    (rows: (L, T)) drawn as the colour of the context it attends to (power scale 0.4: most
+    weight sits on the last few tokens)."""
+    n_layer, T = rows.shape
+    t = _seconds(T, sample_rate)
+    fig = _figure(figsize=(10, 0.9 * n_layer + 0.8))
+    axes = fig.subplots(n_layer, 1, sharex=True, squeeze=False)
+    for layer, ax in enumerate(axes[:, 0]):
+        ax.plot(t, tokens, color="0.75", lw=0.8, zorder=1)
+        sc = ax.scatter(t, tokens, c=rows[layer], s=4, cmap="viridis", zorder=2,
+                        norm=PowerNorm(0.4, vmin=0, vmax=max(float(rows[layer].max()), 1e-9)))
+        ax.axvline(t[query], color="C3", lw=0.8)
+        ax.set_ylabel(f"layer {layer}", fontsize=8)
+        ax.set_yticks([])
+        fig.colorbar(sc, ax=ax, pad=0.005, aspect=8).ax.tick_params(labelsize=6)
+    axes[-1, 0].set_xlabel("time (s)  (red line: query position)")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_folded_attention(
+    folded: np.ndarray, previous: np.ndarray, period: int, sample_rate: float, title: str = ""
+) -> Figure:
+    """Attention on previous cycles by lag mod the period, relative to uniform (L, period),
+    and the fraction of attention that goes to previous cycles (L,)."""
+    n_layer = folded.shape[0]
+    lag_s = np.arange(period) / sample_rate
+    fig = _figure(figsize=(11, 3.6))
+    ax, axl, axf = fig.subplots(1, 3, gridspec_kw={"width_ratios": [3, 2.2, 1.1]})
+    half = 0.5 / sample_rate
+    im = ax.imshow(folded, aspect="auto", cmap="viridis", interpolation="nearest",
+                   extent=(-half, lag_s[-1] + half, n_layer - 0.5, -0.5))
+    ax.set_xlabel("lag mod cardiac period (s); 0 = same phase")
+    ax.set_ylabel("layer")
+    fig.colorbar(im, ax=ax, label="attention / uniform", pad=0.01)
+    cmap = colormaps["viridis"]
+    for layer in range(n_layer):
+        axl.plot(lag_s, folded[layer], color=cmap(layer / max(n_layer - 1, 1)), lw=1,
+                 label=f"{layer}")
+    axl.axhline(1.0, color="0.5", ls=":", lw=0.8)
+    axl.set_xlabel("lag mod period (s)")
+    axl.set_ylabel("attention / uniform")
+    axl.legend(title="layer", fontsize=6, title_fontsize=7, ncol=2)
+    axf.barh(range(n_layer), previous, color=[cmap(i / max(n_layer - 1, 1))
+                                               for i in range(n_layer)])
+    axf.set_ylim(n_layer - 0.5, -0.5)
+    axf.set_xlim(0, 1)
+    axf.set_xlabel("share on previous\ncycles")
+    axf.set_ylabel("layer")
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_homonyms(
+    similarity: np.ndarray,
+    labels: np.ndarray,
+    within: np.ndarray,
+    across: np.ndarray,
+    value: int,
+    depths: Sequence[int] | None = None,
+    title: str = "",
+) -> Figure:
+    """Cosine similarity of same-value tokens at several depths (matrices ordered by phase
+    group) and the mean within-group vs across-group similarity at every depth."""
+    n_depth = similarity.shape[0]
+    if depths is None:
+        depths = sorted({0, n_depth // 4, n_depth // 2, (3 * n_depth) // 4, n_depth - 1})
+    order = np.argsort(labels, kind="stable")
+    boundary = int((labels[order] == labels[order][0]).sum()) - 0.5
+    vmin = np.floor(min(similarity[d].min() for d in depths) * 10) / 10
+    fig = _figure(figsize=(2.2 * len(depths) + 3.6, 3.2))
+    grid = fig.add_gridspec(1, len(depths) + 3, width_ratios=[1] * len(depths) + [0.08, 0.3, 1.7])
+    for i, d in enumerate(depths):
+        ax = fig.add_subplot(grid[0, i])
+        im = ax.imshow(similarity[d][np.ix_(order, order)], cmap="viridis", vmin=vmin, vmax=1,
+                       interpolation="nearest")
+        ax.axhline(boundary, color="k", lw=0.8)
+        ax.axvline(boundary, color="k", lw=0.8)
+        ax.set_title("embedding" if d == 0 else f"after block {d - 1}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i == 0:  # name the two blocks of rows
+            groups = labels[order]
+            n_first = int(boundary + 0.5)
+            ax.set_yticks([(n_first - 1) / 2, n_first + (len(groups) - n_first - 1) / 2],
+                          [groups[0], groups[-1]], rotation=90, va="center", fontsize=8)
+            ax.tick_params(axis="y", length=0)
+    fig.colorbar(im, cax=fig.add_subplot(grid[0, len(depths)]), label="cosine similarity")
+    fig.add_subplot(grid[0, len(depths) + 1]).axis("off")  # room for the colorbar's label
+    ax = fig.add_subplot(grid[0, -1])
+    ax.plot(range(n_depth), within, "o-", ms=3, label="same phase")
+    ax.plot(range(n_depth), across, "s-", ms=3, label="other phase")
+    ax.set_xticks(range(n_depth), ["emb", *[str(i) for i in range(n_depth - 1)]], fontsize=7)
+    ax.set_xlabel("depth (block output)")
+    ax.set_ylabel("mean cosine similarity")
+    ax.legend(fontsize=7)
+    counts = ", ".join(f"{k}: {int((labels == k).sum())}" for k in np.unique(labels))
+    fig.suptitle(f"{title} token value {value} ({counts})".strip(), fontsize=10)
+    return fig
+
+
+def plot_attention_shift(
+    tokens: np.ndarray, shift: np.ndarray, sample_rate: float, title: str = ""
+) -> Figure:
+    """Context coloured by the change of attention (fine-tuned minus base) of the last token."""
+    t = _seconds(len(tokens), sample_rate)
+    lim = float(np.abs(shift).max()) or 1.0
+    fig = _figure(figsize=(10, 4.0))
+    ax, axs = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    ax.plot(t, tokens, color="0.75", lw=0.8, zorder=1)
+    sc = ax.scatter(t, tokens, c=shift, cmap="coolwarm", vmin=-lim, vmax=lim, s=6, zorder=2)
+    ax.set_ylabel("token")
+    fig.colorbar(sc, ax=ax, label="attention change", pad=0.01)
+    axs.bar(t, shift, width=1.0 / sample_rate, color=np.where(shift >= 0, "C3", "C0"))
+    axs.axhline(0, color="0.4", lw=0.6)
+    axs.set_ylabel("fine-tuned - base")
+    axs.set_xlabel("time (s)")
+    fig.colorbar(sc, ax=axs, pad=0.01).remove()
+    fig.suptitle(title, fontsize=10)
+    return fig

@@ -1,0 +1,227 @@
+"""Every tool's CLI end to end on tiny checkpoints; bad inputs give one error line, exit 1."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from heartgpt import detect_beats, generate, interpret, screen_af
+from heartgpt.checkpoints import save_safetensors
+from heartgpt.model import GPT, GPTConfig
+
+TINY = dict(vocab_size=102, block_size=64, n_embd=32, n_head=4, n_layer=2, dropout=0.0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    torch.manual_seed(0)
+    lm = GPT(GPTConfig(**TINY)).eval()
+    tuned = GPT(GPTConfig(**TINY, out_features=1)).eval()
+    tuned.load_state_dict({k: v for k, v in lm.state_dict().items() if not k.startswith("head")},
+                          strict=False)
+    f = {
+        "lm": save_safetensors(lm, d / "lm.safetensors", modality="ppg"),
+        "af": save_safetensors(tuned, d / "af.safetensors", modality="ppg", task="af"),
+        "beats": save_safetensors(tuned, d / "beats.safetensors", modality="ppg", task="beats"),
+        "garbage": d / "garbage.safetensors",
+    }
+    f["garbage"].write_bytes(b"not a checkpoint")
+    t = np.arange(300) / 50.0
+    x = np.abs((np.arange(300) % 32) - 16.0)  # a triangle: same values rising and falling
+    f["good"] = d / "good.csv"
+    f["good"].write_text("ppg\n" + "\n".join(f"{v:.6f}" for v in x))  # with a header line
+    f["npy"] = d / "good125.npy"
+    np.save(f["npy"], np.interp(np.arange(750) / 125.0, t, x))  # the same at 125 Hz
+    nan = x.copy()
+    nan[::20] = np.nan  # every window holds a NaN
+    f["nan"] = d / "nan.csv"
+    f["nan"].write_text("\n".join(("" if i % 40 else "nan") if np.isnan(v) else f"{v:.6f}"
+                                   for i, v in enumerate(nan)))
+    f["flat"] = d / "flat.csv"
+    f["flat"].write_text("\n".join(["1.5"] * 300))
+    f["text"] = d / "text.csv"
+    f["text"].write_text("a\nb\nc\n")
+    f["missing"] = d / "missing.csv"
+    return {k: str(v) for k, v in f.items()}
+
+
+def ok(capsys, rc: int) -> str:
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    return out.out
+
+
+def one_error(capsys, rc: int, *fragments: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert rc == 1
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+# ------------------------------------------------------------------------------- success
+@pytest.mark.parametrize("mode", ["exact", "cached"])
+def test_generate(files, tmp_path, capsys, mode):
+    rc = generate.main([files["good"], "-c", files["lm"], "-n", "12", "-s", "3", "--seed", "0",
+                        "--mode", mode, "--stride", "8", "-o", str(tmp_path)])
+    ok(capsys, rc)
+    rows = (tmp_path / "good_generated.csv").read_text().splitlines()
+    assert rows[0] == "step,sample_0,sample_1,sample_2" and len(rows) == 13
+    assert (tmp_path / "good_generated.png").stat().st_size > 0
+
+
+def test_screen_af(files, tmp_path, capsys):
+    out = ok(capsys, screen_af.main([files["npy"], "-c", files["af"], "--sample-rate", "125",
+                                     "--stride", "16", "-o", str(tmp_path)]))
+    assert "P(AF)" in out
+    summary = json.loads((tmp_path / "good125_af.json").read_text())
+    assert summary["n_windows"] == len(summary["windows"]) == 16  # 300 samples at 50 Hz
+    assert 0 <= summary["recording_af_prob"] <= 1
+    assert (tmp_path / "good125_af.csv").exists() and (tmp_path / "good125_af.png").exists()
+
+
+def test_detect_beats(files, tmp_path, capsys):
+    out = ok(capsys, detect_beats.main([files["good"], "-c", files["beats"], "--shift", "16",
+                                        "--save-confidence", "-o", str(tmp_path)]))
+    assert "beats" in out
+    assert (tmp_path / "good_beats.csv").read_text().startswith("beat,sample,input_sample")
+    assert len((tmp_path / "good_beat_confidence.csv").read_text().splitlines()) == 301
+    assert (tmp_path / "good_beats.png").exists()
+
+
+def test_interpret(files, tmp_path, capsys):
+    o = ["-o", str(tmp_path)]
+    ok(capsys, interpret.main(["attention", files["good"], "-c", files["lm"], "--layers", "1",
+                               *o]))
+    for name in ("attention_layer1", "attention_aggregate", "attention_folded"):
+        assert (tmp_path / f"good_{name}.png").exists()
+    ok(capsys, interpret.main(["homonyms", files["good"], "-c", files["lm"], *o]))
+    assert (tmp_path / "good_homonyms.png").exists()
+    ok(capsys, interpret.main(["shift", files["good"], "-c", files["af"], "--base", files["lm"],
+                               *o]))
+    assert np.load(tmp_path / "good_attention_shift.npy").shape == (64,)
+    ok(capsys, interpret.main(["export", files["good"], "-c", files["lm"], "--layers", "0", *o]))
+    with np.load(tmp_path / "good_trace.npz") as z:
+        assert z["hidden_states"].shape == (3, 64, 32) and z["attentions"].shape == (1, 4, 64, 64)
+        assert str(z["modality"]) == "ppg"
+
+
+# ------------------------------------------------------------------------------- bad inputs
+TOOLS = {
+    "generate": (generate.main, [], "lm"),
+    "screen_af": (screen_af.main, ["--stride", "16"], "af"),
+    "detect_beats": (detect_beats.main, ["--shift", "16"], "beats"),
+    "interpret": (interpret.main, [], "lm"),
+}
+
+
+def run(tool: str, files: dict, signal: str, *extra: str, ckpt: str | None = None,
+        out: str = ".") -> int:
+    main, opts, default = TOOLS[tool]
+    sub = ["attention"] if tool == "interpret" else []
+    return main([*sub, files[signal], "-c", files[ckpt or default], *opts, *extra, "-o", out])
+
+
+@pytest.mark.parametrize("tool", list(TOOLS))
+@pytest.mark.parametrize(("signal", "fragment"), [
+    ("missing", "missing.csv: no such file"),
+    ("nan", "nan.csv: "),
+    ("flat", "flat.csv: "),
+    ("text", "text.csv: line 2: not a number"),
+])
+def test_bad_recordings(files, tmp_path, capsys, tool, signal, fragment):
+    err = one_error(capsys, run(tool, files, signal, out=str(tmp_path)), fragment)
+    if signal == "nan":
+        assert "NaN" in err
+    if signal == "flat":
+        assert "flat" in err
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.parametrize("tool", list(TOOLS))
+def test_wrong_modality(files, tmp_path, capsys, tool):
+    one_error(capsys, run(tool, files, "good", "--modality", "ecg", out=str(tmp_path)),
+              "checkpoint is for PPG but --modality says ECG")
+
+
+@pytest.mark.parametrize(("tool", "ckpt", "fragment"), [
+    ("generate", "af", "needs a pre-trained language model"),
+    ("screen_af", "lm", "needs a fine-tuned 1-output model"),
+    ("screen_af", "beats", "fine-tuned for task 'beats'"),
+    ("detect_beats", "lm", "needs a fine-tuned 1-output model"),
+    ("detect_beats", "af", "fine-tuned for task 'af'"),
+    ("interpret", "garbage", "garbage.safetensors: "),
+    ("generate", "missing", "missing.csv"),
+])
+def test_wrong_checkpoint(files, tmp_path, capsys, tool, ckpt, fragment):
+    one_error(capsys, run(tool, files, "good", ckpt=ckpt, out=str(tmp_path)), fragment)
+
+
+def test_shift_needs_a_fine_tuned_model_and_its_base(files, tmp_path, capsys):
+    one_error(capsys, interpret.main(["shift", files["good"], "-c", files["lm"], "--base",
+                                      files["lm"], "-o", str(tmp_path)]), "lm.safetensors")
+    one_error(capsys, interpret.main(["shift", files["good"], "-c", files["af"], "--base",
+                                      files["af"], "-o", str(tmp_path)]), "af.safetensors")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tool", ["screen_af", "generate"])
+def test_module_entry_point_prints_one_line(files, tmp_path, tool):
+    """``python -m heartgpt.<tool>`` itself: exit status 1 and one line, no traceback."""
+    proc = subprocess.run(
+        [sys.executable, "-m", f"heartgpt.{tool}", files["flat"], "-c", files["lm" if tool ==
+         "generate" else "af"], "-o", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().startswith("error: ") and "flat.csv" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------- reading
+def test_read_signal_formats(tmp_path):
+    from heartgpt.io import ToolError, read_signal
+
+    def write(name: str, text: str):
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+
+    np.testing.assert_array_equal(read_signal(write("h.csv", "PPG\n1\n2.5\n-3\n")), [1, 2.5, -3])
+    np.testing.assert_array_equal(read_signal(write("r.csv", "1,2,3\n")), [1, 2, 3])  # one row
+    np.testing.assert_array_equal(read_signal(write("w.txt", "1 2 3\n")), [1, 2, 3])
+    np.testing.assert_array_equal(read_signal(write("t.txt", "# comment\n1\n2\n\n\n")), [1, 2])
+    gap = read_signal(write("g.csv", "1\n\n3\n"), allow_nan=True)  # an empty line: a gap
+    assert gap[0] == 1 and np.isnan(gap[1]) and gap[2] == 3
+    np.save(tmp_path / "c.npy", np.arange(4.0)[:, None])  # (n, 1) is one channel
+    np.testing.assert_array_equal(read_signal(tmp_path / "c.npy"), np.arange(4.0))
+    np.save(tmp_path / "m.npy", np.zeros((4, 2)))
+    cases = {
+        tmp_path / "m.npy": "expected one channel",
+        write("two.csv", "a,b\n1,2\n3,4\n"): "expected one channel",
+        write("ragged.txt", "1 2\n3\n"): "line 2: 1 values, expected 2",
+        write("e.csv", "value\n"): "empty signal",
+        write("n.csv", "1\nnan\n3\nnan\n"): "2 NaN/inf sample(s), first at index 1",
+        write("x.wav", "RIFF"): "unsupported file type '.wav'",
+        write("bad.npy", "not numpy"): "cannot read as a NumPy .npy file",
+        tmp_path: "is a directory",
+    }
+    for path, message in cases.items():
+        with pytest.raises(ToolError, match=re.escape(message)) as info:
+            read_signal(path)
+        assert str(info.value).startswith(f"{path}: ")
