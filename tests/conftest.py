@@ -1,4 +1,5 @@
-"""Shared fixtures: the ../shared folder (released weights, example inputs, reference outputs)."""
+"""Shared fixtures: one torch thread per test, and the ../shared folder (released weights,
+example inputs, reference outputs)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,19 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_ENV = "HEARTGPT_SHARED"
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models run fastest on one thread, and suffer least on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def _shared_dir() -> Path:

@@ -9,29 +9,17 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from heartgpt import detect_beats, generate, interpret, screen_af
 from heartgpt.checkpoints import save_safetensors
-from heartgpt.model import GPT, GPTConfig
-
-TINY = dict(vocab_size=102, block_size=64, n_embd=32, n_head=4, n_layer=2, dropout=0.0)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tiny import tiny_gpt
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("cli")
-    torch.manual_seed(0)
-    lm = GPT(GPTConfig(**TINY)).eval()
-    tuned = GPT(GPTConfig(**TINY, out_features=1)).eval()
+    lm = tiny_gpt()
+    tuned = tiny_gpt(out_features=1)
     tuned.load_state_dict({k: v for k, v in lm.state_dict().items() if not k.startswith("head")},
                           strict=False)
     f = {

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from heartgpt.checkpoints import load_model
 from heartgpt.detect_beats import (
@@ -17,26 +16,17 @@ from heartgpt.detect_beats import (
     write_beats_csv,
 )
 from heartgpt.io import read_signal
-from heartgpt.model import GPT, GPTConfig
+from heartgpt.model import GPT
 from heartgpt.tokenizer import tokenize_window
+from tiny import tiny_gpt
 
-TINY = dict(vocab_size=102, block_size=64, n_embd=32, n_head=4, n_layer=2, dropout=0.0,
-            out_features=1)
 LONG = "example_context_PPG_beat_detect_long_input"
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
 def tiny() -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(**TINY)).eval()
+    return tiny_gpt(out_features=1)
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,18 @@ import pytest
 import torch
 
 from heartgpt.checkpoints import CheckpointError, load_model
+from heartgpt.compare import compare, markdown
 from heartgpt.cv import run_cv, summarize
 from heartgpt.data.demo import build_demo
 from heartgpt.lit_finetune import FinetuneModule
 from heartgpt.train import train
-from training_helpers import TINY_MODEL, compose_train, read_metrics_csv, single_thread
-
-single_thread = pytest.fixture(autouse=True)(single_thread)
+from training_helpers import (
+    TINY_MODEL,
+    compose_train,
+    read_metrics_csv,
+    run_module,
+    wandb_history,
+)
 
 FAST = ["debug=fast", "logger=csv", "callbacks.rich_progress_bar=null",
         "callbacks.rich_model_summary=null", "data.batch_size=4"]
@@ -144,3 +149,31 @@ def test_cross_validation_pools_every_held_out_subject_once(data_dir, tmp_path):
     assert summary["pooled"]["windows"] == sum(f["windows"] for f in summary["folds"])
     assert summarize(tmp_path / "cv") == summary  # re-pooling the finished folds is the same
     assert (tmp_path / "cv" / "folds.csv").is_file()
+
+
+@pytest.mark.slow
+def test_freeze_multirun_writes_one_run_per_strategy(data_dir, tmp_path):
+    """`-m task=af freeze=head,last_block,full`: three runs, metrics in W&B offline and CSV."""
+    sweep = tmp_path / "sweep"
+    result = run_module(["-m", "task=af", "freeze=head,last_block,full", *FAST, *TINY_MODEL,
+                         "model.block_size=500", "trainer.max_steps=2", "trainer.val_check_interval=2",
+                         "test=true", "logger=[wandb,csv]", "callbacks.attention_maps=null",
+                         f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-4000:]
+    trainable = {}
+    for job, strategy in enumerate(("head", "last_block", "full")):
+        run = sweep / str(job)
+        assert f"freeze={strategy}" in (run / ".hydra" / "overrides.yaml").read_text()
+        trainable[strategy] = trainable_logged(run)
+        assert any(r.get("val/auroc") for r in read_metrics_csv(run))
+        (wandb_run,) = (run / "wandb").glob("offline-run-*")
+        history = wandb_history(next(wandb_run.glob("run-*.wandb")))
+        assert any("val/auroc" in h for h in history) and any("test/auroc" in h for h in history)
+        assert "test/auroc" in json.loads((run / "test_metrics.json").read_text())
+    assert trainable["head"] < trainable["last_block"] < trainable["full"]
+    rows = compare(sweep)
+    assert [r["freeze"] for r in rows] == ["head", "last_block", "full"]
+    header = markdown(rows).splitlines()[0]
+    assert header.startswith("| run | freeze | ") and "test/auroc" in header  # only freeze varies
+    assert all(isinstance(r["test/auroc"], float) for r in rows)
+    assert (sweep / "comparison.csv").is_file()

@@ -9,23 +9,8 @@ from torch.nn import functional as F
 
 from heartgpt.checkpoints import load_model
 from heartgpt.generate import generate_tokens, sample_statistics, write_tokens_csv
-from heartgpt.model import GPT, GPTConfig, KVCache
-
-TINY = dict(vocab_size=102, block_size=64, n_embd=32, n_head=4, n_layer=2, dropout=0.0)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small forwards gain nothing from a second thread and stall on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def tiny(**overrides) -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(**{**TINY, **overrides})).eval()
+from heartgpt.model import GPT, KVCache
+from tiny import tiny_gpt as tiny
 
 
 @pytest.mark.parametrize("attn_scale", [None, 32**-0.5])

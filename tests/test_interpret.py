@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from heartgpt.checkpoints import load_model
 from heartgpt.interpret import (
@@ -20,22 +19,12 @@ from heartgpt.interpret import (
     trace_tokens,
 )
 from heartgpt.io import read_signal
-from heartgpt.model import GPT, GPTConfig
-
-TINY = dict(vocab_size=101, block_size=64, n_embd=32, n_head=4, n_layer=2, dropout=0.0)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from heartgpt.model import GPT
+from tiny import tiny_gpt
 
 
 def tiny(**overrides) -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(**{**TINY, **overrides})).eval()
+    return tiny_gpt(101, **overrides)  # ECG
 
 
 def wave(n: int, period: float) -> np.ndarray:

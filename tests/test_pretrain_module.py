@@ -21,9 +21,6 @@ from heartgpt.model import GPT, GPTConfig
 from heartgpt.optim import build_scheduler, param_groups, warmup_cosine
 from heartgpt.overfit import FixedBatches
 from heartgpt.resume import resolve_ckpt_path, wandb_id_for
-from training_helpers import single_thread
-
-one_thread = pytest.fixture(autouse=True)(single_thread)
 
 TINY = {"vocab_size": 101, "block_size": 32, "n_embd": 32, "n_head": 4, "n_layer": 2, "dropout": 0.0}
 HPARAMS = {"lr": 3e-3, "betas": [0.9, 0.95], "weight_decay": 0.1, "warmup_steps": 2,

@@ -6,29 +6,17 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from heartgpt.checkpoints import load_model
 from heartgpt.io import read_signal
-from heartgpt.model import GPT, GPTConfig
+from heartgpt.model import GPT
 from heartgpt.screen_af import af_probabilities, screen_af, window_starts, write_csv
-
-TINY = dict(vocab_size=102, block_size=64, n_embd=32, n_head=4, n_layer=2, dropout=0.0,
-            out_features=1)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from tiny import tiny_gpt
 
 
 @pytest.fixture(scope="module")
 def tiny() -> GPT:
-    torch.manual_seed(0)
-    return GPT(GPTConfig(**TINY)).eval()
+    return tiny_gpt(out_features=1)
 
 
 def ppg_like(n: int, rate: float = 50.0, seed: int = 0) -> np.ndarray:

@@ -21,11 +21,8 @@ from training_helpers import (
     compose_train,
     read_metrics_csv,
     run_module,
-    single_thread,
     wandb_history,
 )
-
-one_thread = pytest.fixture(autouse=True)(single_thread)
 
 
 @pytest.fixture(scope="module")

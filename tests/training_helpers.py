@@ -10,7 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -25,14 +24,6 @@ CONF_DIR = Path(heartgpt.__file__).resolve().parent / "conf"
 # A tiny model and a few steps: every training test starts from these.
 TINY_MODEL = ["model.n_layer=2", "model.n_embd=32", "model.n_head=4", "model.block_size=64"]
 FAST = ["debug=fast", *TINY_MODEL]
-
-
-def single_thread():
-    """Fixture body: tiny models run fastest on one thread (and suffer least on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def build_tiny_demo(data_dir: Path) -> Path:

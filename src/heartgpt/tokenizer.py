@@ -77,7 +77,7 @@ def check_window(window: np.ndarray, length: int | None = None) -> np.ndarray:
             f"window has {int(bad.sum())} NaN/inf sample(s), first at index {int(np.argmax(bad))}"
         )
     if x.max() == x.min():
-        raise ValueError(f"flat window: all {x.size} samples equal {x.flat[0]!r}")
+        raise ValueError(f"flat window: all {x.size} samples equal {float(x.flat[0]):g}")
     return x
 
 
