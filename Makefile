@@ -10,7 +10,7 @@ TORCH ?= torch==2.13.0   # the CPU wheel; `make setup TORCH=torch` for a CUDA bu
 ARGS ?=                  # extra Hydra overrides, e.g. make train ARGS="modality=ppg"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data train test test-fast lint format bench clean
+.PHONY: help setup data train app test test-fast lint format bench clean
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
@@ -28,6 +28,9 @@ data: ## build the synthetic demo shards (ECG and PPG) under data/demo/
 train: ## the main job: pre-train on the demo shards (built if absent); ARGS= for overrides
 	$(PYTHON) -m heartgpt.train $(ARGS)
 
+app: ## the browser app on http://127.0.0.1:7860; ARGS= checkpoint folders and options
+	$(PYTHON) -m heartgpt.app $(ARGS)
+
 test: ## the whole test suite, slow tests included (what CI runs)
 	$(PYTHON) -m pytest -q
 
@@ -40,6 +43,9 @@ lint: ## ruff check
 format: ## ruff format + autofix
 	$(PYTHON) -m ruff check --fix src tests
 	$(PYTHON) -m ruff format src tests
+
+bench: ## benchmarks vs the released model -> bench/results.json, bench/RESULTS.md (~10 min)
+	$(PYTHON) -m bench
 
 clean: ## remove caches and build outputs (keeps data/ and outputs/)
 	rm -rf build dist .pytest_cache .ruff_cache src/*.egg-info

@@ -84,6 +84,22 @@ def test_streaming_equals_all_at_once(tiny, tail):
     np.testing.assert_array_equal(a.peaks, b.peaks)
 
 
+@pytest.mark.parametrize("tail", ["align", "release"])
+def test_progress_hook_reports_without_changing_the_result(tiny, tail):
+    x = ppg_like(2500)  # at 125 Hz: 1000 samples at the PPG rate
+    x[900:1000] = np.nan  # some windows skipped (align) or zeroed (release)
+    seen: list[tuple[int, int]] = []
+    got = detect_beats(tiny, x, 125.0, shift=16, batch_size=5, tail=tail, chunk_size=150,
+                       progress=lambda done, total: seen.append((done, total)))
+    ref = detect_beats(tiny, x, 125.0, shift=16, batch_size=5, tail=tail)
+    np.testing.assert_array_equal(got.confidence, ref.confidence)
+    np.testing.assert_array_equal(got.peaks, ref.peaks)
+    assert got.skipped == ref.skipped and got.n_windows == ref.n_windows
+    done = [d for d, _ in seen]
+    assert len(seen) > 5 and done == sorted(set(done))  # increasing, one call a batch
+    assert seen[-1] == (1000, 1000) and {total for _, total in seen} == {1000}
+
+
 def test_stitching_is_the_overlap_average(tiny):
     x = ppg_like(300)
     starts = [*range(0, 300 - 64 + 1, 16), 300 - 64]  # 0..224 and the end-aligned 236

@@ -82,6 +82,43 @@ def test_generate_tokens_options():
         generate_tokens(model, np.array([1, 500]), 5)
 
 
+@pytest.mark.parametrize(("mode", "every", "reports"), [
+    ("exact", 7, [7, 14, 21, 28, 30]),
+    ("exact", 30, [30]),
+    ("exact", None, list(range(1, 31))),  # default: about 100 reports, at most one a token
+    ("cached", 7, [30]),  # one report, at the end
+])
+def test_progress_hook_reports_without_changing_the_samples(mode, every, reports):
+    model = tiny()
+    ctx = np.random.default_rng(0).integers(0, 101, 50)  # 50 + 30 > 64: the window slides
+    kw = dict(num_samples=2, temperature=0.9, top_k=50, seed=5, mode=mode)
+    seen: list[tuple[int, int, np.ndarray]] = []
+    got = generate_tokens(model, ctx, 30, **kw, progress_every=every,
+                          progress=lambda done, total, tokens: seen.append((done, total, tokens)))
+    ref = generate_tokens(model, ctx, 30, **kw)
+    np.testing.assert_array_equal(got, ref)
+    assert [done for done, _, _ in seen] == reports
+    for done, total, tokens in seen:
+        assert total == 30
+        np.testing.assert_array_equal(tokens, ref[:, :done])  # the tokens so far
+
+
+def test_progress_hook_can_stop_the_generation():
+    class Stop(Exception):
+        pass
+
+    def stop_at_ten(done: int, total: int, tokens: np.ndarray) -> None:
+        if done >= 10:
+            raise Stop
+
+    with pytest.raises(Stop):
+        generate_tokens(tiny(), np.arange(10), 1000, seed=0, progress=stop_at_ten,
+                        progress_every=5)
+    with pytest.raises(ValueError, match="progress_every"):
+        generate_tokens(tiny(), np.arange(10), 5, progress=lambda *report: None,
+                        progress_every=0)
+
+
 def test_generate_keeps_a_training_model_in_training_mode():
     model = tiny().train()
     generate_tokens(model, np.arange(10), 3, seed=0)

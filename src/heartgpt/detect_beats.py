@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -250,6 +250,7 @@ def detect_beats(
     shift: int = SHIFT,
     batch_size: int = BATCH_SIZE,
     chunk_size: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Beats:
     """Beat confidence, beats and signal quality of a recording.
 
@@ -263,6 +264,10 @@ def detect_beats(
         batch_size: windows per forward pass.
         chunk_size: feed the signal to :func:`beat_confidence_stream` in chunks of this many
             samples (``None``: one chunk); the result does not depend on it.
+        progress: called as ``progress(done, total)`` each time the confidence of more
+            samples is final (after every batch of windows), with the samples done so far and
+            the recording's length, both at the modality rate; the last call has
+            ``done == total``. It does not change the result; one that raises stops the run.
 
     Raises:
         ValueError: empty or too short a recording, or no window usable.
@@ -273,9 +278,15 @@ def detect_beats(
     chunks = (x[i : i + step] for i in range(0, max(len(x), 1), max(step, 1)))
     skipped: dict[int, str] = {}
     counter = [0]
-    conf = np.concatenate(list(beat_confidence_stream(
-        model, chunks, shift=shift, batch_size=batch_size, tail=tail, skipped=skipped,
-        counter=counter)))
+    pieces: list[np.ndarray] = []
+    done = 0
+    for piece in beat_confidence_stream(model, chunks, shift=shift, batch_size=batch_size,
+                                        tail=tail, skipped=skipped, counter=counter):
+        pieces.append(piece)
+        done += len(piece)
+        if progress is not None and len(piece):
+            progress(done, len(x))
+    conf = np.concatenate(pieces)
     if counter[0] == 0:
         first = next(iter(skipped.values()), "")
         raise ValueError(f"no usable window: all {len(skipped)} are flat or hold NaN/inf "

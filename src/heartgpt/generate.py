@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,10 @@ from heartgpt.model import GPT
 from heartgpt.tokenizer import LEVELS, Modality, get_modality, tokenize_context
 
 MODES = ("exact", "cached")
+
+# progress(done, total, tokens): tokens generated so far per sample, max_new_tokens, and those
+# tokens, (num_samples, done) int64
+GenerationProgress = Callable[[int, int, np.ndarray], None]
 
 
 @dataclass
@@ -65,6 +71,8 @@ def generate_tokens(
     seed: int | None = None,
     mode: str = "exact",
     stride: int | None = None,
+    progress: GenerationProgress | None = None,
+    progress_every: int | None = None,
 ) -> np.ndarray:
     """Sample ``num_samples`` continuations of one context in a single batch.
 
@@ -77,6 +85,14 @@ def generate_tokens(
         seed: seeds a dedicated generator (``None``: torch's global RNG).
         mode: ``"exact"`` or ``"cached"`` (see the module docstring).
         stride: cached mode's re-encode stride (1..block_size; default ``block_size // 5``).
+        progress: called as ``progress(done, total, tokens)`` with the tokens generated so far
+            per sample, ``max_new_tokens`` and those tokens, (num_samples, done) int64 (for a
+            progress bar, or a plot that grows). Exact mode then samples in chunks of
+            ``progress_every`` tokens, one report after each, with the same seeded generator
+            throughout: the result equals that of a call without ``progress``. Cached mode
+            reports once, at the end (splitting it would move where its cache restarts). A
+            ``progress`` that raises stops the generation.
+        progress_every: tokens between exact-mode reports (default: about 100 reports).
 
     Returns:
         (num_samples, max_new_tokens) int64 tokens.
@@ -99,12 +115,29 @@ def generate_tokens(
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     kwargs = dict(temperature=temperature, top_k=top_k, generator=generator)
+
+    def new_tokens(out: torch.Tensor) -> np.ndarray:
+        return out[:, idx.size(1) :].cpu().numpy().astype(np.int64)  # (S, done)
+
     with eval_mode(model):
-        if mode == "exact":
-            out = model.generate(idx, max_new_tokens, **kwargs)  # (S, T + N)
-        else:
+        if mode == "cached":
             out = model.generate_cached(idx, max_new_tokens, stride=stride, **kwargs)
-    return out[:, idx.size(1) :].cpu().numpy().astype(np.int64)  # (S, N)
+        elif progress is None:
+            out = model.generate(idx, max_new_tokens, **kwargs)  # (S, T + N)
+        else:  # chunks of one random stream; each step still sees the last block_size tokens
+            every = (math.ceil(max_new_tokens / 100) if progress_every is None
+                     else progress_every)
+            if every < 1:
+                raise ValueError(f"progress_every must be >= 1, got {every}")
+            out = idx
+            for done in range(every, max_new_tokens, every):  # every chunk but the last
+                out = model.generate(out, every, **kwargs)  # (S, T + done)
+                progress(done, max_new_tokens, new_tokens(out))
+            out = model.generate(out, idx.size(1) + max_new_tokens - out.size(1), **kwargs)
+    samples = new_tokens(out)  # (S, N)
+    if progress is not None:
+        progress(max_new_tokens, max_new_tokens, samples)
+    return samples
 
 
 def generate_from_signal(

@@ -1,0 +1,99 @@
+"""Checkpoints the app offers: every weights file under the folders given on the command line.
+
+Each file is loaded once at start-up to learn what it is (modality, pre-trained or
+fine-tuned, task), so every tab lists only the checkpoints it can use; the tools load the
+file again for each run (a released model loads in well under a second).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from heartgpt.checkpoints import load_model
+
+log = logging.getLogger(__name__)
+
+SUFFIXES = (".zip", ".pth", ".pt", ".ckpt", ".safetensors")
+ROLES = ("lm", "af", "beats", "any")
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What a weights file holds."""
+
+    path: Path
+    label: str  # shown in the drop-downs
+    modality: str | None
+    task: str  # 'pretrain', 'af', 'beats', 'binary', ...
+    n_out: int | None  # None: a language-model head
+    n_layer: int
+    n_head: int
+
+    def fits(self, role: str) -> bool:
+        """Whether a tab of ``role`` ('lm', 'af', 'beats' or 'any') can use it."""
+        if role == "lm":
+            return self.n_out is None
+        if role == "af":
+            return self.n_out == 1 and self.task != "beats"
+        if role == "beats":
+            return self.n_out == 1 and self.task != "af"
+        return True
+
+
+def describe(path: Path, name: str) -> CheckpointInfo:
+    """Load ``path`` and describe it, labelled ``name``; raises what :func:`load_model` raises."""
+    loaded = load_model(path)
+    cfg = loaded.model.config
+    kind = "pre-trained" if loaded.task == "pretrain" else f"fine-tuned: {loaded.task}"
+    label = f"{name} ({(loaded.modality or '?').upper()}, {kind})"
+    return CheckpointInfo(path, label, loaded.modality, loaded.task, cfg.out_features,
+                          cfg.n_layer, cfg.n_head)
+
+
+def find_checkpoints(folders: Iterable[str | os.PathLike]) -> list[CheckpointInfo]:
+    """Every loadable weights file under ``folders`` (searched recursively), sorted by label.
+
+    Files that do not load are logged and left out. Raises ``FileNotFoundError`` for a
+    folder that does not exist.
+    """
+    found: list[CheckpointInfo] = []
+    seen: set[Path] = set()
+    for folder in map(Path, folders):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"{folder}: no such checkpoint folder")
+        for found_at in sorted(p for p in folder.rglob("*") if p.suffix.lower() in SUFFIXES):
+            path = found_at.resolve()
+            if path in seen or not path.is_file():
+                continue
+            seen.add(path)
+            try:
+                found.append(describe(path, str(found_at.relative_to(folder))))
+            except Exception as e:  # any unreadable file: skip it, say why
+                log.warning("skipping %s: %s", path, e)
+    return sorted(found, key=lambda i: i.label)
+
+
+def choices(infos: list[CheckpointInfo], role: str) -> list[tuple[str, str]]:
+    """(label, path) pairs of the checkpoints a tab of ``role`` can use."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {ROLES}, got {role!r}")
+    fit = [i for i in infos if i.fits(role)]
+    if role == "any":  # pre-trained first: the default of the interpretability tabs
+        fit.sort(key=lambda i: i.n_out is not None)
+    return [(i.label, str(i.path)) for i in fit]
+
+
+def default_base(infos: list[CheckpointInfo], tuned: str | None) -> str | None:
+    """A pre-trained checkpoint of the same modality and shape as ``tuned`` (AF attention
+    shift), or None."""
+    by_path = {str(i.path): i for i in infos}
+    t = by_path.get(tuned) if tuned else None
+    for i in infos:
+        if (t is not None and i.n_out is None and i.modality == t.modality
+                and (i.n_layer, i.n_head) == (t.n_layer, t.n_head)):
+            return str(i.path)
+    return None
