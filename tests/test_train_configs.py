@@ -218,3 +218,13 @@ def test_freeze_sweep_composes_one_callback_per_strategy(paths):
         callback = instantiate(cfg.freeze)
         assert isinstance(callback, GradualUnfreeze if strategy == "gradual" else Freeze)
     assert "_target_" not in compose_train([], **paths).freeze  # pre-training freezes nothing
+
+
+@pytest.mark.parametrize(("task", "metric", "steps"), [("af", "val/auroc", 1000),
+                                                       ("beats", "val/beat_f1", 5000)])
+def test_task_settings_win_over_the_groups_they_adjust(task, metric, steps, paths):
+    """A task's trainer and checkpoint settings are not undone by the groups listed after it."""
+    cfg = compose_train(["~experiment", f"task={task}"], **paths)
+    assert cfg.optimized_metric == cfg.callbacks.model_checkpoint.monitor == metric
+    assert cfg.callbacks.model_checkpoint.mode == "max"  # a higher AUROC / F1 is better
+    assert cfg.trainer.max_steps == steps
