@@ -1,0 +1,178 @@
+"""Run every benchmark and write ``bench/results.json`` and ``bench/RESULTS.md`` (``make bench``).
+
+Each script runs in its own subprocess (memory isolation); the two sides of every comparison
+are measured inside that one script's run. ``--tiny`` runs the smoke versions and writes to a
+temporary folder unless ``--out-dir`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from bench.common import BENCH_DIR, REPO, machine, write_json
+
+SCRIPTS = ("bench_train", "bench_generate", "bench_data", "bench_prepare", "bench_inference")
+
+# Raw-measurement columns shown per section: (key, header, format).
+COLUMNS = {
+    "train": [("impl", "implementation", "{}"), ("batch", "batch", "{}"),
+              ("seconds_per_step", "s/step", "{:.2f}"), ("tokens_per_s", "tokens/s", "{:.0f}"),
+              ("peak_mb", "peak MB", "{:.0f}"), ("warmup_s", "warm-up s", "{:.1f}")],
+    "generate": [("impl", "mode", "{}"), ("new_tokens", "new tokens", "{}"),
+                 ("seconds", "seconds", "{:.2f}"), ("tokens_per_s", "tokens/s", "{:.1f}"),
+                 ("how", "timed as", "{}")],
+    "data": [("workers", "workers", "{}"), ("windows", "windows", "{}"),
+             ("seconds", "seconds", "{:.2f}"), ("windows_per_s", "windows/s", "{:.1f}")],
+    "prepare": [("format", "format", "{}"), ("workers", "workers", "{}"),
+                ("records", "records", "{}"), ("seconds", "seconds", "{:.2f}"),
+                ("records_per_s", "records/s", "{:.0f}")],
+    "inference": [("tool", "tool", "{}"), ("threads", "threads", "{}"),
+                  ("minutes", "minutes timed", "{:g}"), ("seconds", "seconds", "{:.2f}"),
+                  ("seconds_per_hour", "s per hour", "{:.1f}"),
+                  ("realtime_x", "x real time", "{:.0f}")],
+}
+
+
+def run_script(name: str, json_path: Path, tiny: bool, inline: bool) -> dict:
+    cmd = [sys.executable, "-m", f"bench.{name}", "--json", str(json_path)]
+    cmd += ["--tiny"] * tiny + ["--inline"] * inline
+    print(f"== {' '.join(cmd[1:])}", flush=True)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, check=False)
+    if proc.returncode != 0:
+        return {"name": name.removeprefix("bench_"), "error": f"exit status {proc.returncode}",
+                "seconds": time.perf_counter() - t0, "rows": [], "metrics": []}
+    return json.loads(json_path.read_text())
+
+
+def _num(x: float) -> str:
+    if abs(x) >= 100:
+        return f"{x:,.0f}"
+    return f"{x:.3g}" if abs(x) >= 1 else f"{x:.2g}"
+
+
+def _target(m: dict) -> str:
+    if m["target"] is None:
+        return "–"
+    op = "≤" if m["lower_is_better"] else "≥"
+    if m["target_on"] == "value":
+        return f"{op} {_num(m['target'])} {m['unit']}"
+    return f"{op} {_num(m['target'])}x" if m["target"] >= 1 else f"{op} {m['target']:.2f}x"
+
+
+def _result(m: dict) -> str:
+    return "–" if m["met"] is None else ("met" if m["met"] else "**missed**")
+
+
+def _table(header: list[str], lines: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return out + ["| " + " | ".join(cells) + " |" for cells in lines]
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    sections = results["sections"]
+    metrics = [x for s in sections for x in s["metrics"]]
+    loads = [s["load_avg"][0] for s in sections if "load_avg" in s]
+    shared = any(load > (m["cpu_count"] or 1) + 0.5 for load in loads)
+    lines = [
+        "# Benchmarks: heartgpt versus the released HeartGPT implementation",
+        "",
+        f"Written by `make bench` (`python -m bench`, {results['seconds']:.0f} s) on "
+        f"{m['date']}. Do not edit: rerun. How to read it: `bench/README.md`.",
+        "",
+        f"- **Machine**: {m['cpu']}, {m['cpu_count']} cores, {m['ram_gb']} GB RAM; "
+        f"{m['platform']}.",
+        f"- **Software**: Python {m['python']}, torch {m['torch']}, numpy {m['numpy']}; "
+        f"torch threads: every core ({m['cpu_count']}) unless a row says otherwise.",
+        "- **GPU**: " + (f"{m['cuda']} (CUDA rows below)." if m["cuda"] else
+                         "none on this machine, so no CUDA bf16/flash-attention numbers were "
+                         "recorded (bench_train adds them when CUDA is available)."),
+        "- **Load**: 1-minute load average at the end of each script: "
+        + ", ".join(f"{s['name']} {s['load_avg'][0]:.1f}" for s in sections if "load_avg" in s)
+        + (f". **The machine was shared with other jobs** (load above its {m['cpu_count']} "
+           "cores), so absolute timings are disturbed; each ratio compares two sides "
+           "measured in one process run, which disturbance affects alike only on average."
+           if shared else "."),
+        "- **Baseline**: `bench/baseline.py`, a faithful re-implementation of the released model "
+        "(a Python loop over 8 heads, a materialised masked T x T softmax, attention dropout "
+        "0.2), holding the same weights as ours and fed the same batches.",
+        "",
+        "## Every metric",
+        "",
+        "Ratio: ours / compared-with for throughput and memory, the speed-up (compared-with "
+        "time / our time) for generation, and how many times faster than real time for the "
+        "tools.",
+        "",
+    ]
+    rows = []
+    for x in metrics:
+        ref = f"{x['ref_what']}: {_num(x['ref'])}" if x["ref"] is not None else "–"
+        if x["unit"] == "s/h" and x["ref"] is not None:
+            ref = x["ref_what"]
+        ratio = f"{_num(x['ratio'])}x" if x["ratio"] is not None else "–"
+        rows.append([x["what"], f"{_num(x['ours'])} {x['unit']}", ref, ratio, _target(x),
+                     _result(x)])
+    lines += _table(["metric", "ours", "compared with", "ratio", "target", "result"], rows)
+    missed = [x for x in metrics if x["met"] is False]
+    noted = [x for x in metrics if x["note"]]
+    failed = [s for s in sections if "error" in s]
+    lines += ["", "## Misses and notes", ""]
+    if not missed and not failed:
+        lines.append("Every target was met.")
+    for x in missed:
+        lines.append(f"- **Missed: {x['what']}** ({_num(x['ratio'])}x against {_target(x)}).")
+    for s in failed:
+        lines.append(f"- **{s['name']} failed**: {s['error']}.")
+    for x in noted:
+        lines.append(f"- {x['what']}: {x['note']}.")
+    for s in sections:
+        cols = COLUMNS.get(s["name"])
+        if not cols or not s["rows"]:
+            continue
+        lines += ["", f"## {s['name']} ({s['seconds']:.0f} s)", ""]
+        body = [[fmt.format(r[k]) if r.get(k) is not None else "–" for k, _, fmt in cols]
+                for r in s["rows"]]
+        lines += _table([h for _, h, _ in cols], body)
+        if s.get("breakdown"):
+            lines += ["", "Pieces of a step (ms, best of several; `bench_generate.breakdown`): "
+                      + ", ".join(f"{k} {1e3 * v:.2f}" for k, v in s["breakdown"].items())]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--tiny", action="store_true", help="smoke versions of every script")
+    p.add_argument("--inline", action="store_true", help="scripts measure in their own process")
+    p.add_argument("--out-dir", type=Path, default=None,
+                   help="where results.json and RESULTS.md go (default: bench/, or a "
+                        "temporary folder with --tiny)")
+    p.add_argument("--only", nargs="+", choices=SCRIPTS, default=list(SCRIPTS))
+    args = p.parse_args(argv)
+    out_dir = args.out_dir or (Path(tempfile.mkdtemp(prefix="heartgpt-bench-")) if args.tiny
+                               else BENCH_DIR)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    load_start = os.getloadavg()
+    sections = []
+    with tempfile.TemporaryDirectory(prefix="heartgpt-bench-") as tmp:
+        for name in args.only:
+            sections.append(run_script(name, Path(tmp) / f"{name}.json", args.tiny, args.inline))
+    results = {"machine": machine(), "tiny": args.tiny, "seconds": time.perf_counter() - t0,
+               "load_avg_start": load_start, "sections": sections}
+    write_json(out_dir / "results.json", results)
+    (out_dir / "RESULTS.md").write_text(markdown(results))
+    print(f"wrote {out_dir / 'results.json'} and {out_dir / 'RESULTS.md'} "
+          f"in {results['seconds']:.0f} s", flush=True)
+    return 1 if any("error" in s for s in sections) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
