@@ -38,13 +38,14 @@ def model(config: dict, vocab_size: int) -> GPT:
     return GPT(GPTConfig(vocab_size=vocab_size, **config)).eval()
 
 
-def time_tool(name: str, fn, minutes: float, threads: int) -> dict:
+def time_tool(name: str, fn, n: int, n_warm: int, minutes: float, threads: int) -> dict:
+    """``fn(n)`` (``n`` samples, ``minutes`` of recording) after a warm-up ``fn(n_warm)``."""
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        fn()  # warm-up (allocations, kernels), on the same recording
+        fn(n_warm)  # allocations, kernels: the same tool on the first minute
         t0 = time.perf_counter()
-        fn()
+        fn(n)
         seconds = time.perf_counter() - t0
     finally:
         torch.set_num_threads(before)
@@ -64,21 +65,20 @@ def main(argv: list[str] | None = None) -> dict:
     ppg, ppg_rate = recording("ppg", max(beat_min, af_min))
     ecg, ecg_rate = recording("ecg", af_min)
     ppg_model, ecg_model = model(config, 102), model(config, 101)
-    n_beat = round(beat_min * 60 * ppg_rate)
-    n_af_ppg, n_af_ecg = round(af_min * 60 * ppg_rate), round(af_min * 60 * ecg_rate)
+    warm = min(60.0, beat_min * 60, af_min * 60)  # seconds of recording for the warm-up
     runs = [
-        ("detect_beats ppg", lambda: detect_beats(ppg_model, ppg[:n_beat], ppg_rate, "ppg",
+        ("detect_beats ppg", lambda n: detect_beats(ppg_model, ppg[:n], ppg_rate, "ppg",
                                                     shift=shift),
-         beat_min, sorted({1, cores})),
-        ("screen_af ppg", lambda: screen_af(ppg_model, ppg[:n_af_ppg], ppg_rate, "ppg"),
-         af_min, [cores]),
-        ("screen_af ecg", lambda: screen_af(ecg_model, ecg[:n_af_ecg], ecg_rate, "ecg"),
-         af_min, [cores]),
+         round(beat_min * 60 * ppg_rate), round(warm * ppg_rate), beat_min, sorted({1, cores})),
+        ("screen_af ppg", lambda n: screen_af(ppg_model, ppg[:n], ppg_rate, "ppg"),
+         round(af_min * 60 * ppg_rate), round(warm * ppg_rate), af_min, [cores]),
+        ("screen_af ecg", lambda n: screen_af(ecg_model, ecg[:n], ecg_rate, "ecg"),
+         round(af_min * 60 * ecg_rate), round(warm * ecg_rate), af_min, [cores]),
     ]
     rows = []
-    for name, fn, minutes, thread_counts in runs:
+    for name, fn, n, n_warm, minutes, thread_counts in runs:
         for threads in thread_counts:
-            rows.append(time_tool(name, fn, minutes, threads))
+            rows.append(time_tool(name, fn, n, n_warm, minutes, threads))
             print(f"inference {name:16s} {threads} thread(s): "
                   f"{rows[-1]['seconds_per_hour']:7.1f} s per hour", flush=True)
     metrics = []

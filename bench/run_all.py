@@ -100,7 +100,9 @@ def markdown(results: dict) -> str:
         + (f". **The machine was shared with other jobs** (load above its {m['cpu_count']} "
            "cores), so absolute timings are disturbed; each ratio compares two sides "
            "measured in one process run, which disturbance affects alike only on average."
-           if shared else "."),
+           if shared else f". That is about the benchmark's own {m['cpu_count']} threads: no "
+           "other job held the CPU for long during this run. (The machine is shared; runs "
+           "under load differ widely, the baseline's and the token-by-token steps most.)"),
         "- **Baseline**: `bench/baseline.py`, a faithful re-implementation of the released model "
         "(a Python loop over 8 heads, a materialised masked T x T softmax, attention dropout "
         "0.2), holding the same weights as ours and fed the same batches.",
