@@ -208,6 +208,18 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))  # (B, T, C)
 
 
+def _sample_next(
+    logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One token per row from the last position's logits (B, V): temperature, top-k, multinomial."""
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = F.softmax(logits, dim=-1)  # (B, V)
+    return torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+
+
 class GPT(nn.Module):
     """HeartGPT: ``forward(idx)`` maps tokens (B, T) to head outputs (B, T, n_out)."""
 
@@ -291,12 +303,8 @@ class GPT(nn.Module):
             raise ValueError(f"temperature must be > 0, got {temperature}")
         for _ in range(max_new_tokens):
             idx_cond = idx[:, -self.config.block_size :]  # (B, <=block_size)
-            logits = self(idx_cond)[:, -1, :] / temperature  # (B, V)
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            probs = F.softmax(logits, dim=-1)  # (B, V)
-            idx_next = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+            logits = self(idx_cond)[:, -1, :]  # (B, V)
+            idx_next = _sample_next(logits, temperature, top_k, generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
         return idx
 
@@ -352,12 +360,7 @@ class GPT(nn.Module):
         cache = KVCache(self.config, idx.size(0), idx.device, self.head.weight.dtype)
         logits = self.forward_cached(idx[:, -bs:], cache)[:, -1, :]  # (B, V)
         for step in range(max_new_tokens):
-            logits = logits / temperature
-            if top_k is not None:
-                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
-                logits = logits.masked_fill(logits < kth, float("-inf"))
-            probs = F.softmax(logits, dim=-1)  # (B, V)
-            idx_next = torch.multinomial(probs, num_samples=1, generator=generator)  # (B, 1)
+            idx_next = _sample_next(logits, temperature, top_k, generator)  # (B, 1)
             idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
             if step == max_new_tokens - 1:
                 break
