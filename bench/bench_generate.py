@@ -96,42 +96,14 @@ def rowblock_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     return out
 
 
-def lean_token_step(model: GPT, cache: KVCache, token: int) -> torch.Tensor:
-    """:meth:`GPT.forward_cached` of one token, written with fewer tensor operations.
-
-    A candidate fix for cached mode's per-token cost (not used by heartgpt): functional calls
-    on the weights, q/k/v as one view, keys and values written into the cache by index. Call
-    it under ``torch.inference_mode()``. Returns the head outputs (n_out,).
-    """
-    cfg, pos = model.config, cache.length
-    nh, hs = cfg.n_head, cfg.head_size
-    x = model.token_embedding.weight[token] + model.position_embedding.weight[pos]  # (C,)
-    x = x.view(1, 1, cfg.n_embd)  # (1, 1, C)
-    for layer, b in enumerate(model.blocks):
-        h = F.layer_norm(x, (cfg.n_embd,), b.ln1.weight, b.ln1.bias)
-        q, k, v = F.linear(h, b.attn.qkv.weight).view(3, 1, nh, 1, hs).unbind(0)  # (1, nh, 1, hs)
-        cache.k[layer, :, :, pos : pos + 1] = k
-        cache.v[layer, :, :, pos : pos + 1] = v
-        y = F.scaled_dot_product_attention(q, cache.k[layer, :, :, : pos + 1],
-                                           cache.v[layer, :, :, : pos + 1], scale=cfg.scale)
-        x = x + F.linear(y.view(1, 1, cfg.n_embd), b.attn.proj.weight, b.attn.proj.bias)
-        h = F.layer_norm(x, (cfg.n_embd,), b.ln2.weight, b.ln2.bias)
-        x = x + F.linear(F.relu(F.linear(h, b.mlp.fc.weight, b.mlp.fc.bias)),
-                         b.mlp.proj.weight, b.mlp.proj.bias)  # (1, 1, C)
-    cache.length = pos + 1
-    x = F.layer_norm(x, (cfg.n_embd,), model.ln_f.weight, model.ln_f.bias)
-    return F.linear(x, model.head.weight, model.head.bias).view(-1)  # (n_out,)
-
-
 def breakdown(ours: GPT, base: ReleasedGPT, cfg: GPTConfig, window: torch.Tensor) -> dict:
     """Where a step goes, with every core and with one (less exposed to other load).
 
     Exact mode: one forward of the window, its attention with SDPA and with row-blocked math,
     and ``torch.exp`` over its causal attention scores (no exact implementation avoids
     those). Cached mode: a one-token step and a re-encode of ``block_size - stride + 1``
-    tokens (``generate_cached``'s default stride); the one-token step also under
-    ``torch.inference_mode`` and as :func:`lean_token_step`, with the largest difference of
-    its outputs from ``forward_cached``'s.
+    tokens (``generate_cached``'s default stride); the one-token step under ``no_grad`` and
+    under ``torch.inference_mode`` (which ``generate_cached`` uses).
     """
     T = window.size(1)
     q, k, v = torch.randn(3, 1, cfg.n_head, T, cfg.head_size).unbind(0)  # (1, nh, T, hs)
@@ -147,14 +119,7 @@ def breakdown(ours: GPT, base: ReleasedGPT, cfg: GPTConfig, window: torch.Tensor
         cache.length = keep
         return ours.forward_cached(window[:, -1:], cache)[0, -1]  # (n_out,)
 
-    def lean_token() -> torch.Tensor:
-        cache.length = keep
-        return lean_token_step(ours, cache, int(window[0, -1]))
-
     reencode()
-    with torch.inference_mode():
-        lean_diff = float((one_token() - lean_token()).abs().max())
-
     out = {}
     threads = torch.get_num_threads()
     for suffix, n in (("", threads), ("_1thread", 1)):
@@ -171,10 +136,9 @@ def breakdown(ours: GPT, base: ReleasedGPT, cfg: GPTConfig, window: torch.Tensor
             out["cached_reencode" + suffix] = best_of(reencode, 5)
         with torch.inference_mode():
             out["cached_token_inference_mode" + suffix] = best_of(one_token, 50)
-            out["cached_token_lean" + suffix] = best_of(lean_token, 50)
         out["baseline_forward" + suffix] = best_of(lambda: base(window), 3)  # autograd on
     torch.set_num_threads(threads)
-    return {**out, "lean_max_abs_diff": lean_diff}
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -204,21 +168,15 @@ def main(argv: list[str] | None = None) -> dict:
         f"its {config['n_layer'] * config['n_head'] * context * (context + 1) // 2 / 1e6:.1f}M "
         f"causal scores alone {ms['exp_of_scores_1thread']:.1f} ms")
     n_reencode = max(0, -(-(new - 1) // max(1, config["block_size"] // 5)))
-    expected = new * bd["cached_token"] + (n_reencode + 1) * bd["cached_reencode"]
-    lean_run = (new * bd["cached_token_lean"] + (n_reencode + 1) * bd["cached_reencode"]
-                + by["cached"]["seconds"] - expected)
+    expected = new * bd["cached_token_inference_mode"] + (n_reencode + 1) * bd["cached_reencode"]
     cached_note = (
-        f"cached mode: {ms['cached_token']:.2f} ms per one-token step and "
-        f"{ms['cached_reencode']:.1f} ms per re-encode (~{n_reencode} of them plus the "
-        f"prefill): about {expected:.2f} s expected, the one-token steps "
-        f"{100 * new * bd['cached_token'] / expected:.0f}% of it, against the baseline's "
-        f"{ms['baseline_forward']:.1f} ms a token. The step is many tiny tensor operations "
-        f"(per-call overhead): under torch.inference_mode it takes "
-        f"{ms['cached_token_inference_mode']:.2f} ms, written leaner "
-        f"(bench_generate.lean_token_step, outputs within {bd['lean_max_abs_diff']:.0e}) "
-        f"{ms['cached_token_lean']:.2f} ms, which would make the run about {lean_run:.2f} s, "
-        f"{by['baseline']['seconds'] / lean_run:.0f}x (on one thread: "
-        f"{ms['cached_token_1thread']:.2f}, {ms['cached_token_lean_1thread']:.2f} and "
+        f"cached mode: {ms['cached_token_inference_mode']:.2f} ms per one-token step "
+        f"(GPT._decode_one under torch.inference_mode; {ms['cached_token']:.2f} ms under "
+        f"no_grad) and {ms['cached_reencode']:.1f} ms per re-encode (~{n_reencode} of them "
+        f"plus the prefill): about {expected:.2f} s expected, the one-token steps "
+        f"{100 * new * bd['cached_token_inference_mode'] / expected:.0f}% of it, the rest "
+        f"re-encoding; against the baseline's {ms['baseline_forward']:.1f} ms a token (one "
+        f"thread: {ms['cached_token_inference_mode_1thread']:.2f} against "
         f"{ms['baseline_forward_1thread']:.1f} ms)")
     metrics = [
         metric("generate_exact", f"generation, {new} tokens after {context}: exact mode",

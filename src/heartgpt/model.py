@@ -320,6 +320,8 @@ class GPT(nn.Module):
         start = cache.length
         if start + T > cache.capacity:
             raise ValueError(f"{start} cached + {T} new tokens exceed block_size {cache.capacity}")
+        if T == 1:
+            return self._decode_one(idx, cache).unsqueeze(1)  # (B, 1, n_out)
         pos = torch.arange(start, start + T, device=idx.device)  # (T,)
         x = self.token_embedding(idx) + self.position_embedding(pos)  # (B, T, C)
         for layer, block in enumerate(self.blocks):
@@ -327,7 +329,35 @@ class GPT(nn.Module):
         cache.length = start + T
         return self.head(self.ln_f(x))  # (B, T, n_out)
 
-    @torch.no_grad()
+    def _decode_one(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """:meth:`forward_cached` of one token per row: ``idx`` (B, 1) -> (B, n_out).
+
+        The blocks' ``forward_cached`` arithmetic written as functional calls on the weights:
+        a one-token step is ~100 tiny operations, so module-call overhead (hooks, no-op
+        dropouts, head transposes) was a large part of its time.
+        """
+        cfg, pos = self.config, cache.length
+        B, C, nh, hs = idx.size(0), cfg.n_embd, cfg.n_head, cfg.head_size
+        x = self.token_embedding.weight[idx] + self.position_embedding.weight[pos]  # (B, 1, C)
+        for layer, b in enumerate(self.blocks):
+            h = F.layer_norm(x, (C,), b.ln1.weight, b.ln1.bias)
+            # (B, 1, 3C) -> q, k, v (B, nh, 1, hs): with one position no transpose is needed
+            q, k, v = F.linear(h, b.attn.qkv.weight).view(B, 3, nh, 1, hs).unbind(1)
+            cache.k[layer, :, :, pos : pos + 1] = k
+            cache.v[layer, :, :, pos : pos + 1] = v
+            y = F.scaled_dot_product_attention(
+                q, cache.k[layer, :, :, : pos + 1], cache.v[layer, :, :, : pos + 1],
+                scale=cfg.scale,
+            )  # (B, nh, 1, hs)
+            x = x + F.linear(y.view(B, 1, C), b.attn.proj.weight, b.attn.proj.bias)
+            h = F.layer_norm(x, (C,), b.ln2.weight, b.ln2.bias)
+            h = F.relu(F.linear(h, b.mlp.fc.weight, b.mlp.fc.bias))  # (B, 1, 4C)
+            x = x + F.linear(h, b.mlp.proj.weight, b.mlp.proj.bias)  # (B, 1, C)
+        cache.length = pos + 1
+        x = F.layer_norm(x[:, 0], (C,), self.ln_f.weight, self.ln_f.bias)  # (B, C)
+        return F.linear(x, self.head.weight, self.head.bias)  # (B, n_out)
+
+    @torch.inference_mode()
     def generate_cached(
         self,
         idx: torch.Tensor,
@@ -357,16 +387,20 @@ class GPT(nn.Module):
             raise ValueError(f"stride must be in 1..{bs}, got {stride}")
         if max_new_tokens <= 0:
             return idx
-        cache = KVCache(self.config, idx.size(0), idx.device, self.head.weight.dtype)
+        B, T0 = idx.shape
+        out = torch.empty(B, T0 + max_new_tokens, dtype=idx.dtype, device=idx.device)
+        out[:, :T0] = idx
+        cache = KVCache(self.config, B, idx.device, self.head.weight.dtype)
         logits = self.forward_cached(idx[:, -bs:], cache)[:, -1, :]  # (B, V)
-        for step in range(max_new_tokens):
+        for t in range(T0, T0 + max_new_tokens):
             idx_next = _sample_next(logits, temperature, top_k, generator)  # (B, 1)
-            idx = torch.cat((idx, idx_next), dim=1)  # (B, T + 1)
-            if step == max_new_tokens - 1:
+            out[:, t : t + 1] = idx_next
+            if t == T0 + max_new_tokens - 1:
                 break
             if cache.length == bs:  # window full: re-encode the last bs - stride tokens + new
                 cache.reset()
-                logits = self.forward_cached(idx[:, -(bs - stride + 1) :], cache)[:, -1, :]
+                window = out[:, t + 1 - (bs - stride + 1) : t + 1]  # (B, bs - stride + 1)
+                logits = self.forward_cached(window, cache)[:, -1, :]
             else:
-                logits = self.forward_cached(idx_next, cache)[:, -1, :]  # (B, V)
-        return idx
+                logits = self._decode_one(idx_next, cache)  # (B, V)
+        return out
