@@ -197,6 +197,15 @@ def test_paper_finetune_presets_carry_the_paper_recipe(experiment, modality, wei
     assert cfg.callbacks.model_checkpoint.mode == "max"
 
 
+def test_beat_metrics_find_peaks_as_detect_beats_does(paths):
+    """Validation F1 picks checkpoints by the same peaks the inference tool reports."""
+    from heartgpt.detect_beats import PEAK_DISTANCE, PEAK_HEIGHT
+
+    cfg = compose_train(["experiment=demo_beats"], **paths)
+    assert cfg.task.peak_height == PEAK_HEIGHT
+    assert round(cfg.task.peak_distance_ms * cfg.modality.sample_rate / 1000) == PEAK_DISTANCE
+
+
 def test_demo_finetune_starts_from_the_newest_pretraining(paths):
     cfg = compose_train(["experiment=demo_af"], **paths)
     with pytest.raises(Exception, match="no checkpoint under .*pretrain_ecg"):
