@@ -24,7 +24,7 @@ from bench.baseline import ReleasedGPT
 from bench.common import best_of, measure, metric, parser, section, threads_for
 from heartgpt.checkpoints import to_released_state_dict
 from heartgpt.generate import generate_tokens
-from heartgpt.model import GPT, GPTConfig, KVCache
+from heartgpt.model import GPT, GPTConfig, KVCache, default_stride
 
 PAPER = dict(vocab_size=102, block_size=500, n_embd=64, n_head=8, n_layer=8, dropout=0.2,
              attn_scale=64**-0.5)
@@ -110,7 +110,7 @@ def breakdown(ours: GPT, base: ReleasedGPT, cfg: GPTConfig, window: torch.Tensor
     scores = torch.randn(cfg.n_layer * cfg.n_head * T * (T + 1) // 2)
     big = torch.randn(1024, 1024)
     cache = KVCache(cfg, 1)
-    keep = cfg.block_size - max(1, cfg.block_size // 5) + 1
+    keep = cfg.block_size - default_stride(cfg.block_size) + 1
 
     def reencode() -> None:
         cache.reset()
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"this core's 1024x1024 matmul rate ({gemm_gflops:.0f} GFLOP/s) take "
         f"{linear_ms:.1f} ms more: {ms['exp_of_scores_1thread'] + linear_ms:.1f} ms against "
         f"the {ms['baseline_forward_1thread'] / 10:.1f} ms that 10x allows")
-    n_reencode = max(0, -(-(new - 1) // max(1, config["block_size"] // 5)))
+    n_reencode = max(0, -(-(new - 1) // default_stride(config["block_size"])))
     expected = new * bd["cached_token_inference_mode"] + (n_reencode + 1) * bd["cached_reencode"]
     cached_note = (
         f"cached mode: {ms['cached_token_inference_mode']:.2f} ms per one-token step "

@@ -208,6 +208,11 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))  # (B, T, C)
 
 
+def default_stride(block_size: int) -> int:
+    """:meth:`GPT.generate_cached`'s default re-encode stride: a fifth of the window."""
+    return max(1, block_size // 5)
+
+
 def _sample_next(
     logits: torch.Tensor, temperature: float, top_k: int | None, generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -375,14 +380,15 @@ class GPT(nn.Module):
         0..) plus the new one, so every token is predicted from between ``block_size - stride``
         and ``block_size - 1`` previous tokens instead of always ``block_size - 1``.
         ``stride=1`` is exact mode (a re-encode every step); larger strides are faster.
-        Default ``block_size // 5`` (100 for the released models). Returns (B, T + max_new_tokens).
+        Default ``block_size // 5`` (100 for the released models). Returns (B, T + max_new_tokens),
+        made under ``torch.inference_mode`` (an inference tensor: it cannot enter autograd).
         """
         if self.config.out_features is not None:
             raise ValueError("generate needs a language-model head; this model has a task head")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         bs = self.config.block_size
-        stride = max(1, bs // 5) if stride is None else stride
+        stride = default_stride(bs) if stride is None else stride
         if not 1 <= stride <= bs:
             raise ValueError(f"stride must be in 1..{bs}, got {stride}")
         if max_new_tokens <= 0:
