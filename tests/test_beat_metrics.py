@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from heartgpt.beat_metrics import BeatDetectionScores, beats_from_targets, match_beats
+from heartgpt.beat_metrics import BeatDetectionScores, beats_from_targets, match_beats, peak_beats
 
 
 def test_hand_worked_example():
@@ -54,3 +54,19 @@ def test_metric_scores_match_the_hand_count():
     assert scores["f1"].item() == pytest.approx(2 * tp / (2 * tp + fp + fn))
     metric.reset()
     assert metric.compute()["f1"].item() == 0.0
+
+
+def test_peak_width_limit_drops_wide_bumps_as_detect_beats_does():
+    from heartgpt.detect_beats import PEAK_DISTANCE, PEAK_HEIGHT, PEAK_WIDTH, find_beats
+
+    t = np.arange(400, dtype=np.float64)
+    narrow = 0.3 * np.exp(-0.5 * ((t - 100) / 2.0) ** 2)  # half-height width ~5 samples
+    wide = 0.3 * np.exp(-0.5 * ((t - 300) / 20.0) ** 2)  # ~47 samples
+    track = narrow + wide
+    assert peak_beats(track, 0.1, 14).tolist() == [100, 300]
+    assert peak_beats(track, 0.1, 14, max_width=20).tolist() == [100]
+
+    rng = np.random.default_rng(0)
+    noisy = np.clip(track + 0.02 * rng.standard_normal(t.size), 0, 1)
+    np.testing.assert_array_equal(peak_beats(noisy, PEAK_HEIGHT, PEAK_DISTANCE, PEAK_WIDTH[1]),
+                                  find_beats(noisy)[0])

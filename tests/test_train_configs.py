@@ -199,24 +199,38 @@ def test_paper_finetune_presets_carry_the_paper_recipe(experiment, modality, wei
 
 def test_beat_metrics_find_peaks_as_detect_beats_does(paths):
     """Validation F1 picks checkpoints by the same peaks the inference tool reports."""
-    from heartgpt.detect_beats import PEAK_DISTANCE, PEAK_HEIGHT
+    from heartgpt.detect_beats import PEAK_DISTANCE, PEAK_HEIGHT, PEAK_WIDTH
 
     cfg = compose_train(["experiment=demo_beats"], **paths)
+    rate = cfg.modality.sample_rate
     assert cfg.task.peak_height == PEAK_HEIGHT
-    assert round(cfg.task.peak_distance_ms * cfg.modality.sample_rate / 1000) == PEAK_DISTANCE
+    assert round(cfg.task.peak_distance_ms * rate / 1000) == PEAK_DISTANCE
+    assert (None, round(cfg.task.peak_max_width_ms * rate / 1000)) == PEAK_WIDTH
 
 
-def test_demo_finetune_starts_from_the_newest_pretraining(paths):
-    cfg = compose_train(["experiment=demo_af"], **paths)
-    with pytest.raises(Exception, match="no checkpoint under .*pretrain_ecg"):
+@pytest.mark.parametrize(("experiment", "runs", "make_it"), [
+    ("demo_af", "pretrain_long_ecg", "experiment=demo_long modality=ecg"),
+    ("demo_beats", "pretrain_ppg", "modality=ppg"),
+])
+def test_demo_finetune_starts_from_the_newest_pretraining(paths, experiment, runs, make_it):
+    cfg = compose_train([f"experiment={experiment}"], **paths)
+    with pytest.raises(Exception, match=f"no checkpoint under .*{runs}: .*heartgpt.train {make_it}`"):
         _ = cfg.task.pretrained
-    older = paths["log_dir"] / "pretrain_ecg" / "runs" / "a" / "checkpoints" / "last.ckpt"
-    newer = paths["log_dir"] / "pretrain_ecg" / "runs" / "b" / "checkpoints" / "last.ckpt"
+    older = paths["log_dir"] / runs / "runs" / "a" / "checkpoints" / "last.ckpt"
+    newer = paths["log_dir"] / runs / "runs" / "b" / "checkpoints" / "last.ckpt"
     for i, path in enumerate((older, newer)):
         path.parent.mkdir(parents=True)
         path.write_bytes(b"")
         os.utime(path, (1_000_000 + i, 1_000_000 + i))
     assert cfg.task.pretrained == str(newer)
+
+
+def test_demo_af_fine_tunes_as_demo_long_pre_trained(paths):
+    """The frozen layers keep demo_long's dropout, so their features are the ones it learnt."""
+    long = compose_train(["experiment=demo_long"], **paths)
+    af = compose_train(["experiment=demo_af"], **paths)
+    assert long.task_name == "pretrain_long_ecg" and long.task._target_.endswith("PretrainModule")
+    assert af.model.dropout == long.model.dropout
 
 
 def test_freeze_sweep_composes_one_callback_per_strategy(paths):

@@ -49,9 +49,14 @@ def beats_from_targets(targets: np.ndarray) -> np.ndarray:
     return (starts + ends - 1) // 2
 
 
-def peak_beats(probs: np.ndarray, height: float, distance: int) -> np.ndarray:
-    """Detected beats in a per-sample beat probability: ``scipy.signal.find_peaks``."""
-    peaks, _ = find_peaks(np.asarray(probs, dtype=np.float64), height=height, distance=distance)
+def peak_beats(probs: np.ndarray, height: float, distance: int,
+               max_width: int | None = None) -> np.ndarray:
+    """Detected beats in a per-sample beat probability: ``scipy.signal.find_peaks`` peaks at
+    least ``height`` high, ``distance`` samples apart and, when given, at most ``max_width``
+    samples wide (at half prominence)."""
+    width = None if max_width is None else (None, max_width)
+    peaks, _ = find_peaks(np.asarray(probs, dtype=np.float64), height=height, distance=distance,
+                          width=width)
     return peaks
 
 
@@ -65,13 +70,13 @@ class BeatDetectionScores(Metric):
     full_state_update = False
     higher_is_better = True
 
-    def __init__(self, tolerance: int, height: float, distance: int,
+    def __init__(self, tolerance: int, height: float, distance: int, max_width: int | None = None,
                  peak_finder: Callable[[np.ndarray], np.ndarray] | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         if tolerance < 0:
             raise ValueError(f"tolerance must be >= 0 samples, got {tolerance}")
         self.tolerance = tolerance
-        self.peak_finder = peak_finder or (lambda p: peak_beats(p, height, distance))
+        self.peak_finder = peak_finder or (lambda p: peak_beats(p, height, distance, max_width))
         for name in ("tp", "fp", "fn"):
             self.add_state(name, default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 

@@ -67,7 +67,8 @@ class FinetuneModule(GPTLightningModule):
             warm-up + cosine schedule (:mod:`heartgpt.optim`).
         pos_weight: BCE weight of positive examples (beats are sparse); None: 1.
         beat_tolerance_ms: a detected beat matches an annotated one within this (token tasks).
-        peak_height, peak_distance_ms: ``find_peaks`` settings for detected beats.
+        peak_height, peak_distance_ms, peak_max_width_ms: ``find_peaks`` settings for detected
+            beats (``peak_max_width_ms`` None: no width limit).
         seed: base of the per-batch dropout seeds.
         compile: ``torch.compile`` the network.
     """
@@ -90,6 +91,7 @@ class FinetuneModule(GPTLightningModule):
         beat_tolerance_ms: float,
         peak_height: float,
         peak_distance_ms: float,
+        peak_max_width_ms: float | None,
         seed: int,
         compile: bool = False,
     ) -> None:
@@ -117,6 +119,7 @@ class FinetuneModule(GPTLightningModule):
         # shadow nn.Module.train).
         rate_tol = round(beat_tolerance_ms * rate / 1000)
         distance = max(1, round(peak_distance_ms * rate / 1000))
+        max_width = None if peak_max_width_ms is None else round(peak_max_width_ms * rate / 1000)
         for stage in STAGES:
             setattr(self, f"{stage}_loss", MeanMetric())
             if task_type == "sequence":
@@ -126,7 +129,8 @@ class FinetuneModule(GPTLightningModule):
                 setattr(self, f"{stage}_metrics", MetricCollection({"auroc": BinaryAUROC(thresholds=200)}))
                 if stage != "train":  # peak finding per window: evaluation only
                     setattr(self, f"{stage}_beats", BeatDetectionScores(
-                        tolerance=rate_tol, height=peak_height, distance=distance))
+                        tolerance=rate_tol, height=peak_height, distance=distance,
+                        max_width=max_width))
         self._test_rows: list[dict[str, Any]] = []
 
     def initial_weights(self) -> str | None:

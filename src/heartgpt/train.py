@@ -27,16 +27,17 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 TEST_METRICS = "test_metrics.json"
 
 
-def latest_checkpoint(runs_root: str) -> str:
-    """``${latest_ckpt:<dir>}``: the newest ``last.ckpt`` under ``<dir>`` (e.g. the demo
-    pre-training runs a fine-tune starts from); an error saying what to run when there is none."""
+def latest_checkpoint(runs_root: str, make_it: str | None = None) -> str:
+    """``${latest_ckpt:<dir>[,<command>]}``: the newest ``last.ckpt`` under ``<dir>`` (e.g. the
+    demo pre-training runs a fine-tune starts from); when there is none, an error saying what to
+    run: ``<command>``, or by default the pre-training of the modality that ends ``<dir>``'s name."""
     found = find_last_checkpoint(runs_root)
     if found is None:
         task = Path(runs_root).name
+        make_it = make_it or f"python -m heartgpt.train modality={task.rsplit('_', 1)[-1]}"
         raise FileNotFoundError(
-            f"no checkpoint under {runs_root}: run that training first (e.g. "
-            f"`python -m heartgpt.train modality={task.rsplit('_', 1)[-1]}` for {task}), or set "
-            "task.pretrained=<a .ckpt, .safetensors or released .zip>")
+            f"no checkpoint under {runs_root}: run that training first (`{make_it}` for {task}), "
+            "or set task.pretrained=<a .ckpt, .safetensors or released .zip>")
     return str(found)
 
 
