@@ -65,6 +65,7 @@ def test_peak_width_limit_drops_wide_bumps_as_detect_beats_does():
     track = narrow + wide
     assert peak_beats(track, 0.1, 14).tolist() == [100, 300]
     assert peak_beats(track, 0.1, 14, max_width=20).tolist() == [100]
+    assert find_beats(track)[0].tolist() == [100]  # the released settings drop it too
 
     rng = np.random.default_rng(0)
     noisy = np.clip(track + 0.02 * rng.standard_normal(t.size), 0, 1)

@@ -42,8 +42,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.signal import find_peaks
 
+from heartgpt.beat_metrics import peak_beats
 from heartgpt.io import (
     about,
     eval_mode,
@@ -234,10 +234,9 @@ def beat_confidence_stream(
 
 def find_beats(confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Beat indices and heights of a confidence track, as the released GUI finds them."""
-    conf = np.nan_to_num(confidence, nan=0.0)
-    peaks, props = find_peaks(conf, height=PEAK_HEIGHT, width=PEAK_WIDTH,
-                              distance=PEAK_DISTANCE)
-    return peaks.astype(np.int64), props["peak_heights"].astype(np.float64)
+    conf = np.nan_to_num(confidence, nan=0.0).astype(np.float64)
+    peaks = peak_beats(conf, PEAK_HEIGHT, PEAK_DISTANCE, max_width=PEAK_WIDTH[1])
+    return peaks.astype(np.int64), conf[peaks]  # find_peaks' peak heights are the values there
 
 
 def detect_beats(
