@@ -1,13 +1,22 @@
 # heartgpt — `make help` lists the targets.
-# Installs into the current Python environment; `make setup VENV=.venv` makes and uses a venv.
-VENV ?=
+# The Python every target runs: $(VENV)/bin/python when VENV is given; else ./.venv/bin/python when
+# ./.venv exists, so `make setup VENV=.venv && make train` trains in that venv without naming it
+# again (a venv with another name: pass VENV=<dir> every time); else python3, the current
+# environment. VENV= (empty) ignores ./.venv; PYTHON=<interpreter> names any other.
+VENV ?= $(if $(wildcard .venv/bin/python),.venv)
 ifneq ($(strip $(VENV)),)
 PYTHON := $(VENV)/bin/python
 else
 PYTHON ?= python3
 endif
-TORCH ?= torch==2.13.0   # the CPU wheel; `make setup TORCH=torch` for a CUDA build
-ARGS ?=                  # extra Hydra overrides, e.g. make train ARGS="modality=ppg"
+# torch, explicitly the CPU build: a local wheel (pip's find-links) satisfies it offline; else it
+# comes from TORCH_INDEX, since PyPI has no +cpu builds and its torch==2.13.0 is the CUDA build
+# (~530 MB plus the NVIDIA libraries). A CUDA build: make setup TORCH=torch TORCH_INDEX=
+# (in an environment that already holds the CPU build, pip uninstall torch first).
+TORCH ?= torch==2.13.0+cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+ARGS ?=
+# ARGS: extra Hydra overrides, e.g. make train ARGS="modality=ppg"
 
 .DEFAULT_GOAL := help
 .PHONY: help setup data train app test test-fast lint format bench clean
@@ -15,12 +24,15 @@ ARGS ?=                  # extra Hydra overrides, e.g. make train ARGS="modality
 help: ## list the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-10s\033[0m %s\n", $$1, $$2}'
 
-setup: ## install pinned CPU torch, then heartgpt (editable) with its dev extra
+setup: ## install torch (CPU build; TORCH=torch TORCH_INDEX= for CUDA), then heartgpt -e .[dev]
 ifneq ($(strip $(VENV)),)
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 endif
-	$(PYTHON) -m pip install "$(strip $(TORCH))"
-	$(PYTHON) -m pip install -e ".[dev]"
+	$(PYTHON) -m pip install "$(strip $(TORCH))"$(if $(strip $(TORCH_INDEX)), || { \
+	  echo "$(strip $(TORCH)) is not on the configured index: trying $(strip $(TORCH_INDEX))"; \
+	  $(PYTHON) -m pip install --extra-index-url "$(strip $(TORCH_INDEX))" "$(strip $(TORCH))"; })
+# "$(TORCH)" again: no dependency may swap in another (CUDA) torch; pip stops instead
+	$(PYTHON) -m pip install -e ".[dev]" "$(strip $(TORCH))"
 
 data: ## build the synthetic demo shards (ECG and PPG) under data/demo/
 	$(PYTHON) -m heartgpt.prepare source=demo $(ARGS)

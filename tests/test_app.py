@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 import re
 import shutil
@@ -30,12 +31,18 @@ import torch
 
 from heartgpt.app.background import Stopped, in_background
 from heartgpt.app.beats_tab import beats_run
-from heartgpt.app.catalog import choices, default_base, find_checkpoints
+from heartgpt.app.catalog import (
+    choices,
+    default_base,
+    default_folders,
+    find_checkpoints,
+    search_folders,
+)
 from heartgpt.app.demos import DEMOS, demo_signal
 from heartgpt.app.generate_tab import generate_run
 from heartgpt.app.inputs import AUTO, load_for, read_input_signal
 from heartgpt.app.session import Sessions
-from heartgpt.checkpoints import load_model, save_safetensors
+from heartgpt.checkpoints import WEIGHTS_ENV, load_model, save_safetensors
 from heartgpt.detect_beats import detect_beats, write_beats_csv
 from heartgpt.generate import generate_tokens
 from heartgpt.interpret import attention_shift, estimate_period, homonyms, trace_signal
@@ -205,6 +212,58 @@ def test_catalog_lists_what_each_tab_can_use(ckpt_dir, caplog):
         "ppg_lm.safetensors"
     with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
         find_checkpoints([ckpt_dir / "missing"])
+
+
+def test_folders_given_are_searched_as_given(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "weights").mkdir()
+    caplog.set_level(logging.INFO, logger="heartgpt.app")
+    assert search_folders(["mine", tmp_path / "theirs"]) == [Path("mine"), tmp_path / "theirs"]
+    assert not caplog.text  # a missing one is find_checkpoints' error, not skipped
+
+
+def test_default_folders_are_the_weights_folders_and_outputs(tmp_path, monkeypatch, caplog):
+    tmp_path = tmp_path.resolve()  # the folders are absolute, symbolic links resolved
+    monkeypatch.chdir(tmp_path)
+    env = tmp_path / "released"
+    monkeypatch.setenv(WEIGHTS_ENV, str(env))
+    caplog.set_level(logging.INFO, logger="heartgpt.app")
+    assert default_folders() == [env, tmp_path / "weights", tmp_path / "outputs"]
+    for d in (env, tmp_path / "outputs"):
+        d.mkdir()
+    assert search_folders([]) == [env, tmp_path / "outputs"]  # ./weights does not exist
+    assert f"searching {env}, {tmp_path / 'outputs'}" in caplog.text
+    assert f"not found: {tmp_path / 'weights'}" in caplog.text
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path / "outputs"))  # listed once
+    assert default_folders() == [tmp_path / "outputs", tmp_path / "weights"]
+
+
+def test_no_default_folder_says_how_to_give_one(tmp_path, monkeypatch, caplog):
+    tmp_path = tmp_path.resolve()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    caplog.set_level(logging.INFO, logger="heartgpt.app")
+    assert search_folders([]) == []
+    warning = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warning) == 1
+    text = warning[0].getMessage()
+    assert f"${WEIGHTS_ENV} (not set)" in text and str(tmp_path / "weights") in text
+    assert "python -m heartgpt.app path/to/weights" in text and f"set ${WEIGHTS_ENV}" in text
+    from heartgpt.app.context import AppContext
+    from heartgpt.app.ui import _intro
+
+    intro = _intro(AppContext([], sessions=None, folders=[]))  # what the page then says
+    assert "No checkpoints found" in intro and "none of `$HEARTGPT_WEIGHTS`" in intro
+    assert "set `$HEARTGPT_WEIGHTS`" in intro
+
+
+def test_default_folders_find_the_checkpoints(ckpt_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(WEIGHTS_ENV, raising=False)
+    shutil.copytree(ckpt_dir, tmp_path / "outputs" / "run")
+    infos = find_checkpoints(search_folders([]))
+    assert sorted(i.path.name for i in infos) == ["ppg_af.safetensors", "ppg_beats.safetensors",
+                                                  "ppg_lm.safetensors"]
 
 
 def test_demo_signals():

@@ -6,12 +6,13 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from heartgpt import detect_beats, generate, interpret, screen_af
-from heartgpt.checkpoints import save_safetensors
+from heartgpt.checkpoints import WEIGHTS_ENV, save_safetensors
 from tiny import tiny_gpt
 
 
@@ -109,6 +110,63 @@ def test_interpret(files, tmp_path, capsys):
     with np.load(tmp_path / "good_trace.npz") as z:
         assert z["hidden_states"].shape == (3, 64, 32) and z["attentions"].shape == (1, 4, 64, 64)
         assert str(z["modality"]) == "ppg"
+
+
+# ------------------------------------------------------------------------------- default folder
+DEFAULT_OUT = [  # (tool, argv before the options, checkpoint, files written)
+    ("generate", [], "lm", ["good_generated.csv", "good_generated.png"]),
+    ("screen_af", ["--stride", "16"], "af", ["good_af.csv", "good_af.json", "good_af.png"]),
+    ("detect_beats", ["--shift", "16"], "beats", ["good_beats.csv", "good_beats.png"]),
+    ("interpret", ["export"], "lm", ["good_trace.npz"]),
+    ("interpret", ["attention", "--layers", "0"], "lm",
+     ["good_attention_layer0.png", "good_attention_aggregate.png", "good_attention_folded.png"]),
+]
+MAINS = {"generate": generate.main, "screen_af": screen_af.main,
+         "detect_beats": detect_beats.main, "interpret": interpret.main}
+
+
+@pytest.mark.parametrize(("tool", "argv", "ckpt", "written"), DEFAULT_OUT,
+                         ids=[f"{t}-{a[0] if t == 'interpret' else ''}".strip("-")
+                              for t, a, _, _ in DEFAULT_OUT])
+def test_results_go_to_outputs_tool_by_default(files, tmp_path, monkeypatch, capsys, tool, argv,
+                                               ckpt, written):
+    """No --out-dir: everything lands in ./outputs/<tool>/, nothing else in the current folder;
+    the checkpoint is given by its bare name, found through $HEARTGPT_WEIGHTS."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(WEIGHTS_ENV, str(Path(files[ckpt]).parent))
+    sub, opts = (argv[:1], argv[1:]) if tool == "interpret" else ([], argv)
+    extra = ["-n", "4"] if tool == "generate" else []
+    out = ok(capsys, MAINS[tool]([*sub, files["good"], "-c", Path(files[ckpt]).name, *opts,
+                                  *extra]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["outputs"]
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == [tool]
+    assert sorted(p.name for p in (tmp_path / "outputs" / tool).iterdir()) == sorted(written)
+    assert f"outputs/{tool}/{written[0]}" in out.replace("\\", "/")  # the paths it printed
+
+
+def test_an_explicit_out_dir_wins(files, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    ok(capsys, detect_beats.main([files["good"], "-c", files["beats"], "--shift", "16",
+                                  "-o", "mine"]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
+    assert (tmp_path / "mine" / "good_beats.csv").exists()
+
+
+def test_a_failed_run_makes_no_output_folder(files, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    one_error(capsys, screen_af.main([files["flat"], "-c", files["af"]]), "flat.csv")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(("tool", "sub"), [("generate", []), ("screen_af", []),
+                                           ("detect_beats", []), ("interpret", ["attention"]),
+                                           ("interpret", ["shift"])])
+def test_help_says_where_files_go_and_where_bare_names_are_found(capsys, tool, sub):
+    with pytest.raises(SystemExit):
+        MAINS[tool]([*sub, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"(default: outputs/{tool}/ under the current folder)" in text
+    assert f"looked up in ${WEIGHTS_ENV} and ./weights" in text
 
 
 # ------------------------------------------------------------------------------- bad inputs

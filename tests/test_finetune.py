@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from heartgpt.checkpoints import CheckpointError, load_model
 from heartgpt.compare import compare, markdown
@@ -24,7 +25,7 @@ from training_helpers import (
     wandb_history,
 )
 
-FAST = ["debug=fast", "logger=csv", "callbacks.rich_progress_bar=null",
+FAST = ["debug=fast", "logger=csv", "callbacks.progress.mode=log",
         "callbacks.rich_model_summary=null", "data.batch_size=4"]
 
 
@@ -86,6 +87,32 @@ def test_wrong_modality_checkpoint_fails_before_training(weights_dir, data_dir, 
         run(["task=af", "modality=ppg", f"task.pretrained={weights_dir / 'ECGPT_560k_iters.zip'}"],
             data_dir, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.shared
+def test_bare_released_name_is_found_in_weights_dir_and_recorded(weights_dir, data_dir, tmp_path,
+                                                                monkeypatch):
+    """``task.pretrained=PPGPT_500k_iters.zip`` is looked up in ``paths.weights_dir`` (set once by
+    $HEARTGPT_WEIGHTS); the run's config.yaml and its checkpoints say which file, by sha256."""
+    from heartgpt.data.shards import sha256_file
+
+    monkeypatch.chdir(tmp_path)  # nothing named so here: only the weights folder has it
+    monkeypatch.delenv("HEARTGPT_WEIGHTS", raising=False)
+    with pytest.raises(FileNotFoundError, match=r"PPGPT_500k_iters\.zip: no such checkpoint file "
+                       r"\(looked in: .*nowhere/PPGPT_500k_iters\.zip"):
+        run(["task=af", "modality=ppg", "task.pretrained=PPGPT_500k_iters.zip",
+             f"paths.weights_dir={tmp_path / 'nowhere'}"], data_dir, tmp_path / "missing")
+    monkeypatch.setenv("HEARTGPT_WEIGHTS", str(weights_dir))
+    _, out = run(["task=af", "modality=ppg", "task.pretrained=PPGPT_500k_iters.zip",
+                  "trainer.max_steps=1"], data_dir, tmp_path / "run")
+    released = weights_dir / "PPGPT_500k_iters.zip"
+    digest = sha256_file(released)
+    resolved = OmegaConf.load(out / "config.yaml")
+    assert resolved.task.pretrained == str(released.resolve())
+    assert resolved.initial_weights.sha256 == digest
+    hparams = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+    assert hparams["initial_weights"] == {"path": str(released.resolve()), "sha256": digest}
+    assert json.loads((out / "finished.json").read_text())["initial_weights"]["sha256"] == digest
 
 
 def test_vocab_mismatch_of_our_checkpoint_is_a_clear_error(data_dir, tmp_path):

@@ -109,7 +109,8 @@ def test_wandb_offline_run_and_resume(data_dir, tmp_path):
     assert run_dir.name.endswith(run_id)
     history = wandb_history(run_dir / f"run-{run_id}.wandb")
     vals = [h["val/loss"] for h in history if "val/loss" in h]
-    assert len(vals) == 2, history and vals[-1] == pytest.approx(val_loss)
+    assert len(vals) == 2, history
+    assert vals[-1] == pytest.approx(val_loss)
     assert any("train/loss" in h for h in history) and any("val/acc" in h for h in history)
     images = run_dir / "files" / "media" / "images" / "val"
     for name in ("attention_layer0", "attention_layer1", "attention_aggregate"):  # layers [0, -1]
@@ -148,11 +149,12 @@ def test_ddp_two_cpu_processes(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_multirun_writes_separate_run_dirs(data_dir, tmp_path):
-    sweep = tmp_path / "sweep"
+    """With no sweep directory given: ``./outputs/<task>/multiruns/<time>/<job>``."""
     result = run_module(["-m", "model=paper,medium", *FAST, "trainer.max_steps=2",
                          "trainer.val_check_interval=2", "test=false", "logger=none",
-                         f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+                         f"paths.data_dir={data_dir}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
+    (sweep,) = (tmp_path / "outputs" / "pretrain_ecg" / "multiruns").iterdir()
     scales = {}
     for job, model in (("0", "paper"), ("1", "medium")):
         assert f"model={model}" in (sweep / job / ".hydra" / "overrides.yaml").read_text()

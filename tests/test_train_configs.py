@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from heartgpt.lit_finetune import FinetuneModule
 from heartgpt.lit_pretrain import PretrainModule
 from heartgpt.model import GPT, GPTConfig
+from heartgpt.resume import FINISHED_FILE
 from training_helpers import CONF_DIR, compose_train
 
 NOT_OURS = {"data", "prepare"}  # the data engineer's groups
@@ -212,17 +213,21 @@ def test_beat_metrics_find_peaks_as_detect_beats_does(paths):
     ("demo_af", "pretrain_long_ecg", "experiment=demo_long modality=ecg"),
     ("demo_beats", "pretrain_ppg", "modality=ppg"),
 ])
-def test_demo_finetune_starts_from_the_newest_pretraining(paths, experiment, runs, make_it):
+def test_demo_finetune_starts_from_the_newest_finished_pretraining(paths, experiment, runs, make_it):
     cfg = compose_train([f"experiment={experiment}"], **paths)
-    with pytest.raises(Exception, match=f"no checkpoint under .*{runs}: .*heartgpt.train {make_it}`"):
+    with pytest.raises(Exception, match=f"no finished run under .*{runs}: .*heartgpt.train {make_it}`"):
         _ = cfg.task.pretrained
-    older = paths["log_dir"] / runs / "runs" / "a" / "checkpoints" / "last.ckpt"
-    newer = paths["log_dir"] / runs / "runs" / "b" / "checkpoints" / "last.ckpt"
-    for i, path in enumerate((older, newer)):
+    older, newer, killed = (paths["log_dir"] / runs / "runs" / name / "checkpoints" / "last.ckpt"
+                            for name in ("a", "b", "c"))
+    for i, path in enumerate((older, newer, killed)):
         path.parent.mkdir(parents=True)
         path.write_bytes(b"")
         os.utime(path, (1_000_000 + i, 1_000_000 + i))
-    assert cfg.task.pretrained == str(newer)
+    with pytest.raises(Exception, match=f"no run under .*{runs} finished .*c stopped part-way"):
+        _ = cfg.task.pretrained  # no finished.json anywhere: nothing is taken
+    for path in (older, newer):
+        (path.parent.parent / FINISHED_FILE).write_text("{}")
+    assert cfg.task.pretrained == str(newer)  # the killed run "c" is newer but did not finish
 
 
 def test_demo_af_fine_tunes_as_demo_long_pre_trained(paths):

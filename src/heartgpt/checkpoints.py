@@ -27,6 +27,7 @@ from heartgpt.model import GPT, GPTConfig
 _RELEASED_TASK_HEAD = "lm_head.linear1.0"
 _RELEASED_LM_HEAD = "lm_head"
 SAFETENSORS_FORMAT = "heartgpt-safetensors-1"
+WEIGHTS_ENV = "HEARTGPT_WEIGHTS"  # folder of the released files, for bare names like ECGPT_560k_iters.zip
 
 
 class CheckpointError(ValueError):
@@ -294,13 +295,44 @@ def load_lightning(path: str | os.PathLike) -> LoadedModel:
     return LoadedModel(model, hparams.get("modality"), hparams.get("task", "pretrain"), str(path))
 
 
-def load_model(path: str | os.PathLike) -> LoadedModel:
+def weights_dirs(weights_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Where a bare checkpoint name is looked for, in order: ``weights_dir`` (the config's
+    ``paths.weights_dir``), then ``$HEARTGPT_WEIGHTS``, then ``./weights``."""
+    found = [weights_dir, os.environ.get(WEIGHTS_ENV), "weights"]
+    dirs: list[Path] = []
+    for d in found:
+        if d and Path(d).expanduser().resolve() not in dirs:
+            dirs.append(Path(d).expanduser().resolve())
+    return dirs
+
+
+def find_weights(path: str | os.PathLike, weights_dir: str | os.PathLike | None = None) -> Path:
+    """The checkpoint file ``path`` names: as given when it exists; a bare file name
+    (``PPGPT_500k_iters.zip``) is also looked up in :func:`weights_dirs`. Raises
+    FileNotFoundError saying every place it looked."""
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given
+    looked = [given.resolve()]
+    if len(given.parts) == 1:
+        for d in weights_dirs(weights_dir):
+            if (d / given).is_file():
+                return d / given
+            looked.append(d / given)
+    where = ", ".join(str(p) for p in looked)
+    raise FileNotFoundError(
+        f"{path}: no such checkpoint file (looked in: {where}; set paths.weights_dir or "
+        f"${WEIGHTS_ENV} to the folder of the released files)")
+
+
+def load_model(path: str | os.PathLike, weights_dir: str | os.PathLike | None = None) -> LoadedModel:
     """Load any HeartGPT weights file.
 
     A released ``.zip``/``.pth``, one of our Lightning ``.ckpt`` files or a ``.safetensors``
     export; the kind is told by the suffix (``.ckpt``, ``.safetensors``, anything else released).
+    A bare name is looked up as :func:`find_weights` says.
     """
-    path = Path(path)
+    path = find_weights(path, weights_dir)
     if path.suffix == ".safetensors":
         return load_safetensors(path)
     if path.suffix == ".ckpt":

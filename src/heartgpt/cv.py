@@ -62,21 +62,41 @@ def read_predictions(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def find_folds(cv_dir: Path) -> list[tuple[int, Path]]:
+    """``(fold, run dir)`` under ``cv_dir``, by fold: the ``fold_<k>/`` of :func:`run_cv`, or
+    the job directories of a multirun sweep over ``data.fold`` (the fold read from each job's
+    ``.hydra/config.yaml``)."""
+    from omegaconf import OmegaConf
+
+    folds = [(int(d.name.split("_")[1]), d) for d in cv_dir.glob("fold_*") if d.is_dir()]
+    if not folds:
+        for config in cv_dir.glob("*/.hydra/config.yaml"):
+            fold = OmegaConf.select(OmegaConf.load(config), "data.fold")
+            if fold is None:
+                raise ValueError(f"{config}: a run without data.fold is not a cross-validation fold")
+            folds.append((int(fold), config.parent.parent))
+    if not folds:
+        raise FileNotFoundError(f"{cv_dir}: no fold_* directories (heartgpt.cv) or multirun jobs "
+                                "(heartgpt.train -m ... data.fold=0,1,...) to summarise")
+    seen = [k for k, _ in folds]
+    if len(set(seen)) != len(seen):
+        raise ValueError(f"{cv_dir}: fold numbers repeat ({sorted(seen)}): several sweeps in one folder?")
+    return sorted(folds)
+
+
 def summarize(cv_dir: str | Path) -> dict:
-    """Pool the folds under ``cv_dir`` (``fold_*/``) into ``summary.json`` and ``folds.csv``."""
+    """Pool the folds under ``cv_dir`` (see :func:`find_folds`) into ``summary.json`` and
+    ``folds.csv``."""
     cv_dir = Path(cv_dir)
-    fold_dirs = sorted((d for d in cv_dir.glob("fold_*") if d.is_dir()),
-                       key=lambda d: int(d.name.split("_")[1]))
-    if not fold_dirs:
-        raise FileNotFoundError(f"{cv_dir}: no fold_* directories to summarise")
+    fold_dirs = find_folds(cv_dir)
     per_fold, pooled_rows = [], []
-    for d in fold_dirs:
+    for fold, d in fold_dirs:
         metrics_file = d / METRICS
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         preds = d / PREDICTIONS
         rows = read_predictions(preds) if preds.is_file() else []
         subjects = sorted({r["subject"] for r in rows})
-        per_fold.append({"fold": int(d.name.split("_")[1]), "windows": len(rows),
+        per_fold.append({"fold": fold, "windows": len(rows),
                          "test_subjects": subjects, **metrics})
         pooled_rows += rows
     summary: dict = {"folds": per_fold, "n_folds": len(per_fold)}

@@ -46,6 +46,7 @@ import torch
 from heartgpt.beat_metrics import peak_beats
 from heartgpt.io import (
     about,
+    add_io_arguments,
     eval_mode,
     load_tool_model,
     model_device,
@@ -93,6 +94,19 @@ class Beats:
     @property
     def category(self) -> str:
         return quality_category(self.median_height)
+
+    @property
+    def seconds(self) -> float:
+        """Length of the recording."""
+        return len(self.signal) / self.sample_rate
+
+
+def beats_title(name: str, beats: Beats) -> str:
+    """The beats figure's title: the whole recording's count (the legend counts the view)."""
+    from heartgpt.plots import duration_text
+
+    return (f"{name}: {len(beats.peaks)} beats in {duration_text(beats.seconds)} s, median "
+            f"confidence {beats.median_height:.3f} ({beats.category} quality)")
 
 
 # ------------------------------------------------------------------------------- windows
@@ -313,9 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m heartgpt.detect_beats",
         description="Beat detection and signal quality of a finger-PPG recording; writes "
-                    "<stem>_beats.csv and <stem>_beats.png.")
+                    "<stem>_beats.csv and <stem>_beats.png under outputs/detect_beats/.")
     p.add_argument("recording", help="recording (.csv / .txt one column, or .npy)")
-    p.add_argument("--checkpoint", "-c", required=True, help="beat fine-tuned checkpoint")
+    add_io_arguments(p, "detect_beats", "beat fine-tuned checkpoint")
     p.add_argument("--tail", choices=TAILS, default="align",
                    help="align: last window ends at the last sample (default); release: "
                         "zero-padded tail windows as the released GUI")
@@ -331,7 +345,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-start", type=float, default=0.0, help="plot from this second (0)")
     p.add_argument("--plot-seconds", type=float, default=30.0,
                    help="seconds shown in the PNG (30; 0: all)")
-    p.add_argument("--out-dir", "-o", default=".")
     p.add_argument("--device", default="cpu")
     return p
 
@@ -360,8 +373,7 @@ def main(argv: list[str] | None = None) -> int:
         length = int(args.plot_seconds * beats.sample_rate) or None
         fig = plot_beats(beats.signal, beats.confidence, beats.peaks, beats.sample_rate,
                          start=start, length=length,
-                         title=f"{Path(args.recording).name}: {len(beats.peaks)} beats, median "
-                               f"confidence {beats.median_height:.3f} ({beats.category} quality)")
+                         title=beats_title(Path(args.recording).name, beats))
         png = save_figure(fig, output_path(args.out_dir, args.recording, "_beats.png"))
         if beats.skipped:
             print(f"skipped {len(beats.skipped)} window(s) that cannot be tokenised, e.g. at "

@@ -32,6 +32,7 @@ import torch
 
 from heartgpt.io import (
     about,
+    add_io_arguments,
     eval_mode,
     load_tool_model,
     model_device,
@@ -252,10 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m heartgpt.generate",
         description="Continue an ECG/PPG context with a pre-trained HeartGPT model; writes "
-                    "<stem>_generated.csv (tokens) and <stem>_generated.png.")
+                    "<stem>_generated.csv (tokens) and <stem>_generated.png under outputs/generate/.")
     p.add_argument("context", help="context recording (.csv / .txt one column, or .npy)")
-    p.add_argument("--checkpoint", "-c", required=True, help="pre-trained checkpoint "
-                   "(released .zip/.pth, .safetensors, .ckpt)")
+    add_io_arguments(p, "generate", "pre-trained checkpoint")
     p.add_argument("--new-tokens", "-n", type=int, default=500, help="tokens to generate (500)")
     p.add_argument("--samples", "-s", type=int, default=1, help="continuations, one batch (1)")
     p.add_argument("--temperature", type=float, default=1.0)
@@ -269,7 +269,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Hz of the context (default: the modality rate, 100 ECG / 50 PPG)")
     p.add_argument("--modality", choices=("ecg", "ppg"), default=None,
                    help="modality of the context; must match the checkpoint's")
-    p.add_argument("--out-dir", "-o", default=".", help="output folder (.)")
     p.add_argument("--device", default="cpu")
     return p
 

@@ -34,6 +34,7 @@ from scipy.signal import find_peaks
 
 from heartgpt.io import (
     about,
+    add_io_arguments,
     eval_mode,
     load_tool_model,
     model_device,
@@ -279,14 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("context", help="context recording (.csv / .txt one column, or .npy); "
                         "the last block_size samples at the modality rate are used")
-    common.add_argument("--checkpoint", "-c", required=True)
+    add_io_arguments(common, "interpret", "checkpoint to inspect")
     common.add_argument("--sample-rate", type=float, default=None,
                         help="Hz of the context (default: the modality rate)")
     common.add_argument("--modality", choices=("ecg", "ppg"), default=None)
-    common.add_argument("--out-dir", "-o", default=".")
     common.add_argument("--device", default="cpu")
     p = argparse.ArgumentParser(prog="python -m heartgpt.interpret",
-                                description="Interpretability figures and exports of a context.")
+                                description="Interpretability figures and exports of a context, "
+                                            "written under outputs/interpret/.")
     sub = p.add_subparsers(dest="command", required=True)
     a = sub.add_parser("attention", parents=[common], help="attention maps of every head per "
                        "layer, aggregate and folded views (PNGs)")
@@ -297,7 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--token-value", type=int, default=None)
     s = sub.add_parser("shift", parents=[common], help="last-layer attention of the last token, "
                        "fine-tuned (--checkpoint) minus --base (PNG)")
-    s.add_argument("--base", required=True, help="the pre-trained base checkpoint")
+    s.add_argument("--base", required=True, help="the pre-trained base checkpoint (a "
+                   "path, or a bare released name as for --checkpoint)")
     e = sub.add_parser("export", parents=[common], help="tokens, logits, hidden states and "
                        "attention as <stem>_trace.npz")
     e.add_argument("--layers", type=_layers, default=None, help="attention layers to keep")

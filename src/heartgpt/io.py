@@ -5,11 +5,14 @@ optional header line) or a .npy array into float64 samples and raises :class:`To
 ("<file>: <problem>") on anything it cannot use. :func:`load_tool_model` loads a checkpoint
 and checks it is the right kind for the tool and the recording's modality, and
 :func:`run_tool` turns those errors into the one-line ``error: <file>: <problem>`` the CLIs
-print. The fuller readers for data preparation live in :mod:`heartgpt.data.readers`.
+print. :func:`add_io_arguments` gives every tool the same ``--checkpoint`` and ``--out-dir``
+options: results go to ``outputs/<tool>/`` under the current folder unless ``--out-dir`` says
+otherwise. The fuller readers for data preparation live in :mod:`heartgpt.data.readers`.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -20,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from heartgpt.checkpoints import CheckpointError, LoadedModel, load_model
+from heartgpt.checkpoints import WEIGHTS_ENV, CheckpointError, LoadedModel, load_model
 from heartgpt.model import GPT
 from heartgpt.tokenizer import LEVELS, Modality, get_modality
 
 TEXT_SUFFIXES = (".csv", ".txt", ".tsv", "")
+OUTPUTS_DIR = "outputs"  # the tools' results go to <cwd>/outputs/<tool>/ by default
 _DELIMITED = re.compile(r"[,;]")
 
 
@@ -242,3 +246,22 @@ def output_path(out_dir: str | os.PathLike, input_path: str | os.PathLike, suffi
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return out / f"{Path(input_path).stem}{suffix}"
+
+
+def default_out_dir(tool: str) -> Path:
+    """Where ``tool`` writes without ``--out-dir``: ``outputs/<tool>`` (relative to the
+    current folder, created on the first write)."""
+    return Path(OUTPUTS_DIR) / tool
+
+
+def add_io_arguments(parser: argparse.ArgumentParser, tool: str, checkpoint: str) -> None:
+    """The ``--checkpoint/-c`` (described as ``checkpoint``) and ``--out-dir/-o`` options of
+    ``tool``; ``--out-dir`` defaults to :func:`default_out_dir`."""
+    parser.add_argument(
+        "--checkpoint", "-c", required=True,
+        help=f"{checkpoint}: a path (released .zip/.pth, .safetensors, .ckpt) or a bare released "
+             f"name such as PPGPT_500k_iters.zip, looked up in ${WEIGHTS_ENV} and ./weights")
+    out = default_out_dir(tool).as_posix()
+    parser.add_argument("--out-dir", "-o", default=out,
+                        help=f"output folder, created when needed (default: {out}/ under the "
+                             "current folder)")

@@ -5,6 +5,7 @@ schedule, and hyper-parameters kept as plain Python values (a ``.ckpt`` loads wi
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -13,6 +14,7 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from heartgpt.checkpoints import init_from_pretrained
+from heartgpt.data.shards import sha256_file
 from heartgpt.optim import build_optimizer, build_scheduler
 
 
@@ -55,7 +57,10 @@ class GPTLightningModule(L.LightningModule):
         self._prepared = True
         path = self.initial_weights()
         if stage == "fit" and path:  # a resumed run then overwrites them with the checkpoint's
-            init_from_pretrained(self.model, path, modality=self.hparams.modality)
+            loaded = init_from_pretrained(self.model, path, modality=self.hparams.modality)
+            # saved with every checkpoint: which file, byte for byte, this model started from
+            self.hparams["initial_weights"] = {"path": str(Path(loaded.source).resolve()),
+                                               "sha256": sha256_file(loaded.source)}
         if self.hparams.compile:
             self.model.compile()  # nn.Module.compile: state-dict keys unchanged
 

@@ -47,6 +47,12 @@ def _seconds(n: int, sample_rate: float, start: int = 0) -> np.ndarray:
     return (start + np.arange(n)) / sample_rate
 
 
+def duration_text(seconds: float) -> str:
+    """A duration in seconds for a title or legend: ``300``, ``30``, ``8.5``, ``0.04``."""
+    seconds = float(seconds)
+    return f"{round(seconds, 1):g}" if abs(seconds) >= 1 else f"{seconds:.2g}"
+
+
 # ------------------------------------------------------------------------------- generation
 def plot_generation(
     context: np.ndarray, samples: np.ndarray, sample_rate: float, title: str = "", max_rows: int = 4
@@ -133,7 +139,11 @@ def plot_beats(
     title: str = "",
     thresholds: Sequence[float] = (0.2051, 0.4598),
 ) -> Figure:
-    """Signal with detected beats, and the beat confidence, over samples [start, start+length)."""
+    """Signal with detected beats, and the beat confidence, over samples [start, start+length).
+
+    The legend counts the beats in this view (``beats (30 in this 30-s view)``); the title,
+    the caller's, is the place for the whole recording's count.
+    """
     end = len(signal) if length is None else min(len(signal), start + length)
     sl = slice(start, end)
     t = _seconds(end - start, sample_rate, start)
@@ -141,7 +151,11 @@ def plot_beats(
     fig = _figure(figsize=(10, 4.2))
     ax, axc = fig.subplots(2, 1, sharex=True)
     ax.plot(t, signal[sl], color=_SIGNAL, lw=0.7)
-    ax.plot(pk / sample_rate, signal[pk], "v", color="C3", ms=5, label=f"{len(pk)} beats")
+    view = duration_text((end - start) / sample_rate)
+    where = (f"in the whole {view}-s recording" if (start, end) == (0, len(signal))
+             else f"in this {view}-s view")
+    ax.plot(pk / sample_rate, signal[pk], "v", color="C3", ms=5,
+            label=f"beats ({len(pk)} {where})")
     ax.set_ylabel("signal")
     ax.legend(loc="upper right", fontsize=8)
     axc.plot(t, confidence[sl], color="C0", lw=0.8)
@@ -208,7 +222,9 @@ def plot_aggregate_attention(
         ax.axvline(t[query], color="C3", lw=0.8)
         ax.set_ylabel(f"layer {layer}", fontsize=8)
         ax.set_yticks([])
-        fig.colorbar(sc, ax=ax, pad=0.005, aspect=8).ax.tick_params(labelsize=6)
+        cbar = fig.colorbar(sc, ax=ax, pad=0.005, aspect=8)
+        cbar.set_label("attention\nweight", fontsize=6)
+        cbar.ax.tick_params(labelsize=6)
     axes[-1, 0].set_xlabel("time (s)  (red line: query position)")
     fig.suptitle(title, fontsize=10)
     return fig
@@ -306,7 +322,7 @@ def plot_attention_shift(
     ax.plot(t, tokens, color="0.75", lw=0.8, zorder=1)
     sc = ax.scatter(t, tokens, c=shift, cmap="coolwarm", vmin=-lim, vmax=lim, s=6, zorder=2)
     ax.set_ylabel("token")
-    fig.colorbar(sc, ax=ax, label="attention change", pad=0.01)
+    fig.colorbar(sc, ax=ax, label="attention weight change\n(fine-tuned - base)", pad=0.01)
     axs.bar(t, shift, width=1.0 / sample_rate, color=np.where(shift >= 0, "C3", "C0"))
     axs.axhline(0, color="0.4", lw=0.6)
     axs.set_ylabel("fine-tuned - base")

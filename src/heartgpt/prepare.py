@@ -11,6 +11,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+import heartgpt.resolvers  # noqa: F401  (${cwd:} in conf/paths)
 from heartgpt.data.pipeline import (
     BeatSpec,
     FilterSpec,

@@ -2,25 +2,61 @@
 
 Each run directory holds ``checkpoints/last.ckpt`` (Lightning's ModelCheckpoint) and, when it
 logs to W&B, ``wandb_run_id`` (written by :func:`save_wandb_id`), so that a run resumed from
-one of its checkpoints keeps logging to the same W&B run.
+one of its checkpoints keeps logging to the same W&B run. A run that completed its training
+writes ``finished.json`` (:func:`mark_finished`): fine-tunes start only from finished runs.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
 log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_run_id"
+FINISHED_FILE = "finished.json"
 
 
-def find_last_checkpoint(*roots: str | Path) -> Path | None:
-    """The most recently written ``last*.ckpt`` anywhere under ``roots`` (None if there is none)."""
-    found = [p for root in roots if Path(root).is_dir() for p in Path(root).rglob("last*.ckpt")]
+def _last_checkpoints(*roots: str | Path) -> list[Path]:
+    return [p for root in roots if Path(root).is_dir() for p in Path(root).rglob("last*.ckpt")]
+
+
+def is_finished(ckpt_path: str | Path) -> bool:
+    """Whether the run that wrote ``ckpt_path`` completed its training (:func:`mark_finished`)."""
+    return (run_dir_of(ckpt_path) / FINISHED_FILE).is_file()
+
+
+def find_last_checkpoint(*roots: str | Path, finished_only: bool = False) -> Path | None:
+    """The most recently written ``last*.ckpt`` anywhere under ``roots`` (None if there is
+    none); ``finished_only``: only those of runs that completed their training."""
+    found = [p for p in _last_checkpoints(*roots) if not finished_only or is_finished(p)]
     return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def unfinished_runs(*roots: str | Path, newer_than: Path | None = None) -> list[Path]:
+    """Run directories under ``roots`` whose ``last*.ckpt`` is newer than ``newer_than`` (all,
+    if None) but that did not finish: killed, pre-empted or still running. Newest first."""
+    since = newer_than.stat().st_mtime if newer_than is not None else float("-inf")
+    found = sorted((p for p in _last_checkpoints(*roots)
+                    if not is_finished(p) and p.stat().st_mtime > since),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    runs: list[Path] = []
+    for p in found:
+        if run_dir_of(p) not in runs:
+            runs.append(run_dir_of(p))
+    return runs
+
+
+@rank_zero_only
+def mark_finished(output_dir: str | Path, info: dict[str, Any]) -> None:
+    """Write ``<run dir>/finished.json`` (rank 0 only): this run completed its training."""
+    from heartgpt.data.shards import write_json_atomic
+
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(output_dir) / FINISHED_FILE, info)
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path, runs_root: str | Path) -> str | None:

@@ -29,6 +29,7 @@ import torch
 
 from heartgpt.io import (
     about,
+    add_io_arguments,
     eval_mode,
     load_tool_model,
     model_device,
@@ -197,9 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m heartgpt.screen_af",
         description="AF probability per window and for the recording; writes <stem>_af.csv, "
-                    "<stem>_af.json and <stem>_af.png.")
+                    "<stem>_af.json and <stem>_af.png under outputs/screen_af/.")
     p.add_argument("recording", help="recording (.csv / .txt one column, or .npy)")
-    p.add_argument("--checkpoint", "-c", required=True, help="AF fine-tuned checkpoint")
+    add_io_arguments(p, "screen_af", "AF fine-tuned checkpoint")
     p.add_argument("--stride", type=int, default=DEFAULT_STRIDE,
                    help=f"samples at the modality rate between windows ({DEFAULT_STRIDE})")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
@@ -207,7 +208,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-rate", type=float, default=None,
                    help="Hz of the recording (default: the modality rate)")
     p.add_argument("--modality", choices=("ecg", "ppg"), default=None)
-    p.add_argument("--out-dir", "-o", default=".")
     p.add_argument("--device", default="cpu")
     return p
 

@@ -7,7 +7,6 @@ with :func:`compose_config`); :func:`main` is the Hydra entry point. The overrid
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,29 +19,17 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger, WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from heartgpt.resume import find_last_checkpoint, resolve_ckpt_path, save_wandb_id, wandb_id_for
+import heartgpt.resolvers  # noqa: F401  (registers ${cwd:} and ${latest_ckpt:} before Hydra composes)
+from heartgpt.checkpoints import find_weights
+from heartgpt.console import quiet_known_noise
+from heartgpt.data.shards import sha256_file, write_json_atomic, write_text_atomic
+from heartgpt.resume import mark_finished, resolve_ckpt_path, save_wandb_id, wandb_id_for
 
 log = logging.getLogger(__name__)
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 TEST_METRICS = "test_metrics.json"
-
-
-def latest_checkpoint(runs_root: str, make_it: str | None = None) -> str:
-    """``${latest_ckpt:<dir>[,<command>]}``: the newest ``last.ckpt`` under ``<dir>`` (e.g. the
-    demo pre-training runs a fine-tune starts from); when there is none, an error saying what to
-    run: ``<command>``, or by default the pre-training of the modality that ends ``<dir>``'s name."""
-    found = find_last_checkpoint(runs_root)
-    if found is None:
-        task = Path(runs_root).name
-        make_it = make_it or f"python -m heartgpt.train modality={task.rsplit('_', 1)[-1]}"
-        raise FileNotFoundError(
-            f"no checkpoint under {runs_root}: run that training first (`{make_it}` for {task}), "
-            "or set task.pretrained=<a .ckpt, .safetensors or released .zip>")
-    return str(found)
-
-
-if not OmegaConf.has_resolver("latest_ckpt"):
-    OmegaConf.register_new_resolver("latest_ckpt", latest_checkpoint)
+RESOLVED_CONFIG = "config.yaml"  # <run dir>/config.yaml: the run's config as it ran, resolved
+INITIAL_WEIGHTS_KEYS = ("pretrained", "init_from")  # task.<key>: the weights a run starts from
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
@@ -95,6 +82,37 @@ def ensure_demo_shards(cfg: DictConfig) -> None:
     )
 
 
+def resolve_initial_weights(cfg: DictConfig) -> None:
+    """Pin ``task.pretrained`` / ``task.init_from`` to the file they name, as an absolute path
+    (a bare released name is looked up in ``paths.weights_dir``, see
+    :func:`heartgpt.checkpoints.find_weights`), and record it with its sha256 in the top-level
+    ``initial_weights``, so the run's config says what the run started from (a
+    ``${latest_ckpt:}`` is resolved once, here; the checkpoints record it too, see
+    :class:`heartgpt.lit_base.GPTLightningModule`)."""
+    task = cfg.get("task") or {}
+    for key in INITIAL_WEIGHTS_KEYS:
+        name = task.get(key)
+        if not name:
+            continue
+        path = find_weights(name, cfg.paths.get("weights_dir")).resolve()
+        digest = sha256_file(path)
+        log.info("task.%s: %s (sha256 %s)", key, path, digest)
+        with open_dict(cfg):
+            cfg.task[key] = str(path)
+            cfg.initial_weights = {"key": f"task.{key}", "path": str(path), "sha256": digest}
+
+
+def save_resolved_config(cfg: DictConfig) -> None:
+    """``<run dir>/config.yaml``: the config exactly as this run used it, every interpolation
+    resolved (``.hydra/config.yaml`` keeps them as written). Rank 0 only."""
+    from lightning.pytorch.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank != 0:
+        return
+    Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
+    write_text_atomic(Path(cfg.paths.output_dir) / RESOLVED_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+
+
 def instantiate_all(group: DictConfig | None) -> list[Any]:
     """Instantiate every entry of a config group of named objects (callbacks, loggers)."""
     if not group:
@@ -121,6 +139,7 @@ def train(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     ensure_demo_shards(cfg)
+    resolve_initial_weights(cfg)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
     if cfg.get("overfit_batches"):
@@ -141,6 +160,7 @@ def train(cfg: DictConfig) -> float | None:
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      _convert_="all")
 
+    save_resolved_config(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for lg in trainer.loggers:
         lg.log_hyperparams(resolved)
@@ -149,6 +169,12 @@ def train(cfg: DictConfig) -> float | None:
     try:
         if cfg.get("train"):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+            if completed_training(trainer):
+                mark_finished(cfg.paths.output_dir, {
+                    "global_step": trainer.global_step,
+                    "last": trainer.checkpoint_callback.last_model_path
+                    if trainer.checkpoint_callback else "",
+                    "initial_weights": plain_dict(cfg.get("initial_weights"))})
         metric = trainer.callback_metrics.get(cfg.optimized_metric)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if cfg.get("test"):
@@ -172,16 +198,28 @@ def train(cfg: DictConfig) -> float | None:
     return float(metric)
 
 
+def plain_dict(node: DictConfig | None) -> dict[str, Any]:
+    """A config node as a plain dict ({} for None)."""
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+
+
+def completed_training(trainer: L.Trainer) -> bool:
+    """Whether ``fit`` ran to its configured end (max_steps / max_epochs), rather than being
+    interrupted (Ctrl-C, a pre-emption signal) or stopped early by a callback."""
+    if trainer.interrupted or any(getattr(cb, "preempted", False) for cb in trainer.callbacks):
+        return False
+    if trainer.max_steps is not None and trainer.max_steps > 0:
+        return trainer.global_step >= trainer.max_steps
+    return trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs
+
+
 def write_test_metrics(output_dir: str, results: list[dict[str, float]], ckpt: str | None) -> None:
     """``<run dir>/test_metrics.json``: the test metrics of the tested checkpoint (for
     :mod:`heartgpt.cv` and for comparing sweep runs without a logger)."""
     if not results:
         return
-    path = Path(output_dir) / TEST_METRICS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({**results[0], "checkpoint": ckpt or ""}, indent=2))
-    tmp.replace(path)
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(output_dir) / TEST_METRICS, {**results[0], "checkpoint": ckpt or ""})
 
 
 def route_lightning_logs() -> None:
@@ -201,6 +239,7 @@ def route_lightning_logs() -> None:
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the optimised metric for sweepers."""
     route_lightning_logs()
+    quiet_known_noise()
     return train(cfg)
 
 

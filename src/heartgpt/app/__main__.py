@@ -1,4 +1,7 @@
-"""``python -m heartgpt.app [FOLDER ...]``: the browser app on http://127.0.0.1:7860."""
+"""``python -m heartgpt.app [FOLDER ...]``: the browser app on http://127.0.0.1:7860.
+
+Without a FOLDER it looks for checkpoints in ``$HEARTGPT_WEIGHTS``, ``./weights`` and
+``./outputs`` (those that exist)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "screening and beat detection, one tab each. Runs offline.")
     p.add_argument("folders", nargs="*", metavar="FOLDER",
                    help="folders searched (recursively) for checkpoints: released .zip/.pth, "
-                        ".ckpt, .safetensors")
+                        ".ckpt, .safetensors (default: $HEARTGPT_WEIGHTS when set, ./weights "
+                        "and ./outputs, those that exist)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860)

@@ -14,7 +14,14 @@ from heartgpt.app.demos import PPG_DEMOS
 from heartgpt.app.inputs import Signal, load_for, output_file
 from heartgpt.app.results import escape, figure_output, files_output
 from heartgpt.app.tabs import tool_tab
-from heartgpt.detect_beats import SHIFT, TAILS, detect_beats, quality_category, write_beats_csv
+from heartgpt.detect_beats import (
+    SHIFT,
+    TAILS,
+    beats_title,
+    detect_beats,
+    quality_category,
+    write_beats_csv,
+)
 from heartgpt.io import ToolError, about
 from heartgpt.model import GPT
 from heartgpt.plots import plot_beats, save_figure
@@ -50,8 +57,7 @@ def beats_run(
                         heights=beats.heights, sample_rate=beats.sample_rate)
     start = int(plot_start * beats.sample_rate)
     length = int(plot_seconds * beats.sample_rate) or None
-    title = (f"{signal.name}: {len(beats.peaks)} beats, median confidence "
-             f"{beats.median_height:.3f} ({beats.category} quality)")
+    title = beats_title(signal.name, beats)
     png = save_figure(plot_beats(beats.signal, beats.confidence, beats.peaks, beats.sample_rate,
                                  start=start, length=length, title=title),
                       output_file(out_dir, signal, "_beats.png"))

@@ -1,4 +1,5 @@
-"""Checkpoints the app offers: every weights file under the folders given on the command line.
+"""Checkpoints the app offers: every weights file under the folders given on the command line,
+or, when none is given, under the default folders (:func:`search_folders`).
 
 Each file is loaded once at start-up to learn what it is (modality, pre-trained or
 fine-tuned, task), so every tab lists only the checkpoints it can use; the tools load the
@@ -9,16 +10,50 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from heartgpt.checkpoints import load_model
+from heartgpt.checkpoints import WEIGHTS_ENV, load_model, weights_dirs
 
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".zip", ".pth", ".pt", ".ckpt", ".safetensors")
 ROLES = ("lm", "af", "beats", "any")
+OUTPUTS_DIR = "outputs"  # training runs and the tools' results, searched by default
+NO_FOLDER_HINT = (f"pass checkpoint folders (python -m heartgpt.app path/to/weights, or make app "
+                  f"ARGS=path/to/weights) or set ${WEIGHTS_ENV} to the folder of the released "
+                  f"files")
+
+
+def default_folders() -> list[Path]:
+    """The folders searched when none is given: ``$HEARTGPT_WEIGHTS`` (when set), ``./weights``
+    (the config's ``paths.weights_dir``) and ``./outputs``, as absolute paths, in that order."""
+    folders = weights_dirs()
+    outputs = Path(OUTPUTS_DIR).resolve()
+    return folders if outputs in folders else [*folders, outputs]
+
+
+def search_folders(given: Sequence[str | os.PathLike]) -> list[Path]:
+    """The folders to search for checkpoints: ``given`` as it is (a missing one is an error of
+    :func:`find_checkpoints`), or, when empty, those of :func:`default_folders` that exist.
+
+    Logs which default folders it searches and, when none exists, how to give one.
+    """
+    if given:
+        return [Path(f) for f in given]
+    folders = default_folders()
+    found = [f for f in folders if f.is_dir()]
+    missing = [f for f in folders if not f.is_dir()]
+    env = f"${WEIGHTS_ENV}" + ("" if os.environ.get(WEIGHTS_ENV) else " (not set)")
+    if found:
+        log.info("no FOLDER given: searching %s (default folders: %s, ./weights, ./outputs)%s",
+                 ", ".join(map(str, found)), env,
+                 "; not found: " + ", ".join(map(str, missing)) if missing else "")
+    else:
+        log.warning("no FOLDER given and none of the default folders exists (%s; %s, ./weights, "
+                    "./outputs): %s", ", ".join(map(str, missing)), env, NO_FOLDER_HINT)
+    return found
 
 
 @dataclass(frozen=True)

@@ -89,7 +89,7 @@ def checkpoint_input(infos: list[CheckpointInfo], role: str, label: str, elem_id
         options = [("(none)", ""), *options]
     if value is None:
         value = options[0][1] if options else None
-    info = None if options else "no suitable checkpoint in the folders given on the command line"
+    info = None if options else "no suitable checkpoint in the folders searched"
     return gr.Dropdown(options, value=value, label=label, info=info, elem_id=elem_id)
 
 

@@ -24,7 +24,8 @@ def _stop(signum: int, frame: object) -> None:
 
 def serve(folders: Sequence[str], host: str = "127.0.0.1", port: int = 7860,
           max_file_size: str = "1gb", open_browser: bool = False) -> None:
-    """Find the checkpoints under ``folders`` and serve the app until interrupted.
+    """Find the checkpoints under ``folders`` (none: the default folders, see
+    :func:`heartgpt.app.catalog.search_folders`) and serve the app until interrupted.
 
     Uploads and results live in a fresh folder under ``$GRADIO_TEMP_DIR`` (or the system
     temporary folder), deleted when a session ends and, whole, when the app exits.
@@ -40,12 +41,14 @@ def serve(folders: Sequence[str], host: str = "127.0.0.1", port: int = 7860,
         import matplotlib
 
         matplotlib.use("Agg")
-        from heartgpt.app.catalog import find_checkpoints
+        from heartgpt.app.catalog import find_checkpoints, search_folders
         from heartgpt.app.context import AppContext
         from heartgpt.app.ui import build_app
 
+        folders = search_folders(folders)
         infos = find_checkpoints(folders)
-        log.info("found %d checkpoint(s) in %s", len(infos), ", ".join(folders) or "no folder")
+        log.info("found %d checkpoint(s) in %s", len(infos),
+                 ", ".join(map(str, folders)) or "no folder (none of the default ones exists)")
         app = build_app(AppContext(infos, sessions, [str(f) for f in folders]))
         app.queue()
         app.launch(server_name=host, server_port=port, prevent_thread_lock=True,

@@ -13,10 +13,12 @@ DELETE_CACHE = (1800, 4 * 3600)
 
 
 def _intro(ctx: AppContext) -> str:
-    where = ", ".join(f"`{f}`" for f in ctx.folders) or "no folder"
+    where = (", ".join(f"`{f}`" for f in ctx.folders)
+             or "no folder (none of `$HEARTGPT_WEIGHTS`, `./weights`, `./outputs` exists)")
     if not ctx.checkpoints:
-        return (f"**No checkpoints found** in {where}. Start the app with a folder of weights: "
-                "`python -m heartgpt.app path/to/weights`.")
+        return (f"**No checkpoints found** in {where}. Start the app with a folder of weights, "
+                "`python -m heartgpt.app path/to/weights`, or set `$HEARTGPT_WEIGHTS` to the "
+                "folder of the released files.")
     return (f"{len(ctx.checkpoints)} checkpoint(s) from {where}. Upload a recording or pick a "
             "synthetic demo signal in each tab. Files you upload or make are deleted when you "
             "close this page.")

@@ -173,7 +173,9 @@ def sha256_file(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file beside it, fsync and a rename."""
+    path = Path(path)
     tmp = path.with_name(path.name + PARTIAL_SUFFIX)
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
@@ -184,7 +186,7 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as sorted, indented JSON through a temporary file and a rename."""
-    _atomic_write_text(Path(path), json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------------- writing

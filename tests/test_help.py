@@ -1,0 +1,71 @@
+"""`--help` of the two Hydra commands: each its own short help (conf/hydra/help/), naming the
+config groups that command composes and where the documentation is, not Hydra's generic page."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training_helpers import CONF_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+TRAINING_ONLY = ("freeze", "callbacks", "logger", "trainer", "experiment", "debug")
+
+
+def _help(module: str) -> str:
+    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
+                          text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert "powered by Hydra" not in done.stdout  # Hydra's generic help
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def train_help() -> str:
+    return _help("heartgpt.train")
+
+
+@pytest.fixture(scope="module")
+def prepare_help() -> str:
+    return _help("heartgpt.prepare")
+
+
+def _group_lines(text: str) -> dict[str, str]:
+    """`  group  options  description` lines (and their continuation lines) by group."""
+    lines: dict[str, str] = {}
+    group = None
+    for line in text.split("== Config groups", 1)[1].split("\n\n", 1)[0].splitlines()[1:]:
+        m = re.match(r"  (\S+)\s", line)
+        if m:
+            group = m.group(1)
+            lines[group] = line
+        elif group:
+            lines[group] += line
+    return lines
+
+
+def test_train_help_names_every_group_and_option_and_the_docs(train_help):
+    assert "docs/training.md" in train_help
+    assert "python -m heartgpt.train" in train_help
+    assert "--cfg job" in train_help
+    lines = _group_lines(train_help)
+    assert set(lines) == {*TRAIN_GROUPS, "hydra/launcher"}
+    for group in TRAIN_GROUPS:
+        options = {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
+        named = set(re.findall(r"[\w]+", lines[group]))
+        assert options <= named, (group, options - named)
+    assert "slurm" in lines["hydra/launcher"]
+
+
+def test_prepare_help_names_only_its_own_groups(prepare_help):
+    assert "data/README.md" in prepare_help
+    assert "python -m heartgpt.prepare" in prepare_help
+    assert "source=demo" in prepare_help
+    assert set(_group_lines(prepare_help)) == {"modality", "paths"}
+    for group in TRAINING_ONLY:
+        assert not re.search(rf"\b{group}\b", prepare_help), group
