@@ -115,6 +115,49 @@ def test_bare_released_name_is_found_in_weights_dir_and_recorded(weights_dir, da
     assert json.loads((out / "finished.json").read_text())["initial_weights"]["sha256"] == digest
 
 
+@pytest.mark.shared
+def test_test_only_run_scores_the_named_weights(weights_dir, data_dir, tmp_path):
+    """``train=false test=true task.init_from=<released>``: the released model's loss on the test
+    windows (as GPT.forward gives it), never the random init's ln(vocab)."""
+    import torch.nn.functional as F
+    from hydra.utils import instantiate
+
+    released = weights_dir / "ECGPT_560k_iters.zip"
+    over = ["experiment=paper_ecg_pretrain", "train=false", "test=true", f"task.init_from={released}",
+            "data.shard_dir=${paths.data_dir}/demo/ecg/pretrain", "data.test_fraction=0.3"]
+    _, out = run(over, data_dir, tmp_path / "run")
+    reported = json.loads((out / "test_metrics.json").read_text())["test/loss"]
+
+    cfg = compose_train([*FAST, *over], data_dir=data_dir, output_dir=tmp_path / "direct")
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    model = load_model(released).model
+    losses = []
+    with torch.no_grad():
+        for i, (x, y) in enumerate(datamodule.test_dataloader()):
+            if i == cfg.trainer.limit_test_batches:
+                break
+            losses.append(F.cross_entropy(model(x).flatten(0, 1), y.flatten()))
+    assert reported == pytest.approx(float(torch.stack(losses).mean()), abs=1e-5)
+    assert reported < 3.0  # ln(101) = 4.62 is what random weights score
+
+
+def test_test_only_run_without_weights_is_refused(data_dir, tmp_path):
+    over = [*TINY_MODEL, "model.block_size=500", "train=false", "test=true",
+            "data.shard_dir=${paths.data_dir}/demo/ecg/pretrain", "data.test_fraction=0.3"]
+    with pytest.raises(ValueError, match="nothing names the weights to test.*allow_untrained_test"):
+        run(over, data_dir, tmp_path / "run")
+    run([*over, "allow_untrained_test=true"], data_dir, tmp_path / "explicit")  # said so: runs
+
+
+@pytest.mark.shared
+@pytest.mark.parametrize("name", ["ECGPT_560k_iters.zip"])
+def test_ckpt_path_of_released_weights_points_to_init_from(name, weights_dir, data_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"ckpt_path=.*resumes the training state.*task\.init_from"):
+        run([f"ckpt_path={weights_dir / name}"], data_dir, tmp_path / "run")
+
+
 def test_vocab_mismatch_of_our_checkpoint_is_a_clear_error(data_dir, tmp_path):
     """An ECG pre-training checkpoint (vocab 101) cannot start a PPG fine-tune (vocab 102)."""
     run([*TINY_MODEL, "model.block_size=500", "trainer.max_steps=1", "task=pretrain",
@@ -159,6 +202,26 @@ def test_beats_task_logs_beat_level_scores(data_dir, tmp_path):
     names = set().union(*(r for r in rows if any(r.values())))
     assert {"val/beat_f1", "val/beat_precision", "val/beat_recall", "val/auroc", "test/beat_f1"} <= {
         n for n in names if any(r.get(n) for r in rows)}
+
+
+@pytest.mark.slow
+def test_loso_folds_of_one_class_report_auroc_as_undefined(data_dir, tmp_path):
+    """Leave-one-subject-out: each fold holds one subject, so one class; its AUROC is null with
+    the reason (never torchmetrics' 0), is not averaged, and the pooled AUROC is the headline."""
+    cfg = compose_train([*FAST, *TINY_MODEL, "model.block_size=500", "task=af", "data.folds=loso",
+                         "trainer.max_steps=1"], data_dir=data_dir, output_dir=tmp_path / "unused",
+                        log_dir=tmp_path / "logs")
+    summary = run_cv(cfg, tmp_path / "cv")
+    assert summary["n_folds"] == 6
+    for fold in summary["folds"]:
+        assert fold["test/auroc"] is None
+        assert fold["undefined"]["test/auroc"].startswith("undefined: no ")
+    assert "test/auroc" not in summary["mean"] and summary["mean"]["test/acc"] >= 0.0
+    assert 0.0 <= summary["pooled"]["auroc"] <= 1.0
+    saved = json.loads((tmp_path / "cv" / "summary.json").read_text())
+    assert [f["test/auroc"] for f in saved["folds"]] == [None] * 6
+    fold = json.loads((tmp_path / "cv" / "fold_0" / "test_metrics.json").read_text())
+    assert fold["test/auroc"] is None and "test/auroc" in fold["undefined"]  # the run's own report
 
 
 @pytest.mark.slow

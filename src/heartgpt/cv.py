@@ -84,6 +84,27 @@ def find_folds(cv_dir: Path) -> list[tuple[int, Path]]:
     return sorted(folds)
 
 
+# Test metrics that need both classes, or one of them, among a fold's held-out windows.
+_NEEDS = {"auroc": (0, 1), "ap": (1,), "sensitivity": (1,), "f1": (1,), "specificity": (0,)}
+
+
+def undefined_metrics(metrics: dict, rows: list[dict]) -> dict[str, str]:
+    """``{metric: reason}`` for the fold's test metrics that its held-out labels leave
+    undefined (an AUROC over one class, a sensitivity without positives): torchmetrics reports
+    them as 0, which must neither be read as a score nor averaged."""
+    if not rows or "label" not in rows[0]:
+        return {}
+    present = {int(float(r["label"])) for r in rows}
+    undefined = {}
+    for key in metrics:
+        needs = _NEEDS.get(key.rsplit("/", 1)[-1], ())
+        missing = [c for c in needs if c not in present]
+        if missing:  # rows are not empty: one class at most is missing
+            what = "positives" if missing == [1] else "negatives"
+            undefined[key] = f"undefined: no {what} among the fold's {len(rows)} held-out windows"
+    return undefined
+
+
 def summarize(cv_dir: str | Path) -> dict:
     """Pool the folds under ``cv_dir`` (see :func:`find_folds`) into ``summary.json`` and
     ``folds.csv``."""
@@ -96,8 +117,10 @@ def summarize(cv_dir: str | Path) -> dict:
         preds = d / PREDICTIONS
         rows = read_predictions(preds) if preds.is_file() else []
         subjects = sorted({r["subject"] for r in rows})
-        per_fold.append({"fold": fold, "windows": len(rows),
-                         "test_subjects": subjects, **metrics})
+        undefined = {**metrics.pop("undefined", {}), **undefined_metrics(metrics, rows)}
+        metrics = {k: (None if k in undefined else v) for k, v in metrics.items()}
+        per_fold.append({"fold": fold, "windows": len(rows), "test_subjects": subjects, **metrics,
+                         **({"undefined": undefined} if undefined else {})})
         pooled_rows += rows
     summary: dict = {"folds": per_fold, "n_folds": len(per_fold)}
     if pooled_rows and "prob" in pooled_rows[0]:
@@ -111,7 +134,10 @@ def summarize(cv_dir: str | Path) -> dict:
         summary["pooled"] = pooled
     numeric = {k for f in per_fold for k, v in f.items()
                if isinstance(v, int | float) and k not in ("fold", "windows")}
-    summary["mean"] = {k: float(np.mean([f[k] for f in per_fold if k in f])) for k in sorted(numeric)}
+    # mean over the folds where a metric is defined; `defined_folds` says over how many
+    summary["mean"] = {k: float(np.mean([f[k] for f in per_fold if f.get(k) is not None]))
+                       for k in sorted(numeric)}
+    summary["defined_folds"] = {k: sum(f.get(k) is not None for f in per_fold) for k in sorted(numeric)}
     (cv_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     with open(cv_dir / "folds.csv", "w", newline="") as f:
         keys = ["fold", "windows", *sorted(numeric)]

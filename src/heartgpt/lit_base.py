@@ -1,5 +1,5 @@
 """What the pre-training and fine-tuning LightningModules share: the network in ``self.model``,
-weights loaded when fitting starts, per-batch dropout seeds, AdamW with a warm-up + cosine
+weights loaded when any stage starts, per-batch dropout seeds, AdamW with a warm-up + cosine
 schedule, and hyper-parameters kept as plain Python values (a ``.ckpt`` loads with
 ``torch.load(..., weights_only=True)`` and ``load_from_checkpoint`` needs no Hydra)."""
 
@@ -56,7 +56,9 @@ class GPTLightningModule(L.LightningModule):
             return
         self._prepared = True
         path = self.initial_weights()
-        if stage == "fit" and path:  # a resumed run then overwrites them with the checkpoint's
+        # In every stage, so that a test-only run scores the named weights, not the random init;
+        # a checkpoint given to fit/test (ckpt_path) is restored after this and wins.
+        if path:
             loaded = init_from_pretrained(self.model, path, modality=self.hparams.modality)
             # saved with every checkpoint: which file, byte for byte, this model started from
             self.hparams["initial_weights"] = {"path": str(Path(loaded.source).resolve()),

@@ -79,6 +79,12 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path, runs_root: 
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
+    if path.suffix != ".ckpt":
+        raise ValueError(
+            f"ckpt_path={ckpt_path}: ckpt_path resumes the training state (optimiser, step, data "
+            "position) of one of our Lightning .ckpt files; to start from the weights of a "
+            "released .zip/.pth or a .safetensors export use task.init_from= (pre-training) or "
+            "task.pretrained= (fine-tuning)")
     return str(path.resolve())
 
 

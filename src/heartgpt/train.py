@@ -178,8 +178,8 @@ def train(cfg: DictConfig) -> float | None:
         metric = trainer.callback_metrics.get(cfg.optimized_metric)
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
         if cfg.get("test"):
-            if not (best or ckpt_path):
-                log.warning("no checkpoint to test: testing the current weights")
+            check_weights_to_test(cfg, trained=bool(cfg.get("train")), ckpt=best or ckpt_path,
+                                  initial=module.initial_weights())
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best or ckpt_path)
             if trainer.is_global_zero:
                 write_test_metrics(cfg.paths.output_dir, results, best or ckpt_path)
@@ -196,6 +196,22 @@ def train(cfg: DictConfig) -> float | None:
         log.warning("optimized_metric %r was not logged", cfg.optimized_metric)
         return None
     return float(metric)
+
+
+def check_weights_to_test(cfg: DictConfig, trained: bool, ckpt: str | None,
+                          initial: str | None) -> None:
+    """Refuse to test a randomly initialised model unless ``allow_untrained_test=true``:
+    a test-only run (``train=false``) needs ``ckpt_path``, ``task.init_from`` or
+    ``task.pretrained``, else its metrics would silently score random weights."""
+    if trained or ckpt or initial:
+        return
+    if cfg.get("allow_untrained_test"):
+        log.warning("testing randomly initialised weights (allow_untrained_test=true)")
+        return
+    raise ValueError(
+        "test=true train=false: nothing names the weights to test, so the metrics would be those "
+        "of a random initialisation; give ckpt_path=<our .ckpt>, task.init_from=<weights> "
+        "(pre-training) or task.pretrained=<weights> (fine-tuning), or allow_untrained_test=true")
 
 
 def plain_dict(node: DictConfig | None) -> dict[str, Any]:
@@ -218,8 +234,18 @@ def write_test_metrics(output_dir: str, results: list[dict[str, float]], ckpt: s
     :mod:`heartgpt.cv` and for comparing sweep runs without a logger)."""
     if not results:
         return
+    from heartgpt.cv import PREDICTIONS, read_predictions, undefined_metrics
+
+    metrics: dict[str, Any] = dict(results[0])
+    predictions = Path(output_dir) / PREDICTIONS
+    if predictions.is_file():  # e.g. the AUROC of a test set of one class: null, with why
+        undefined = undefined_metrics(metrics, read_predictions(predictions))
+        metrics = {k: (None if k in undefined else v) for k, v in metrics.items()}
+        if undefined:
+            log.warning("test metrics undefined on this test set: %s", undefined)
+            metrics["undefined"] = undefined
     Path(output_dir).mkdir(parents=True, exist_ok=True)
-    write_json_atomic(Path(output_dir) / TEST_METRICS, {**results[0], "checkpoint": ckpt or ""})
+    write_json_atomic(Path(output_dir) / TEST_METRICS, {**metrics, "checkpoint": ckpt or ""})
 
 
 def route_lightning_logs() -> None:
