@@ -587,6 +587,11 @@ def test_app_in_a_browser(ckpt_dir, inputs, tmp_path):
         _tab(page, "Beat detection")
         app.shot("beats_progress")
         _status(page, "beats", "beats in 60.0 min", timeout=180_000)
+        # the figure loaded before the page closes (closing deletes the session's files: a fetch
+        # still under way on a loaded machine would meet a missing file)
+        page.wait_for_function("() => { const imgs = document.querySelectorAll('#beats-figure img');"
+                               " return imgs.length > 0 && [...imgs].every("
+                               "i => i.complete && i.naturalWidth > 0); }", timeout=60_000)
 
         # -- closing the page ends the session: its uploads and results go
         root = next(app.temp.glob("heartgpt-app-*"))
