@@ -220,6 +220,35 @@ def test_wrong_checkpoint(files, tmp_path, capsys, tool, ckpt, fragment):
     one_error(capsys, run(tool, files, "good", ckpt=ckpt, out=str(tmp_path)), fragment)
 
 
+@pytest.mark.parametrize(("tool", "option", "value", "fragment"), [
+    ("screen_af", "--sample-rate", "0", "'0' is not a positive number"),
+    ("detect_beats", "--sample-rate", "-125", "'-125' is not a positive number"),
+    ("generate", "--sample-rate", "nan", "'nan' is not a positive number"),
+    ("interpret", "--sample-rate", "0", "'0' is not a positive number"),
+    ("screen_af", "--batch-size", "0", "'0' is not a positive integer"),
+    ("detect_beats", "--batch-size", "0", "'0' is not a positive integer"),
+    ("screen_af", "--threshold", "2", "'2' is not a probability in [0, 1]"),
+    ("screen_af", "--stride", "0", "'0' is not a positive integer"),
+    ("detect_beats", "--shift", "-1", "'-1' is not a positive integer"),
+    ("generate", "--temperature", "0", "'0' is not a positive number"),
+])
+def test_bad_option_values_are_usage_errors(files, tmp_path, capsys, tool, option, value, fragment):
+    """A value that would silently mean something else (rate 0 -> the default rate, batch 0 ->
+    one batch of every window) is refused by argparse, naming the option; nothing is written."""
+    with pytest.raises(SystemExit) as stop:
+        run(tool, files, "good", f"{option}={value}", out=str(tmp_path))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err and fragment in err, err
+    assert not list(tmp_path.iterdir())
+
+
+def test_plot_start_past_the_end_is_one_error_line(files, tmp_path, capsys):
+    one_error(capsys, run("detect_beats", files, "good", "--plot-start", "60", out=str(tmp_path)),
+              "good.csv: --plot-start 60 s is past the end of the recording (6 s at 50 Hz)")
+    assert not list(tmp_path.iterdir())
+
+
 def test_shift_needs_a_fine_tuned_model_and_its_base(files, tmp_path, capsys):
     one_error(capsys, interpret.main(["shift", files["good"], "-c", files["lm"], "--base",
                                       files["lm"], "-o", str(tmp_path)]), "lm.safetensors")

@@ -45,12 +45,16 @@ import torch
 
 from heartgpt.beat_metrics import peak_beats
 from heartgpt.io import (
+    ToolError,
     about,
     add_io_arguments,
     eval_mode,
     load_tool_model,
     model_device,
+    non_negative_float,
     output_path,
+    positive_float,
+    positive_int,
     read_signal,
     run_tool,
 )
@@ -333,17 +337,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tail", choices=TAILS, default="align",
                    help="align: last window ends at the last sample (default); release: "
                         "zero-padded tail windows as the released GUI")
-    p.add_argument("--shift", type=int, default=SHIFT, help=f"samples between windows ({SHIFT})")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--chunk-seconds", type=float, default=600.0,
+    p.add_argument("--shift", type=positive_int, default=SHIFT, help=f"samples between windows ({SHIFT})")
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
+    p.add_argument("--chunk-seconds", type=positive_float, default=600.0,
                    help="stream the recording through the model in chunks of this length")
-    p.add_argument("--sample-rate", type=float, default=None,
+    p.add_argument("--sample-rate", type=positive_float, default=None,
                    help="Hz of the recording (default: the modality rate, 50 for PPG)")
     p.add_argument("--modality", choices=("ecg", "ppg"), default=None)
     p.add_argument("--save-confidence", action="store_true",
                    help="also write the per-sample confidence as <stem>_beat_confidence.csv")
-    p.add_argument("--plot-start", type=float, default=0.0, help="plot from this second (0)")
-    p.add_argument("--plot-seconds", type=float, default=30.0,
+    p.add_argument("--plot-start", type=non_negative_float, default=0.0, help="plot from this second (0)")
+    p.add_argument("--plot-seconds", type=non_negative_float, default=30.0,
                    help="seconds shown in the PNG (30; 0: all)")
     p.add_argument("--device", default="cpu")
     return p
@@ -358,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
                                       device=args.device)
         signal = read_signal(args.recording, allow_nan=True)
         rate = args.sample_rate or mod.sample_rate
+        if args.plot_start >= len(signal) / rate:
+            raise ToolError(args.recording, f"--plot-start {args.plot_start:g} s is past the end "
+                                            f"of the recording ({len(signal) / rate:g} s at {rate:g} Hz)")
         with about(args.recording):
             beats = detect_beats(loaded.model, signal, rate, mod, tail=args.tail,
                                  shift=args.shift, batch_size=args.batch_size,

@@ -37,6 +37,8 @@ from heartgpt.io import (
     load_tool_model,
     model_device,
     output_path,
+    positive_float,
+    positive_int,
     read_signal,
     run_tool,
 )
@@ -256,16 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "<stem>_generated.csv (tokens) and <stem>_generated.png under outputs/generate/.")
     p.add_argument("context", help="context recording (.csv / .txt one column, or .npy)")
     add_io_arguments(p, "generate", "pre-trained checkpoint")
-    p.add_argument("--new-tokens", "-n", type=int, default=500, help="tokens to generate (500)")
-    p.add_argument("--samples", "-s", type=int, default=1, help="continuations, one batch (1)")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely")
+    p.add_argument("--new-tokens", "-n", type=positive_int, default=500, help="tokens to generate (500)")
+    p.add_argument("--samples", "-s", type=positive_int, default=1, help="continuations, one batch (1)")
+    p.add_argument("--temperature", type=positive_float, default=1.0)
+    p.add_argument("--top-k", type=positive_int, default=None, help="sample among the k most likely")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--mode", choices=MODES, default="exact",
                    help="exact: the released loop; cached: KV cache (approximate once full)")
-    p.add_argument("--stride", type=int, default=None,
+    p.add_argument("--stride", type=positive_int, default=None,
                    help="cached mode: tokens generated between re-encodes (block_size // 5: 100)")
-    p.add_argument("--sample-rate", type=float, default=None,
+    p.add_argument("--sample-rate", type=positive_float, default=None,
                    help="Hz of the context (default: the modality rate, 100 ECG / 50 PPG)")
     p.add_argument("--modality", choices=("ecg", "ppg"), default=None,
                    help="modality of the context; must match the checkpoint's")

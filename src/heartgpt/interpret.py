@@ -39,6 +39,7 @@ from heartgpt.io import (
     load_tool_model,
     model_device,
     output_path,
+    positive_float,
     read_signal,
     run_tool,
 )
@@ -281,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("context", help="context recording (.csv / .txt one column, or .npy); "
                         "the last block_size samples at the modality rate are used")
     add_io_arguments(common, "interpret", "checkpoint to inspect")
-    common.add_argument("--sample-rate", type=float, default=None,
+    common.add_argument("--sample-rate", type=positive_float, default=None,
                         help="Hz of the context (default: the modality rate)")
     common.add_argument("--modality", choices=("ecg", "ppg"), default=None)
     common.add_argument("--device", default="cpu")

@@ -254,6 +254,28 @@ def default_out_dir(tool: str) -> Path:
     return Path(OUTPUTS_DIR) / tool
 
 
+def _number(kind: type, test: Callable[[float], bool], what: str) -> Callable[[str], float]:
+    """An argparse ``type``: ``kind(text)`` when ``test`` holds, else a usage error saying
+    ``what`` the value must be (argparse prints it with the option's name, exit status 2)."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not (np.isfinite(value) and test(value)):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, "a positive integer")
+positive_float = _number(float, lambda v: v > 0, "a positive number")
+non_negative_float = _number(float, lambda v: v >= 0, "a number >= 0")
+probability = _number(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+
+
 def add_io_arguments(parser: argparse.ArgumentParser, tool: str, checkpoint: str) -> None:
     """The ``--checkpoint/-c`` (described as ``checkpoint``) and ``--out-dir/-o`` options of
     ``tool``; ``--out-dir`` defaults to :func:`default_out_dir`."""

@@ -34,6 +34,9 @@ from heartgpt.io import (
     load_tool_model,
     model_device,
     output_path,
+    positive_float,
+    positive_int,
+    probability,
     read_signal,
     run_tool,
 )
@@ -201,11 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
                     "<stem>_af.json and <stem>_af.png under outputs/screen_af/.")
     p.add_argument("recording", help="recording (.csv / .txt one column, or .npy)")
     add_io_arguments(p, "screen_af", "AF fine-tuned checkpoint")
-    p.add_argument("--stride", type=int, default=DEFAULT_STRIDE,
+    p.add_argument("--stride", type=positive_int, default=DEFAULT_STRIDE,
                    help=f"samples at the modality rate between windows ({DEFAULT_STRIDE})")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE)
-    p.add_argument("--sample-rate", type=float, default=None,
+    p.add_argument("--threshold", type=probability, default=DEFAULT_THRESHOLD)
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
+    p.add_argument("--sample-rate", type=positive_float, default=None,
                    help="Hz of the recording (default: the modality rate)")
     p.add_argument("--modality", choices=("ecg", "ppg"), default=None)
     p.add_argument("--device", default="cpu")
