@@ -25,6 +25,9 @@ from training_helpers import (
     wandb_history,
 )
 
+# Every window of a test split of 3 of the 6 demo subjects (stratified: AF-like and sinus), so a
+# test AUROC is defined (one class gives null, see test_loso_folds_...).
+BOTH_CLASSES_TESTED = ["data.test_fraction=0.5", "trainer.limit_test_batches=1.0"]
 FAST = ["debug=fast", "logger=csv", "callbacks.progress.mode=log",
         "callbacks.rich_model_summary=null", "data.batch_size=4"]
 
@@ -62,7 +65,7 @@ def test_finetune_from_released_checkpoint(modality, task, base, weights_dir, da
     """The paper's recipe from the released files: only head, ln_f and block 7 move."""
     released = load_model(weights_dir / base).model.state_dict()
     metric, out = run([f"task={task}", f"modality={modality}", f"task.pretrained={weights_dir / base}",
-                       "trainer.max_steps=3", "test=true"], data_dir, tmp_path / "run")
+                       "trainer.max_steps=3", "test=true", *BOTH_CLASSES_TESTED], data_dir, tmp_path / "run")
     assert metric is not None
     tuned = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
     assert trainable_logged(out) == 49_985
@@ -75,7 +78,10 @@ def test_finetune_from_released_checkpoint(modality, task, base, weights_dir, da
     key = "test/auroc" if task == "af" else "test/beat_f1"
     assert 0.0 <= test_metrics[key] <= 1.0
     with open(out / "test_predictions.csv") as f:
-        assert len(list(csv.DictReader(f))) > 0
+        predictions = list(csv.DictReader(f))
+    assert predictions
+    if task == "af":  # the test split holds both classes, so its AUROC is defined
+        assert {r["label"] for r in predictions} == {"0", "1"}
     # the fine-tuned checkpoint loads as a task model of the right modality
     loaded = load_model(out / "checkpoints" / "last.ckpt")
     assert (loaded.modality, loaded.task, loaded.model.config.n_out) == (modality, task, 1)
@@ -249,7 +255,8 @@ def test_freeze_multirun_writes_one_run_per_strategy(data_dir, tmp_path):
     result = run_module(["-m", "task=af", "freeze=head,last_block,full", *FAST, *TINY_MODEL,
                          "model.block_size=500", "trainer.max_steps=2", "trainer.val_check_interval=2",
                          "test=true", "logger=[wandb,csv]", "callbacks.attention_maps=null",
-                         f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+                         *BOTH_CLASSES_TESTED, f"paths.data_dir={data_dir}",
+                         f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
     trainable = {}
     for job, strategy in enumerate(("head", "last_block", "full")):
