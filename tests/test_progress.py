@@ -31,16 +31,26 @@ def fake_trainer(step: int = 0) -> SimpleNamespace:
                            estimated_stepping_batches=100)
 
 
-def test_progress_lines_every_interval(caplog):
+def started(log_every_s: float, caplog) -> tuple[FakeClock, ProgressLog, SimpleNamespace]:
+    """A ProgressLog on a fake clock and trainer, training started, its lines captured."""
     clock = FakeClock()
-    cb = ProgressLog(log_every_s=30, clock=clock)
+    cb = ProgressLog(log_every_s=log_every_s, clock=clock)
     trainer = fake_trainer()
     cb.on_train_start(trainer, None)
     caplog.set_level(logging.INFO, logger=PROGRESS)
+    return clock, cb, trainer
+
+
+def step_to(cb: ProgressLog, trainer: SimpleNamespace, step: int) -> None:
+    trainer.global_step = step
+    cb.on_train_batch_end(trainer, None, None, None, step - 1)
+
+
+def test_progress_lines_every_interval(caplog):
+    clock, cb, trainer = started(30, caplog)
     for t, step in ((10, 10), (29.9, 29), (30, 30), (45, 45), (59.9, 59), (60.1, 60)):
         clock.now = 1000.0 + t
-        trainer.global_step = step
-        cb.on_train_batch_end(trainer, None, None, None, step - 1)
+        step_to(cb, trainer, step)
     lines = [r.getMessage() for r in caplog.records if r.name == PROGRESS]
     assert len(lines) == 2, lines  # at 30 s and 60.1 s: 30 s apart, not at every step
     assert lines[0] == ("step 30/100 (30%) | train/loss 2.5 | 1 it/s | elapsed 0:00:30 | "
@@ -49,15 +59,10 @@ def test_progress_lines_every_interval(caplog):
 
 
 def test_progress_every_step_and_not_on_other_ranks(caplog):
-    clock = FakeClock()
-    cb = ProgressLog(log_every_s=0, clock=clock)
-    trainer = fake_trainer()
-    cb.on_train_start(trainer, None)
-    caplog.set_level(logging.INFO, logger=PROGRESS)
+    clock, cb, trainer = started(0, caplog)
     for step in (1, 2, 3):
         clock.now += 1
-        trainer.global_step = step
-        cb.on_train_batch_end(trainer, None, None, None, step - 1)
+        step_to(cb, trainer, step)
     trainer.is_global_zero = False
     cb.on_train_batch_end(trainer, None, None, None, 3)
     assert len([r for r in caplog.records if r.name == PROGRESS]) == 3

@@ -105,6 +105,15 @@ def undefined_metrics(metrics: dict, rows: list[dict]) -> dict[str, str]:
     return undefined
 
 
+def null_undefined(metrics: dict, rows: list[dict]) -> dict:
+    """``metrics`` with those :func:`undefined_metrics` finds (and any already marked in its
+    ``undefined``) set to None, their reasons under ``undefined`` (absent when there are none)."""
+    metrics = dict(metrics)
+    undefined = {**metrics.pop("undefined", {}), **undefined_metrics(metrics, rows)}
+    metrics = {k: (None if k in undefined else v) for k, v in metrics.items()}
+    return {**metrics, "undefined": undefined} if undefined else metrics
+
+
 def summarize(cv_dir: str | Path) -> dict:
     """Pool the folds under ``cv_dir`` (see :func:`find_folds`) into ``summary.json`` and
     ``folds.csv``."""
@@ -117,10 +126,8 @@ def summarize(cv_dir: str | Path) -> dict:
         preds = d / PREDICTIONS
         rows = read_predictions(preds) if preds.is_file() else []
         subjects = sorted({r["subject"] for r in rows})
-        undefined = {**metrics.pop("undefined", {}), **undefined_metrics(metrics, rows)}
-        metrics = {k: (None if k in undefined else v) for k, v in metrics.items()}
-        per_fold.append({"fold": fold, "windows": len(rows), "test_subjects": subjects, **metrics,
-                         **({"undefined": undefined} if undefined else {})})
+        per_fold.append({"fold": fold, "windows": len(rows), "test_subjects": subjects,
+                         **null_undefined(metrics, rows)})
         pooled_rows += rows
     summary: dict = {"folds": per_fold, "n_folds": len(per_fold)}
     if pooled_rows and "prob" in pooled_rows[0]:

@@ -28,7 +28,7 @@ from heartgpt.model import GPT
 from heartgpt.tokenizer import LEVELS, Modality, get_modality
 
 TEXT_SUFFIXES = (".csv", ".txt", ".tsv", "")
-OUTPUTS_DIR = "outputs"  # the tools' results go to <cwd>/outputs/<tool>/ by default
+OUTPUTS_DIR = "outputs"  # <cwd>/outputs: the tools' results (<tool>/) and training runs
 _DELIMITED = re.compile(r"[,;]")
 
 

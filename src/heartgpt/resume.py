@@ -55,7 +55,6 @@ def mark_finished(output_dir: str | Path, info: dict[str, Any]) -> None:
     """Write ``<run dir>/finished.json`` (rank 0 only): this run completed its training."""
     from heartgpt.data.shards import write_json_atomic
 
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
     write_json_atomic(Path(output_dir) / FINISHED_FILE, info)
 
 

@@ -17,6 +17,7 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 import heartgpt.resolvers  # noqa: F401  (registers ${cwd:} and ${latest_ckpt:} before Hydra composes)
@@ -102,14 +103,10 @@ def resolve_initial_weights(cfg: DictConfig) -> None:
             cfg.initial_weights = {"key": f"task.{key}", "path": str(path), "sha256": digest}
 
 
+@rank_zero_only
 def save_resolved_config(cfg: DictConfig) -> None:
     """``<run dir>/config.yaml``: the config exactly as this run used it, every interpolation
     resolved (``.hydra/config.yaml`` keeps them as written). Rank 0 only."""
-    from lightning.pytorch.utilities.rank_zero import rank_zero_only
-
-    if rank_zero_only.rank != 0:
-        return
-    Path(cfg.paths.output_dir).mkdir(parents=True, exist_ok=True)
     write_text_atomic(Path(cfg.paths.output_dir) / RESOLVED_CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
 
 
@@ -221,8 +218,9 @@ def plain_dict(node: DictConfig | None) -> dict[str, Any]:
 
 def completed_training(trainer: L.Trainer) -> bool:
     """Whether ``fit`` ran to its configured end (max_steps / max_epochs), rather than being
-    interrupted (Ctrl-C, a pre-emption signal) or stopped early by a callback."""
-    if trainer.interrupted or any(getattr(cb, "preempted", False) for cb in trainer.callbacks):
+    interrupted (Ctrl-C) or stopped early by a callback. (A SIGTERM never gets here:
+    :class:`~heartgpt.callbacks.Preemption` ends the process after its checkpoint.)"""
+    if trainer.interrupted:
         return False
     if trainer.max_steps is not None and trainer.max_steps > 0:
         return trainer.global_step >= trainer.max_steps
@@ -234,17 +232,14 @@ def write_test_metrics(output_dir: str, results: list[dict[str, float]], ckpt: s
     :mod:`heartgpt.cv` and for comparing sweep runs without a logger)."""
     if not results:
         return
-    from heartgpt.cv import PREDICTIONS, read_predictions, undefined_metrics
+    from heartgpt.cv import PREDICTIONS, null_undefined, read_predictions
 
     metrics: dict[str, Any] = dict(results[0])
     predictions = Path(output_dir) / PREDICTIONS
     if predictions.is_file():  # e.g. the AUROC of a test set of one class: null, with why
-        undefined = undefined_metrics(metrics, read_predictions(predictions))
-        metrics = {k: (None if k in undefined else v) for k, v in metrics.items()}
-        if undefined:
-            log.warning("test metrics undefined on this test set: %s", undefined)
-            metrics["undefined"] = undefined
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
+        metrics = null_undefined(metrics, read_predictions(predictions))
+        if "undefined" in metrics:
+            log.warning("test metrics undefined on this test set: %s", metrics["undefined"])
     write_json_atomic(Path(output_dir) / TEST_METRICS, {**metrics, "checkpoint": ckpt or ""})
 
 

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from heartgpt.checkpoints import WEIGHTS_ENV, load_model, weights_dirs
+from heartgpt.io import OUTPUTS_DIR
 
 log = logging.getLogger(__name__)
 
 SUFFIXES = (".zip", ".pth", ".pt", ".ckpt", ".safetensors")
 ROLES = ("lm", "af", "beats", "any")
-OUTPUTS_DIR = "outputs"  # training runs and the tools' results, searched by default
 NO_FOLDER_HINT = (f"pass checkpoint folders (python -m heartgpt.app path/to/weights, or make app "
                   f"ARGS=path/to/weights) or set ${WEIGHTS_ENV} to the folder of the released "
                   f"files")

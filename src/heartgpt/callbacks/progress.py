@@ -158,13 +158,16 @@ class ProgressLog(ProgressBar):
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or not (self._enabled and trainer.is_global_zero):
             return
-        metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("val")}
-        shown = " ".join(f"{k} {_format_value(v)}" for k, v in metrics.items())
-        log.info("validation at step %d: %s", trainer.global_step, shown or "done")
+        log.info("validation at step %d: %s", trainer.global_step, _stage_metrics(trainer, "val"))
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not (self._enabled and trainer.is_global_zero):
             return
-        metrics = {k: v for k, v in trainer.callback_metrics.items() if k.startswith("test")}
-        shown = " ".join(f"{k} {_format_value(v)}" for k, v in metrics.items())
-        log.info("test: %s", shown or "done")
+        log.info("test: %s", _stage_metrics(trainer, "test"))
+
+
+def _stage_metrics(trainer: L.Trainer, prefix: str) -> str:
+    """``val/loss 2.3 val/acc 0.31``: the logged metrics of one stage, or ``done``."""
+    shown = " ".join(f"{k} {_format_value(v)}" for k, v in trainer.callback_metrics.items()
+                     if k.startswith(prefix))
+    return shown or "done"

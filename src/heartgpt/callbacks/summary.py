@@ -1,4 +1,4 @@
-"""The model summary printed when fitting starts (``callbacks.model_summary``)."""
+"""The model summary printed when fitting starts (``callbacks.rich_model_summary``)."""
 
 from __future__ import annotations
 

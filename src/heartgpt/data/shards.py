@@ -174,8 +174,10 @@ def sha256_file(path: str | os.PathLike) -> str:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file beside it, fsync and a rename."""
+    """Write ``text`` to ``path`` (its folder made if needed) through a temporary file beside
+    it, fsync and a rename."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + PARTIAL_SUFFIX)
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
