@@ -250,14 +250,14 @@ def test_cross_validation_pools_every_held_out_subject_once(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_freeze_multirun_writes_one_run_per_strategy(data_dir, tmp_path):
-    """`-m task=af freeze=head,last_block,full`: three runs, metrics in W&B offline and CSV."""
-    sweep = tmp_path / "sweep"
+    """`-m task=af freeze=head,last_block,full`: three runs, metrics in W&B offline and CSV,
+    where a user's land (no sweep folder given): ``outputs/af_ecg/multiruns/<time>/<job>``."""
     result = run_module(["-m", "task=af", "freeze=head,last_block,full", *FAST, *TINY_MODEL,
                          "model.block_size=500", "trainer.max_steps=2", "trainer.val_check_interval=2",
                          "test=true", "logger=[wandb,csv]", "callbacks.attention_maps=null",
-                         *BOTH_CLASSES_TESTED, f"paths.data_dir={data_dir}",
-                         f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+                         *BOTH_CLASSES_TESTED, f"paths.data_dir={data_dir}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-4000:]
+    (sweep,) = (tmp_path / "outputs" / "af_ecg" / "multiruns").iterdir()
     trainable = {}
     for job, strategy in enumerate(("head", "last_block", "full")):
         run = sweep / str(job)
