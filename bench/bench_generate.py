@@ -4,7 +4,7 @@ One sample (the released GUI's batch), the same weights and context for all thre
 
 * ``baseline``: :meth:`bench.baseline.ReleasedGPT.generate` as shipped: eval mode but autograd
   on, the whole 500-token window re-run through the per-head loop every step;
-* ``exact``: :func:`heartgpt.generate.generate_tokens` ``mode="exact"`` (the same arithmetic:
+* ``exact``: :func:`heartgpt.inference.generation.generate_tokens` ``mode="exact"`` (the same arithmetic:
   every step re-runs the window, positions re-indexed from 0; no autograd, fused attention);
 * ``cached``: ``mode="cached"`` (KV cache, window re-encoded every ``stride`` = 100 tokens).
 
@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 from bench.baseline import ReleasedGPT
 from bench.common import best_of, measure, metric, parser, section, threads_for
-from heartgpt.checkpoints import to_released_state_dict
-from heartgpt.generate import generate_tokens
+from heartgpt.inference.generation import generate_tokens
 from heartgpt.model import GPT, GPTConfig, KVCache, default_stride
+from heartgpt.model.checkpoints import to_released_state_dict
 
 PAPER = dict(vocab_size=102, block_size=500, n_embd=64, n_head=8, n_layer=8, dropout=0.2,
              attn_scale=64**-0.5)

@@ -18,9 +18,9 @@ import torch
 
 from bench.common import metric, parser, section, threads_for
 from heartgpt.data.demo import draw_subjects, synthesize
-from heartgpt.detect_beats import detect_beats
+from heartgpt.inference.af_screening import screen_af
+from heartgpt.inference.beat_detection import detect_beats
 from heartgpt.model import GPT, GPTConfig
-from heartgpt.screen_af import screen_af
 
 PAPER = dict(block_size=500, n_embd=64, n_head=8, n_layer=8, dropout=0.2, attn_scale=64**-0.5,
              out_features=1)

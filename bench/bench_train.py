@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from bench.baseline import ReleasedGPT
 from bench.common import measure, metric, parser, peak_rss_mb, rss_mb, section, threads_for
-from heartgpt.checkpoints import to_released_state_dict
 from heartgpt.model import GPT, GPTConfig
+from heartgpt.model.checkpoints import to_released_state_dict
 
 PAPER = dict(vocab_size=101, block_size=500, n_embd=64, n_head=8, n_layer=8, dropout=0.2,
              attn_scale=64**-0.5)
@@ -116,7 +116,7 @@ def metrics_of(rows: list[dict], config: dict) -> list[dict]:
             ours["peak_mb"], "MB", ref=base["peak_mb"], ref_what="baseline",
             target=1 / 3 if paper else None, lower_is_better=True,
             note=f"dropout {config['dropout']} on in both; ours takes it in "
-                 "heartgpt.attention.chunked_dropout_attention, which never holds a "
+                 "heartgpt.model.attention.chunked_dropout_attention, which never holds a "
                  f"(B, nh, T, T) tensor ({tt_mb:.0f} MB each at this batch; the baseline keeps "
                  f"several per layer for backward)" if paper else ""))
         if paper:

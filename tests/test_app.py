@@ -42,13 +42,18 @@ from heartgpt.app.demos import DEMOS, demo_signal
 from heartgpt.app.generate_tab import generate_run
 from heartgpt.app.inputs import AUTO, load_for, read_input_signal
 from heartgpt.app.session import Sessions
-from heartgpt.checkpoints import WEIGHTS_ENV, load_model, save_safetensors
-from heartgpt.detect_beats import detect_beats, write_beats_csv
-from heartgpt.generate import generate_tokens
-from heartgpt.interpret import attention_shift, estimate_period, homonyms, trace_signal
-from heartgpt.io import ToolError
-from heartgpt.screen_af import screen_af, write_csv
-from heartgpt.tokenizer import get_modality, tokenize_context
+from heartgpt.data.tokenizer import get_modality, tokenize_context
+from heartgpt.errors import InputError
+from heartgpt.inference.af_screening import screen_af, write_csv
+from heartgpt.inference.beat_detection import detect_beats, write_beats_csv
+from heartgpt.inference.generation import generate_tokens
+from heartgpt.inference.interpretability import (
+    attention_shift,
+    estimate_period,
+    homonyms,
+    trace_signal,
+)
+from heartgpt.model.checkpoints import WEIGHTS_ENV, load_model, save_safetensors
 from tiny import tiny_gpt
 
 CHROMIUM = Path(os.environ.get("HEARTGPT_CHROMIUM", "/usr/bin/chromium"))
@@ -175,7 +180,7 @@ def test_background_work_reports_returns_raises_and_stops():
     (None, None, False, "upload a file or pick a demo signal"),
 ])
 def test_bad_inputs_say_what_is_wrong(inputs, name, rate, allow_nan, fragment):
-    with pytest.raises(ToolError, match=re.escape(fragment)):
+    with pytest.raises(InputError, match=re.escape(fragment)):
         read_input_signal(str(inputs[name]) if name else None, None, rate, AUTO, allow_nan)
 
 
@@ -186,14 +191,14 @@ def test_nan_samples_allowed_where_windows_skip(inputs):
 
 def test_wrong_modality_is_refused(ckpt_dir, inputs):
     ecg = read_input_signal(str(inputs["good"]), None, None, "ecg")
-    with pytest.raises(ToolError, match="context.csv: is ECG but checkpoint ppg_lm.safetensors "
+    with pytest.raises(InputError, match="context.csv: is ECG but checkpoint ppg_lm.safetensors "
                                         "is a PPG model"):
         load_for(str(ckpt_dir / "ppg_lm.safetensors"), "lm", ecg)
     demo = read_input_signal(None, "synthetic ECG, sinus rhythm (60 s)", 500, AUTO)
-    with pytest.raises(ToolError, match="is ECG but checkpoint"):
+    with pytest.raises(InputError, match="is ECG but checkpoint"):
         load_for(str(ckpt_dir / "ppg_lm.safetensors"), "lm", demo)
     ppg = read_input_signal(str(inputs["good"]), None, None, AUTO)
-    with pytest.raises(ToolError, match="ppg_af.safetensors: is a fine-tuned model"):
+    with pytest.raises(InputError, match="ppg_af.safetensors: is a fine-tuned model"):
         load_for(str(ckpt_dir / "ppg_af.safetensors"), "lm", ppg)
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heartgpt.attention import _ChunkedDropoutAttention, chunked_dropout_attention
 from heartgpt.model import GPT, GPTConfig
+from heartgpt.model.attention import _ChunkedDropoutAttention, chunked_dropout_attention
 
 
 def qkv(B=2, nh=3, T=37, hs=8, dtype=torch.float64):

@@ -1,4 +1,4 @@
-"""AttentionMapLogger: the chosen heartgpt.interpret figures of a few validation windows, logged
+"""AttentionMapLogger: the chosen heartgpt.inference.interpretability figures of a few validation windows, logged
 as images through a (mock) WandbLogger; skipped without W&B, under FSDP and off rank zero."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.strategies import FSDPStrategy
 from omegaconf import OmegaConf
 
-from heartgpt.callbacks import AttentionMapLogger
 from heartgpt.data.demo import draw_subjects, synthesize
-from heartgpt.lit_pretrain import PretrainModule
-from heartgpt.tokenizer import tokenize_context
+from heartgpt.data.tokenizer import tokenize_context
+from heartgpt.training.callbacks import AttentionMapLogger
+from heartgpt.training.pretrain import PretrainModule
 from training_helpers import CONF_DIR
 
 T = 300  # 3 s of ECG at 100 Hz: a few beats, so every figure can be drawn

@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from heartgpt.beat_metrics import BeatDetectionScores, beats_from_targets, match_beats, peak_beats
+from heartgpt.inference.beat_metrics import (
+    BeatDetectionScores,
+    beats_from_targets,
+    match_beats,
+    peak_beats,
+)
 
 
 def test_hand_worked_example():
@@ -57,7 +62,7 @@ def test_metric_scores_match_the_hand_count():
 
 
 def test_peak_width_limit_drops_wide_bumps_as_detect_beats_does():
-    from heartgpt.detect_beats import PEAK_DISTANCE, PEAK_HEIGHT, PEAK_WIDTH, find_beats
+    from heartgpt.inference.beat_detection import PEAK_DISTANCE, PEAK_HEIGHT, PEAK_WIDTH, find_beats
 
     t = np.arange(400, dtype=np.float64)
     narrow = 0.3 * np.exp(-0.5 * ((t - 100) / 2.0) ** 2)  # half-height width ~5 samples

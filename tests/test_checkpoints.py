@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heartgpt.checkpoints import (
+from heartgpt.model.checkpoints import (
     CheckpointError,
     check_vocab,
     load_model,
@@ -110,7 +110,7 @@ def test_vocab_mismatch_is_reported(released):
 
 
 def test_export_to_released_layout_is_lossless(weights_dir, released):
-    from heartgpt.checkpoints import _read_state_dict, to_released_state_dict
+    from heartgpt.model.checkpoints import _read_state_dict, to_released_state_dict
 
     original = _read_state_dict(weights_dir / "PPGPT_AF_1k_iters.zip")
     exported = to_released_state_dict(released["PPGPT_AF_1k_iters"].model)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from heartgpt import detect_beats, generate, interpret, screen_af
-from heartgpt.checkpoints import WEIGHTS_ENV, save_safetensors
+from heartgpt.model.checkpoints import WEIGHTS_ENV, save_safetensors
 from tiny import tiny_gpt
 
 
@@ -270,7 +270,8 @@ def test_module_entry_point_prints_one_line(files, tmp_path, tool):
 
 # ------------------------------------------------------------------------------- reading
 def test_read_signal_formats(tmp_path):
-    from heartgpt.io import ToolError, read_signal
+    from heartgpt.data.readers import read_signal
+    from heartgpt.errors import InputError
 
     def write(name: str, text: str):
         path = tmp_path / name
@@ -297,6 +298,6 @@ def test_read_signal_formats(tmp_path):
         tmp_path: "is a directory",
     }
     for path, message in cases.items():
-        with pytest.raises(ToolError, match=re.escape(message)) as info:
+        with pytest.raises(InputError, match=re.escape(message)) as info:
             read_signal(path)
         assert str(info.value).startswith(f"{path}: ")

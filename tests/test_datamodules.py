@@ -330,14 +330,13 @@ def test_lightning_resume_mid_epoch_sees_the_same_remaining_batches(shards, tmp_
 def test_data_configs_instantiate(name, tmp_path):
     """conf/data/*.yaml match the DataModule signatures, given the keys the training tree defines."""
     import hydra
+    from heartgpt.conf import CONF_DIR
     from omegaconf import OmegaConf
-
-    import heartgpt
 
     root = OmegaConf.create({
         "paths": {"data_dir": str(tmp_path)}, "seed": 7,
         "modality": {"name": "ppg", "sample_rate": 50.0, "vocab_size": 102}, "model": {"block_size": 500},
-        "data": OmegaConf.load(Path(heartgpt.__file__).parent / "conf" / "data" / f"{name}.yaml"),
+        "data": OmegaConf.load(CONF_DIR / "data" / f"{name}.yaml"),
     })
     dm = hydra.utils.instantiate(root.data)
     assert type(dm).__name__ == {"pretrain": "PretrainDataModule", "finetune": "FinetuneDataModule"}[name]

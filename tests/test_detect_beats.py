@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from heartgpt.checkpoints import load_model
-from heartgpt.detect_beats import (
+from heartgpt.data.readers import read_signal
+from heartgpt.data.tokenizer import tokenize_window
+from heartgpt.inference.beat_detection import (
     _OverlapAverage,
     _WindowStream,
     beat_confidence_stream,
@@ -15,9 +16,8 @@ from heartgpt.detect_beats import (
     quality_category,
     write_beats_csv,
 )
-from heartgpt.io import read_signal
 from heartgpt.model import GPT
-from heartgpt.tokenizer import tokenize_window
+from heartgpt.model.checkpoints import load_model
 from tiny import tiny_gpt
 
 LONG = "example_context_PPG_beat_detect_long_input"

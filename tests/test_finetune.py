@@ -11,12 +11,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from heartgpt.checkpoints import CheckpointError, load_model
 from heartgpt.compare import compare, markdown
 from heartgpt.cv import run_cv, summarize
 from heartgpt.data.demo import build_demo
-from heartgpt.lit_finetune import FinetuneModule
+from heartgpt.model.checkpoints import CheckpointError, load_model
 from heartgpt.train import train
+from heartgpt.training.finetune import FinetuneModule
 from training_helpers import (
     TINY_MODEL,
     compose_train,

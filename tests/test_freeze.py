@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from heartgpt.callbacks.freeze import Freeze, GradualUnfreeze, count_trainable
 from heartgpt.model import GPT, GPTConfig
-from heartgpt.optim import param_groups
+from heartgpt.training.callbacks.freeze import Freeze, GradualUnfreeze, count_trainable
+from heartgpt.training.optim import param_groups
 
 N_LAYER = 3
 

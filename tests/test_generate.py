@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from heartgpt.checkpoints import load_model
-from heartgpt.generate import generate_tokens, sample_statistics, write_tokens_csv
+from heartgpt.inference.generation import generate_tokens, sample_statistics, write_tokens_csv
 from heartgpt.model import GPT, KVCache
+from heartgpt.model.checkpoints import load_model
 from tiny import tiny_gpt as tiny
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from heartgpt.checkpoints import load_model
-from heartgpt.interpret import (
+from heartgpt.data.readers import read_signal
+from heartgpt.inference.interpretability import (
     aggregate_attention,
     attention_figures,
     attention_shift,
@@ -18,8 +18,8 @@ from heartgpt.interpret import (
     trace_signal,
     trace_tokens,
 )
-from heartgpt.io import read_signal
 from heartgpt.model import GPT
+from heartgpt.model.checkpoints import load_model
 from tiny import tiny_gpt
 
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from heartgpt.detect_beats import Beats, beats_title
-from heartgpt.interpret import attention_figures, attention_shift, trace_tokens
-from heartgpt.plots import duration_text, plot_attention_shift, plot_beats
+from heartgpt.inference.beat_detection import Beats, beats_title
+from heartgpt.inference.interpretability import attention_figures, attention_shift, trace_tokens
+from heartgpt.inference.plots import duration_text, plot_attention_shift, plot_beats
 from tiny import tiny_gpt
 
 

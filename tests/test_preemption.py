@@ -14,9 +14,9 @@ import lightning as L
 import pytest
 import torch
 
-from heartgpt.callbacks import Preempted, Preemption
-from heartgpt.callbacks.preemption import PREEMPTED_EXIT_CODE
 from heartgpt.train import instantiate_all, train
+from heartgpt.training.callbacks import Preempted, Preemption
+from heartgpt.training.callbacks.preemption import PREEMPTED_EXIT_CODE
 from training_helpers import FAST, build_tiny_demo, compose_train, run_module
 
 # The noise of an unclean multi-process stop (tracebacks of every rank and loader worker).

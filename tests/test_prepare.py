@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import scipy.io
 import wfdb
+from heartgpt.conf import CONF_DIR
 from hydra import compose, initialize_config_dir
 
-import heartgpt
 from heartgpt.data.pipeline import beat_targets
 from heartgpt.data.shards import (
     MANIFEST_NAME,
@@ -26,11 +26,11 @@ from heartgpt.data.shards import (
     read_shards,
     validate_shard_dir,
 )
+from heartgpt.data.tokenizer import resample, sliding_windows, tokenize_window
 from heartgpt.prepare import prepare, prepare_spec
-from heartgpt.tokenizer import resample, sliding_windows, tokenize_window
 
 FS = 250  # Hz of the test recordings
-CONF = Path(heartgpt.__file__).parent / "conf"
+CONF = CONF_DIR
 
 
 def _cfg(tmp_path: Path, *overrides: str):

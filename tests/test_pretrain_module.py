@@ -13,14 +13,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from heartgpt.callbacks import AttentionMapLogger
-from heartgpt.checkpoints import CheckpointError, load_model, load_released, save_safetensors
-from heartgpt.lit_base import step_seed
-from heartgpt.lit_pretrain import PretrainModule
 from heartgpt.model import GPT, GPTConfig
-from heartgpt.optim import build_scheduler, param_groups, warmup_cosine
-from heartgpt.overfit import FixedBatches
-from heartgpt.resume import resolve_ckpt_path, wandb_id_for
+from heartgpt.model.checkpoints import CheckpointError, load_model, load_released, save_safetensors
+from heartgpt.training.base import step_seed
+from heartgpt.training.callbacks import AttentionMapLogger
+from heartgpt.training.optim import build_scheduler, param_groups, warmup_cosine
+from heartgpt.training.overfit import FixedBatches
+from heartgpt.training.pretrain import PretrainModule
+from heartgpt.training.resume import resolve_ckpt_path, wandb_id_for
 
 TINY = {"vocab_size": 101, "block_size": 32, "n_embd": 32, "n_head": 4, "n_layer": 2, "dropout": 0.0}
 HPARAMS = {"lr": 3e-3, "betas": [0.9, 0.95], "weight_decay": 0.1, "warmup_steps": 2,
@@ -136,7 +136,7 @@ def test_checkpoint_loads_without_hydra_and_weights_only(tmp_path):
     again = PretrainModule.load_from_checkpoint(path)
     for (k, a), b in zip(module.state_dict().items(), again.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
-    loaded = load_model(path)  # heartgpt.checkpoints reads our .ckpt files too
+    loaded = load_model(path)  # heartgpt.model.checkpoints reads our .ckpt files too
     assert loaded.modality == "ecg" and loaded.task == "pretrain"
     assert torch.equal(loaded.model.head.weight, module.model.head.weight)
 

@@ -10,11 +10,17 @@ from types import SimpleNamespace
 import pytest
 from lightning.pytorch.accelerators import CPUAccelerator
 
-from heartgpt.callbacks import CpuBudget, Progress, ProgressLog, StepRichProgressBar, progress_bar
 from heartgpt.train import train
+from heartgpt.training.callbacks import (
+    CpuBudget,
+    Progress,
+    ProgressLog,
+    StepRichProgressBar,
+    progress_bar,
+)
 from training_helpers import FAST, build_tiny_demo, compose_train
 
-PROGRESS = "heartgpt.callbacks.progress"
+PROGRESS = "heartgpt.training.callbacks.progress"
 
 
 class FakeClock:
@@ -106,7 +112,7 @@ def test_cpu_oversubscription_warning(monkeypatch, caplog):
     trainer = SimpleNamespace(is_global_zero=True, accelerator=CPUAccelerator(), num_devices=4,
                               datamodule=SimpleNamespace(num_workers=2))
     cb = CpuBudget()
-    caplog.set_level(logging.WARNING, logger="heartgpt.callbacks.resources")
+    caplog.set_level(logging.WARNING, logger="heartgpt.training.callbacks.resources")
     cb.setup(trainer, None, "fit")
     cb.setup(trainer, None, "fit")
     warnings = [r.getMessage() for r in caplog.records]

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from heartgpt.checkpoints import load_model
-from heartgpt.io import read_signal
+from heartgpt.data.readers import read_signal
+from heartgpt.inference.af_screening import af_probabilities, screen_af, window_starts, write_csv
 from heartgpt.model import GPT
-from heartgpt.screen_af import af_probabilities, screen_af, window_starts, write_csv
+from heartgpt.model.checkpoints import load_model
 from tiny import tiny_gpt
 
 
@@ -53,7 +53,7 @@ def test_windows_are_tokenised_on_their_own(tiny):
     x = ppg_like(300)
     result = screen_af(tiny, x, 50.0, "ppg", stride=20, batch_size=4)
     np.testing.assert_array_equal(result.starts, [*range(0, 237, 20), 236])
-    from heartgpt.tokenizer import tokenize_window
+    from heartgpt.data.tokenizer import tokenize_window
 
     tokens = np.stack([tokenize_window(x[s : s + 64]) for s in result.starts])
     np.testing.assert_allclose(result.probs, af_probabilities(tiny, tokens), atol=1e-6)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from heartgpt.tokenizer import (
+from heartgpt.data.tokenizer import (
     get_modality,
     resample,
     sliding_windows,

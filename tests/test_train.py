@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from heartgpt.checkpoints import load_model
-from heartgpt.lit_pretrain import PretrainModule
-from heartgpt.resume import WANDB_ID_FILE
+from heartgpt.model.checkpoints import load_model
 from heartgpt.train import ensure_demo_shards, train
+from heartgpt.training.pretrain import PretrainModule
+from heartgpt.training.resume import WANDB_ID_FILE
 from training_helpers import (
     FAST,
     TINY_MODEL,

@@ -12,10 +12,10 @@ import pytest
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from heartgpt.lit_finetune import FinetuneModule
-from heartgpt.lit_pretrain import PretrainModule
 from heartgpt.model import GPT, GPTConfig
-from heartgpt.resume import FINISHED_FILE
+from heartgpt.training.finetune import FinetuneModule
+from heartgpt.training.pretrain import PretrainModule
+from heartgpt.training.resume import FINISHED_FILE
 from training_helpers import CONF_DIR, compose_train
 
 NOT_OURS = {"data", "prepare"}  # the data engineer's groups
@@ -200,7 +200,7 @@ def test_paper_finetune_presets_carry_the_paper_recipe(experiment, modality, wei
 
 def test_beat_metrics_find_peaks_as_detect_beats_does(paths):
     """Validation F1 picks checkpoints by the same peaks the inference tool reports."""
-    from heartgpt.detect_beats import PEAK_DISTANCE, PEAK_HEIGHT, PEAK_WIDTH
+    from heartgpt.inference.beat_detection import PEAK_DISTANCE, PEAK_HEIGHT, PEAK_WIDTH
 
     cfg = compose_train(["experiment=demo_beats"], **paths)
     rate = cfg.modality.sample_rate
@@ -239,7 +239,7 @@ def test_demo_af_fine_tunes_as_demo_long_pre_trained(paths):
 
 
 def test_freeze_sweep_composes_one_callback_per_strategy(paths):
-    from heartgpt.callbacks import Freeze, GradualUnfreeze
+    from heartgpt.training.callbacks import Freeze, GradualUnfreeze
 
     for strategy in ("full", "head", "last_block", "last_n", "gradual"):
         cfg = compose_train(["experiment=demo_af", "task.pretrained=null", f"freeze={strategy}"], **paths)

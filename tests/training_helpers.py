@@ -10,16 +10,13 @@ import sys
 import time
 from pathlib import Path
 
+from heartgpt.conf import CONF_DIR
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
-import heartgpt
-import heartgpt.train  # registers the ${latest_ckpt:} resolver of the configs)
 from heartgpt.data.demo import build_demo
-
-CONF_DIR = Path(heartgpt.__file__).resolve().parent / "conf"
 
 # A tiny model and a few steps: every training test starts from these.
 TINY_MODEL = ["model.n_layer=2", "model.n_embd=32", "model.n_head=4", "model.block_size=64"]

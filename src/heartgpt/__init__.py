@@ -1,3 +1,52 @@
-"""heartgpt: GPT-style foundation models of heart time-series (ECG and PPG)."""
+"""heartgpt: GPT-style foundation models of heart time-series (ECG and PPG).
+
+The public API, imported lazily (``import heartgpt`` does not import torch)::
+
+    import heartgpt
+    loaded = heartgpt.load_model("ECGPT_560k_iters.zip")    # released, .safetensors or .ckpt
+    tokens = heartgpt.tokenize(window)                        # a window of samples -> 0..100
+    logits = loaded.model(torch.as_tensor(tokens)[None])      # (1, T, vocab)
+
+The package follows the data's path: :mod:`heartgpt.data` (recordings -> shards ->
+DataModules), :mod:`heartgpt.model` (the network and its checkpoints), :mod:`heartgpt.training`
+(LightningModules, callbacks), :mod:`heartgpt.inference` (generation, AF screening, beat
+detection, interpretability) and :mod:`heartgpt.app`; the commands (``python -m heartgpt.train``,
+``prepare``, ``cv``, ``compare``, ``generate``, ``screen_af``, ``detect_beats``, ``interpret``)
+are the modules at the top.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "GPT": ("heartgpt.model.gpt", "GPT"),
+    "GPTConfig": ("heartgpt.model.gpt", "GPTConfig"),
+    "KVCache": ("heartgpt.model.gpt", "KVCache"),
+    "LoadedModel": ("heartgpt.model.checkpoints", "LoadedModel"),
+    "load_model": ("heartgpt.model.checkpoints", "load_model"),
+    "save_safetensors": ("heartgpt.model.checkpoints", "save_safetensors"),
+    "Modality": ("heartgpt.data.tokenizer", "Modality"),
+    "get_modality": ("heartgpt.data.tokenizer", "get_modality"),
+    "tokenize": ("heartgpt.data.tokenizer", "tokenize_window"),
+    "tokenize_context": ("heartgpt.data.tokenizer", "tokenize_context"),
+    "read_signal": ("heartgpt.data.readers", "read_signal"),
+    "generate_tokens": ("heartgpt.inference.generation", "generate_tokens"),
+    "InputError": ("heartgpt.errors", "InputError"),
+}
+
+__all__ = ["__version__", *sorted(_EXPORTS)]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    module, attr = _EXPORTS[name]
+    return getattr(importlib.import_module(module), attr)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -35,305 +35,37 @@ chunk of signal and one batch of windows, so hours of recording stream in bounde
 from __future__ import annotations
 
 import argparse
-import csv
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from heartgpt.beat_metrics import peak_beats
-from heartgpt.io import (
-    ToolError,
-    about,
-    add_io_arguments,
-    eval_mode,
-    load_tool_model,
-    model_device,
+from heartgpt.cli import (
     non_negative_float,
     output_path,
     positive_float,
     positive_int,
-    read_signal,
     run_tool,
+    tool_arguments,
 )
-from heartgpt.model import GPT
-from heartgpt.tokenizer import Modality, get_modality, resample, tokenize_window
-
-SHIFT = 100
-BATCH_SIZE = 150
-PEAK_HEIGHT = 0.015
-PEAK_WIDTH = (None, 20)
-PEAK_DISTANCE = 14
-LOW_MEDIUM = 0.2051  # median peak height below: Low
-MEDIUM_HIGH = 0.4598  # at or above: High
-TAILS = ("align", "release")
-
-
-def quality_category(height: float) -> str:
-    """Signal quality from a (median) peak height: 'Low', 'Medium' or 'High' (NaN: 'Low')."""
-    if not np.isfinite(height) or height < LOW_MEDIUM:
-        return "Low"
-    return "Medium" if height < MEDIUM_HIGH else "High"
-
-
-@dataclass
-class Beats:
-    """Beat detection of one recording (indices at the modality rate)."""
-
-    signal: np.ndarray  # (n,) float64 at the modality rate
-    sample_rate: float
-    confidence: np.ndarray  # (n,) float64; NaN where no usable window covers a sample
-    peaks: np.ndarray  # (P,) int64
-    heights: np.ndarray  # (P,) float64, confidence at the peaks
-    n_windows: int  # windows run through the model (skipped ones excluded)
-    skipped: dict[int, str] = field(default_factory=dict)  # window start -> reason
-    tail: str = "align"
-
-    @property
-    def median_height(self) -> float:
-        return float(np.median(self.heights)) if len(self.heights) else float("nan")
-
-    @property
-    def category(self) -> str:
-        return quality_category(self.median_height)
-
-    @property
-    def seconds(self) -> float:
-        """Length of the recording."""
-        return len(self.signal) / self.sample_rate
-
-
-def beats_title(name: str, beats: Beats) -> str:
-    """The beats figure's title: the whole recording's count (the legend counts the view)."""
-    from heartgpt.plots import duration_text
-
-    return (f"{name}: {len(beats.peaks)} beats in {duration_text(beats.seconds)} s, median "
-            f"confidence {beats.median_height:.3f} ({beats.category} quality)")
-
-
-# ------------------------------------------------------------------------------- windows
-class _WindowStream:
-    """Windows of a chunked signal in order of start: ``(start, samples)``; ``n_samples`` is set
-    once the chunks are exhausted. Keeps only the samples a future window can still need."""
-
-    def __init__(self, chunks: Iterable[np.ndarray], window: int, shift: int, tail: str) -> None:
-        if tail not in TAILS:
-            raise ValueError(f"tail must be one of {TAILS}, got {tail!r}")
-        if not 1 <= shift <= window:
-            raise ValueError(f"shift must be in 1..{window}, got {shift}")
-        self.chunks, self.window, self.shift, self.tail = chunks, window, shift, tail
-        self.n_samples: int | None = None
-
-    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
-        W, buf, buf_start, nxt, n = self.window, np.zeros(0), 0, 0, 0
-        for chunk in self.chunks:
-            chunk = np.asarray(chunk, dtype=np.float64).reshape(-1)
-            buf = np.concatenate([buf, chunk])
-            n += len(chunk)
-            while nxt + W <= n:
-                yield nxt, buf[nxt - buf_start : nxt - buf_start + W]
-                nxt += self.shift
-            keep_from = min(nxt, max(n - W, 0))  # the align tail may need the last W samples
-            if keep_from > buf_start:
-                buf, buf_start = buf[keep_from - buf_start :], keep_from
-        self.n_samples = n
-        if n == 0:
-            raise ValueError("empty signal")
-        if self.tail == "release":
-            while nxt < n:
-                yield nxt, buf[nxt - buf_start :]
-                nxt += self.shift
-            return
-        if n < W:
-            raise ValueError(f"recording too short: {n} samples at the modality rate, need at "
-                             f"least {W} (one window)")
-        if nxt - self.shift + W < n:  # the last full window stops short of the end
-            yield n - W, buf[n - W - buf_start :]
-
-
-def _tokens(samples: np.ndarray, window: int, tail: str) -> np.ndarray:
-    """Tokens of one window; ``release``: failures become zeros and short windows are padded."""
-    if tail == "align":
-        return tokenize_window(samples, window)
-    try:
-        tok = tokenize_window(samples)
-    except ValueError:
-        tok = np.zeros(len(samples), dtype=np.int64)  # the release's NaN -> 0
-    return np.pad(tok, (0, window - len(tok)))
-
-
-class _OverlapAverage:
-    """Running overlap-add of window outputs (float64) and of how many windows cover each
-    sample; :meth:`pop` hands out the averages of samples no later window will touch."""
-
-    def __init__(self) -> None:
-        self.offset = 0  # absolute index of sums[0]
-        self.sums = np.zeros(0)
-        self.counts = np.zeros(0)
-
-    def add(self, start: int, values: np.ndarray) -> None:
-        lo, hi = start - self.offset, start - self.offset + len(values)
-        if hi > len(self.sums):
-            grow = hi - len(self.sums)
-            self.sums = np.concatenate([self.sums, np.zeros(grow)])
-            self.counts = np.concatenate([self.counts, np.zeros(grow)])
-        self.sums[lo:hi] += values
-        self.counts[lo:hi] += 1
-
-    def pop(self, upto: int) -> np.ndarray:
-        """Averages of samples [offset, upto); NaN where no window contributed."""
-        k = upto - self.offset
-        if k <= 0:
-            return np.zeros(0)
-        sums = np.pad(self.sums[:k], (0, max(0, k - len(self.sums))))
-        counts = np.pad(self.counts[:k], (0, max(0, k - len(self.counts))))
-        out = np.full(k, np.nan)
-        np.divide(sums, counts, out=out, where=counts > 0)
-        self.sums, self.counts, self.offset = self.sums[k:], self.counts[k:], upto
-        return out
-
-
-def beat_outputs(model: GPT, tokens: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Per-token beat probabilities ``sigmoid(head)`` of windows (B, T) -> (B, T) float32."""
-    x = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=model_device(model))
-    with eval_mode(model):
-        out = torch.sigmoid(model(x)[..., 0])  # (B, T)
-    return out.float().cpu().numpy()
-
-
-def beat_confidence_stream(
-    model: GPT,
-    chunks: Iterable[np.ndarray],
-    *,
-    shift: int = SHIFT,
-    batch_size: int = BATCH_SIZE,
-    tail: str = "align",
-    skipped: dict[int, str] | None = None,
-    counter: list[int] | None = None,
-) -> Iterator[np.ndarray]:
-    """Stream the per-sample beat confidence of a signal given as chunks (modality rate).
-
-    Yields consecutive pieces of the confidence track; their concatenation is the same for any
-    chunking (windows are batched by count, not by chunk). Skipped windows (``align``) are
-    recorded in ``skipped`` (start -> reason); ``counter[0]`` counts windows run.
-    """
-    window = model.config.block_size
-    stream = _WindowStream(chunks, window, shift, tail)
-    acc = _OverlapAverage()
-    starts: list[int] = []
-    batch: list[np.ndarray] = []
-    skipped = {} if skipped is None else skipped
-
-    def run() -> int:
-        for s, out in zip(starts, beat_outputs(model, np.stack(batch)), strict=True):
-            acc.add(s, out.astype(np.float64))
-        if counter is not None:
-            counter[0] += len(starts)
-        last = starts[-1]
-        starts.clear()
-        batch.clear()
-        return last
-
-    for start, samples in stream:
-        try:
-            batch.append(_tokens(samples, window, tail))
-        except ValueError as e:
-            skipped[start] = str(e)
-            continue
-        starts.append(start)
-        if len(batch) == batch_size:
-            yield acc.pop(run() + 1)  # every later window starts after the batch's last
-    if batch:
-        run()
-    yield acc.pop(stream.n_samples)
-
-
-def find_beats(confidence: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Beat indices and heights of a confidence track, as the released GUI finds them."""
-    conf = np.nan_to_num(confidence, nan=0.0).astype(np.float64)
-    peaks = peak_beats(conf, PEAK_HEIGHT, PEAK_DISTANCE, max_width=PEAK_WIDTH[1])
-    return peaks.astype(np.int64), conf[peaks]  # find_peaks' peak heights are the values there
-
-
-def detect_beats(
-    model: GPT,
-    signal: np.ndarray,
-    sample_rate: float,
-    modality: str | Modality = "ppg",
-    *,
-    tail: str = "align",
-    shift: int = SHIFT,
-    batch_size: int = BATCH_SIZE,
-    chunk_size: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> Beats:
-    """Beat confidence, beats and signal quality of a recording.
-
-    Args:
-        model: the fine-tuned 1-output beat model.
-        signal: (n,) raw samples at ``sample_rate`` Hz (NaN/inf allowed: those windows skip).
-        sample_rate: Hz of ``signal``; resampled to the modality rate.
-        modality: 'ppg' for the released beat model.
-        tail: ``"align"`` or ``"release"`` (module docstring).
-        shift: samples between window starts.
-        batch_size: windows per forward pass.
-        chunk_size: feed the signal to :func:`beat_confidence_stream` in chunks of this many
-            samples (``None``: one chunk); the result does not depend on it.
-        progress: called as ``progress(done, total)`` each time the confidence of more
-            samples is final (after every batch of windows), with the samples done so far and
-            the recording's length, both at the modality rate; the last call has
-            ``done == total``. It does not change the result; one that raises stops the run.
-
-    Raises:
-        ValueError: empty or too short a recording, or no window usable.
-    """
-    mod = get_modality(modality) if isinstance(modality, str) else modality
-    x = resample(np.asarray(signal, dtype=np.float64), sample_rate, mod.sample_rate)
-    step = len(x) if chunk_size is None else chunk_size
-    chunks = (x[i : i + step] for i in range(0, max(len(x), 1), max(step, 1)))
-    skipped: dict[int, str] = {}
-    counter = [0]
-    pieces: list[np.ndarray] = []
-    done = 0
-    for piece in beat_confidence_stream(model, chunks, shift=shift, batch_size=batch_size,
-                                        tail=tail, skipped=skipped, counter=counter):
-        pieces.append(piece)
-        done += len(piece)
-        if progress is not None and len(piece):
-            progress(done, len(x))
-    conf = np.concatenate(pieces)
-    if counter[0] == 0:
-        first = next(iter(skipped.values()), "")
-        raise ValueError(f"no usable window: all {len(skipped)} are flat or hold NaN/inf "
-                         f"(first: {first})")
-    peaks, heights = find_beats(conf)
-    return Beats(x, mod.sample_rate, conf, peaks, heights, counter[0], skipped, tail)
-
-
-# ------------------------------------------------------------------------------- CLI
-def write_beats_csv(path: str | Path, beats: Beats, input_rate: float) -> Path:
-    """One row per beat: index at the modality rate, at the input rate, seconds, confidence,
-    quality of that beat's height."""
-    path = Path(path)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["beat", "sample", "input_sample", "time_s", "confidence", "quality"])
-        for i, (p, h) in enumerate(zip(beats.peaks.tolist(), beats.heights.tolist(),
-                                       strict=True)):
-            w.writerow([i, p, round(p * input_rate / beats.sample_rate),
-                        f"{p / beats.sample_rate:.3f}", f"{h:.6f}", quality_category(h)])
-    return path
+from heartgpt.data.readers import read_signal
+from heartgpt.errors import InputError, about
+from heartgpt.inference.beat_detection import (
+    BATCH_SIZE,
+    SHIFT,
+    TAILS,
+    beats_title,
+    detect_beats,
+    write_beats_csv,
+)
+from heartgpt.inference.loading import load_tool_model
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m heartgpt.detect_beats",
+        parents=[tool_arguments("detect_beats", "beat fine-tuned checkpoint")],
         description="Beat detection and signal quality of a finger-PPG recording; writes "
                     "<stem>_beats.csv and <stem>_beats.png under outputs/detect_beats/.")
-    p.add_argument("recording", help="recording (.csv / .txt one column, or .npy)")
-    add_io_arguments(p, "detect_beats", "beat fine-tuned checkpoint")
     p.add_argument("--tail", choices=TAILS, default="align",
                    help="align: last window ends at the last sample (default); release: "
                         "zero-padded tail windows as the released GUI")
@@ -341,15 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
     p.add_argument("--chunk-seconds", type=positive_float, default=600.0,
                    help="stream the recording through the model in chunks of this length")
-    p.add_argument("--sample-rate", type=positive_float, default=None,
-                   help="Hz of the recording (default: the modality rate, 50 for PPG)")
-    p.add_argument("--modality", choices=("ecg", "ppg"), default=None)
     p.add_argument("--save-confidence", action="store_true",
                    help="also write the per-sample confidence as <stem>_beat_confidence.csv")
     p.add_argument("--plot-start", type=non_negative_float, default=0.0, help="plot from this second (0)")
     p.add_argument("--plot-seconds", type=non_negative_float, default=30.0,
                    help="seconds shown in the PNG (30; 0: all)")
-    p.add_argument("--device", default="cpu")
     return p
 
 
@@ -363,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         signal = read_signal(args.recording, allow_nan=True)
         rate = args.sample_rate or mod.sample_rate
         if args.plot_start >= len(signal) / rate:
-            raise ToolError(args.recording, f"--plot-start {args.plot_start:g} s is past the end "
+            raise InputError(args.recording, f"--plot-start {args.plot_start:g} s is past the end "
                                             f"of the recording ({len(signal) / rate:g} s at {rate:g} Hz)")
         with about(args.recording):
             beats = detect_beats(loaded.model, signal, rate, mod, tail=args.tail,
@@ -374,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.save_confidence:
             np.savetxt(output_path(args.out_dir, args.recording, "_beat_confidence.csv"),
                        beats.confidence, fmt="%.8f", header="confidence", comments="")
-        from heartgpt.plots import plot_beats, save_figure
+        from heartgpt.inference.plots import plot_beats, save_figure
 
         start = int(args.plot_start * beats.sample_rate)
         length = int(args.plot_seconds * beats.sample_rate) or None

@@ -11,7 +11,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import heartgpt.resolvers  # noqa: F401  (${cwd:} in conf/paths)
+import heartgpt.training.resolvers  # noqa: F401  (${cwd:} in conf/paths)
 from heartgpt.data.pipeline import (
     BeatSpec,
     FilterSpec,
@@ -23,7 +23,7 @@ from heartgpt.data.pipeline import (
 )
 from heartgpt.data.readers import find_records
 from heartgpt.data.shards import ShardError
-from heartgpt.tokenizer import get_modality
+from heartgpt.data.tokenizer import get_modality
 
 
 def segment_spec(cfg: DictConfig, rate: float) -> SegmentSpec:
@@ -139,7 +139,7 @@ def _demo(cfg: DictConfig) -> Any:
     return manifests
 
 
-@hydra.main(config_path="conf", config_name="prepare", version_base="1.3")
+@hydra.main(config_path="pkg://heartgpt.conf", config_name="prepare", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     prepare(cfg)
 

@@ -20,14 +20,15 @@ from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-import heartgpt.resolvers  # noqa: F401  (registers ${cwd:} and ${latest_ckpt:} before Hydra composes)
-from heartgpt.checkpoints import find_weights
-from heartgpt.console import quiet_known_noise
+import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} and ${latest_ckpt:} before Hydra composes)
+from heartgpt.conf import CONF_DIR
 from heartgpt.data.shards import sha256_file, write_json_atomic, write_text_atomic
-from heartgpt.resume import mark_finished, resolve_ckpt_path, save_wandb_id, wandb_id_for
+from heartgpt.model.checkpoints import find_weights
+from heartgpt.training.console import quiet_known_noise
+from heartgpt.training.resume import mark_finished, resolve_ckpt_path, save_wandb_id, wandb_id_for
 
 log = logging.getLogger(__name__)
-CONF_DIR = Path(__file__).resolve().parent / "conf"
+CONF_MODULE = "heartgpt.conf"  # conf/ of the repository, installed as heartgpt.conf
 TEST_METRICS = "test_metrics.json"
 RESOLVED_CONFIG = "config.yaml"  # <run dir>/config.yaml: the run's config as it ran, resolved
 INITIAL_WEIGHTS_KEYS = ("pretrained", "init_from")  # task.<key>: the weights a run starts from
@@ -37,12 +38,12 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """``conf/train.yaml`` composed with ``overrides``, as ``python -m heartgpt.train`` would,
     for use from Python (notebooks, :mod:`heartgpt.cv`): the run directory is a new
     ``<log_dir>/<task_name>/runs/<date_time>`` relative to the current directory."""
-    from hydra import compose, initialize_config_dir
+    from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+    with initialize_config_module(CONF_MODULE, version_base="1.3"):
         cfg = compose("train", overrides=list(overrides or []), return_hydra_config=True)
     runtime = cfg.hydra.runtime
     with read_write(runtime), open_dict(runtime):
@@ -86,10 +87,10 @@ def ensure_demo_shards(cfg: DictConfig) -> None:
 def resolve_initial_weights(cfg: DictConfig) -> None:
     """Pin ``task.pretrained`` / ``task.init_from`` to the file they name, as an absolute path
     (a bare released name is looked up in ``paths.weights_dir``, see
-    :func:`heartgpt.checkpoints.find_weights`), and record it with its sha256 in the top-level
+    :func:`heartgpt.model.checkpoints.find_weights`), and record it with its sha256 in the top-level
     ``initial_weights``, so the run's config says what the run started from (a
     ``${latest_ckpt:}`` is resolved once, here; the checkpoints record it too, see
-    :class:`heartgpt.lit_base.GPTLightningModule`)."""
+    :class:`heartgpt.training.base.GPTLightningModule`)."""
     task = cfg.get("task") or {}
     for key in INITIAL_WEIGHTS_KEYS:
         name = task.get(key)
@@ -140,7 +141,7 @@ def train(cfg: DictConfig) -> float | None:
 
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
     if cfg.get("overfit_batches"):
-        from heartgpt.overfit import FixedBatches
+        from heartgpt.training.overfit import FixedBatches
 
         datamodule = FixedBatches(datamodule, cfg.overfit_batches)
     module: L.LightningModule = instantiate(cfg.task, _convert_="all")
@@ -219,7 +220,7 @@ def plain_dict(node: DictConfig | None) -> dict[str, Any]:
 def completed_training(trainer: L.Trainer) -> bool:
     """Whether ``fit`` ran to its configured end (max_steps / max_epochs), rather than being
     interrupted (Ctrl-C) or stopped early by a callback. (A SIGTERM never gets here:
-    :class:`~heartgpt.callbacks.Preemption` ends the process after its checkpoint.)"""
+    :class:`~heartgpt.training.callbacks.Preemption` ends the process after its checkpoint.)"""
     if trainer.interrupted:
         return False
     if trainer.max_steps is not None and trainer.max_steps > 0:
@@ -256,7 +257,7 @@ def route_lightning_logs() -> None:
         logger.propagate = True
 
 
-@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+@hydra.main(config_path=f"pkg://{CONF_MODULE}", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the optimised metric for sweepers."""
     route_lightning_logs()

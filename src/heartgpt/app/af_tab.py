@@ -16,11 +16,11 @@ from heartgpt.app.demos import SHORT_DEMOS
 from heartgpt.app.inputs import Signal, checkpoint_input, load_for, output_file
 from heartgpt.app.results import USER_ERRORS, escape, figure_output, files_output
 from heartgpt.app.tabs import tool_tab
-from heartgpt.interpret import attention_shift
-from heartgpt.io import about, error_line
-from heartgpt.plots import plot_af, plot_attention_shift, save_figure
-from heartgpt.screen_af import DEFAULT_STRIDE, DEFAULT_THRESHOLD, screen_af, write_csv
-from heartgpt.tokenizer import tokenize_context
+from heartgpt.data.tokenizer import tokenize_context
+from heartgpt.errors import about, error_line
+from heartgpt.inference.af_screening import DEFAULT_STRIDE, DEFAULT_THRESHOLD, screen_af, write_csv
+from heartgpt.inference.interpretability import attention_shift
+from heartgpt.inference.plots import plot_af, plot_attention_shift, save_figure
 
 
 def _shift(signal: Signal, tuned_path: str, base_path: str, out_dir: Path

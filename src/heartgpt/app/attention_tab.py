@@ -11,15 +11,15 @@ from heartgpt.app.demos import SHORT_DEMOS
 from heartgpt.app.inputs import Signal, load_for, output_file
 from heartgpt.app.results import escape, figure_output, files_output
 from heartgpt.app.tabs import tool_tab
-from heartgpt.interpret import (
+from heartgpt.errors import InputError, about
+from heartgpt.inference.interpretability import (
     attention_figures,
     estimate_period,
     folded_attention,
     save_trace,
     trace_signal,
 )
-from heartgpt.io import ToolError, about
-from heartgpt.plots import save_figure
+from heartgpt.inference.plots import save_figure
 
 
 def attention_run(
@@ -31,9 +31,9 @@ def attention_run(
         trace = trace_signal(loaded.model, signal.samples, signal.rate_for(mod), mod)
     n_layer, n_head, T, _ = trace.attentions.shape
     if not -n_layer <= layer < n_layer:
-        raise ToolError("layer", f"must be in 0..{n_layer - 1} for {Path(checkpoint).name}")
+        raise InputError("layer", f"must be in 0..{n_layer - 1} for {Path(checkpoint).name}")
     if not -T <= query < T:
-        raise ToolError("query position", f"must be in 0..{T - 1} (or negative from the end)")
+        raise InputError("query position", f"must be in 0..{T - 1} (or negative from the end)")
     layer %= n_layer
     with about(signal.name):
         figs = attention_figures(trace, mod.sample_rate, [layer], query, title=signal.name)

@@ -14,7 +14,8 @@ from heartgpt.app.demos import PPG_DEMOS
 from heartgpt.app.inputs import Signal, load_for, output_file
 from heartgpt.app.results import escape, figure_output, files_output
 from heartgpt.app.tabs import tool_tab
-from heartgpt.detect_beats import (
+from heartgpt.errors import InputError, about
+from heartgpt.inference.beat_detection import (
     SHIFT,
     TAILS,
     beats_title,
@@ -22,9 +23,8 @@ from heartgpt.detect_beats import (
     quality_category,
     write_beats_csv,
 )
-from heartgpt.io import ToolError, about
+from heartgpt.inference.plots import plot_beats, save_figure
 from heartgpt.model import GPT
-from heartgpt.plots import plot_beats, save_figure
 
 CHUNK_SECONDS = 600.0  # the recording goes through the model in pieces of this length
 TABLE_ROWS = 1000  # beats listed on the page; the CSV has all
@@ -46,7 +46,7 @@ def beats_run(
     shift = default_shift(loaded.model) if shift is None else shift
     seconds = len(signal.samples) / rate
     if not (0 <= plot_start < seconds and plot_seconds >= 0):  # checked before the long part
-        raise ToolError("plot", f"must start in 0..{seconds:.1f} s and last 0 s (all) or more")
+        raise InputError("plot", f"must start in 0..{seconds:.1f} s and last 0 s (all) or more")
     with about(signal.name):
         beats = detect_beats(loaded.model, signal.samples, rate, mod, tail=tail, shift=shift,
                              chunk_size=max(1, int(CHUNK_SECONDS * mod.sample_rate)),

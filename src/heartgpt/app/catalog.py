@@ -14,8 +14,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from heartgpt.checkpoints import WEIGHTS_ENV, load_model, weights_dirs
-from heartgpt.io import OUTPUTS_DIR
+from heartgpt.cli import OUTPUTS_DIR
+from heartgpt.model.checkpoints import WEIGHTS_ENV, load_model, weights_dirs
 
 log = logging.getLogger(__name__)
 

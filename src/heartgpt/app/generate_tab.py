@@ -16,10 +16,10 @@ from heartgpt.app.demos import SHORT_DEMOS
 from heartgpt.app.inputs import Signal, load_for, output_file
 from heartgpt.app.results import escape, figure_output, files_output
 from heartgpt.app.tabs import tool_tab
-from heartgpt.generate import MODES, generate_tokens, write_tokens_csv
-from heartgpt.io import about
-from heartgpt.plots import plot_generation, save_figure
-from heartgpt.tokenizer import tokenize_context
+from heartgpt.data.tokenizer import tokenize_context
+from heartgpt.errors import about
+from heartgpt.inference.generation import MODES, generate_tokens, write_tokens_csv
+from heartgpt.inference.plots import plot_generation, save_figure
 
 UPDATES = 10  # plot refreshes per run
 

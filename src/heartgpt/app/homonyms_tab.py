@@ -13,9 +13,9 @@ from heartgpt.app.demos import SHORT_DEMOS
 from heartgpt.app.inputs import Signal, load_for, output_file
 from heartgpt.app.results import escape, figure_output, files_output
 from heartgpt.app.tabs import tool_tab
-from heartgpt.interpret import homonyms, trace_signal
-from heartgpt.io import about
-from heartgpt.plots import plot_homonyms, save_figure
+from heartgpt.errors import about
+from heartgpt.inference.interpretability import homonyms, trace_signal
+from heartgpt.inference.plots import plot_homonyms, save_figure
 
 HEADERS = ["depth", "same_phase", "other_phase"]
 

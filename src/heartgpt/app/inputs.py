@@ -1,6 +1,6 @@
 """The input controls every tab shares, and reading them: a signal, its rate, a checkpoint.
 
-A signal is an uploaded file (anything :func:`heartgpt.io.read_signal` reads) or one of the
+A signal is an uploaded file (anything :func:`heartgpt.data.readers.read_signal` reads) or one of the
 bundled demo signals; the sampling rate box may stay empty for a signal already at the
 modality rate (ECG 100 Hz, PPG 50 Hz). The modality radio says what the signal is, so a PPG
 recording given to an ECG checkpoint is refused with a message instead of being run.
@@ -19,9 +19,11 @@ import numpy as np
 from heartgpt.app.catalog import CheckpointInfo, choices
 from heartgpt.app.demos import DEMOS, demo_signal
 from heartgpt.app.results import USER_ERRORS, error_status, escape
-from heartgpt.checkpoints import LoadedModel
-from heartgpt.io import ToolError, load_tool_model, read_signal
-from heartgpt.tokenizer import Modality
+from heartgpt.data.readers import read_signal
+from heartgpt.data.tokenizer import Modality
+from heartgpt.errors import InputError
+from heartgpt.inference.loading import load_tool_model
+from heartgpt.model.checkpoints import LoadedModel
 
 AUTO = "auto"
 MODALITY_CHOICES = [("as the checkpoint", AUTO), ("ECG", "ecg"), ("PPG", "ppg")]
@@ -95,25 +97,25 @@ def checkpoint_input(infos: list[CheckpointInfo], role: str, label: str, elem_id
 
 def read_input_signal(file: str | None, demo: str | None, rate: float | None, modality: str,
                       allow_nan: bool = False) -> Signal:
-    """The chosen signal; raises :class:`ToolError` with a message for the page."""
+    """The chosen signal; raises :class:`InputError` with a message for the page."""
     stated = None if modality in (None, "", AUTO) else modality
     if rate is not None and not (np.isfinite(rate) and rate >= 0):
-        raise ToolError("sampling rate", f"must be a positive number of Hz, got {rate}")
+        raise InputError("sampling rate", f"must be a positive number of Hz, got {rate}")
     rate = float(rate) if rate else None
     if file:
         name = Path(file).name
         try:
             x = read_signal(file, allow_nan=allow_nan)
-        except ToolError as e:
-            raise ToolError(name, e.problem) from None
+        except InputError as e:
+            raise InputError(name, e.problem) from None
         finite = x[np.isfinite(x)]
         if len(finite) > 1 and finite.max() == finite.min():  # caught early: at upload
-            raise ToolError(name, f"flat signal: all {len(finite)} samples equal {finite[0]:g}")
+            raise InputError(name, f"flat signal: all {len(finite)} samples equal {finite[0]:g}")
         return Signal(x, rate, stated, name, Path(file).stem)
     if demo:
         d = DEMOS[demo]
         return Signal(demo_signal(demo), rate, stated or d.modality, f"demo: {demo}", d.stem)
-    raise ToolError("signal", "upload a file or pick a demo signal first")
+    raise InputError("signal", "upload a file or pick a demo signal first")
 
 
 def describe_upload(file: str | None, allow_nan: bool) -> str:
@@ -130,20 +132,20 @@ def load_for(path: str | None, need: str, signal: Signal,
              refuse_task: str | None = None) -> tuple[LoadedModel, Modality]:
     """:func:`load_tool_model` for a signal; a modality mismatch is refused with a message."""
     if not path:
-        raise ToolError("checkpoint", "choose a checkpoint")
+        raise InputError("checkpoint", "choose a checkpoint")
     name = Path(path).name
     try:
         try:
             loaded, mod = load_tool_model(path, need, None, refuse_task)
-        except ToolError:
+        except InputError:
             if signal.modality is None:
                 raise
             # a checkpoint that does not say its modality takes the signal's
             loaded, mod = load_tool_model(path, need, signal.modality, refuse_task)
-    except ToolError as e:
-        raise ToolError(name, e.problem) from None
+    except InputError as e:
+        raise InputError(name, e.problem) from None
     if signal.modality is not None and signal.modality != mod.name:
-        raise ToolError(signal.name, f"is {signal.modality.upper()} but checkpoint {name} is a "
+        raise InputError(signal.name, f"is {signal.modality.upper()} but checkpoint {name} is a "
                                      f"{mod.name.upper()} model; choose a "
                                      f"{signal.modality.upper()} checkpoint")
     return loaded, mod

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import gradio as gr
 
-from heartgpt.checkpoints import CheckpointError
-from heartgpt.io import ToolError, error_line
+from heartgpt.errors import InputError, error_line
+from heartgpt.model.checkpoints import CheckpointError
 
 log = logging.getLogger(__name__)
 
 # Bad input, a bad checkpoint, a file that vanished: the user can fix these.
-USER_ERRORS = (ToolError, CheckpointError, OSError, ValueError)
+USER_ERRORS = (InputError, CheckpointError, OSError, ValueError)
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_{}\[\]<>#|~])")
 
 

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from heartgpt.data.shards import Manifest, ShardError, open_shard, read_column, validate_shard_dir
 from heartgpt.data.splits import SubjectSplit, split_subjects
-from heartgpt.tokenizer import get_modality
+from heartgpt.data.tokenizer import get_modality
 
 SPLITS = ("train", "val", "test")
 _FIXED_STREAM = 2**31 - 1  # rng stream of the fixed (val/test) pre-training offsets

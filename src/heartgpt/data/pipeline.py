@@ -36,7 +36,7 @@ from heartgpt.data.shards import (
     ShardWriter,
     write_json_atomic,
 )
-from heartgpt.tokenizer import LEVELS, get_modality, resample, sliding_windows, tokenize_window
+from heartgpt.data.tokenizer import LEVELS, get_modality, resample, sliding_windows, tokenize_window
 
 # Reasons a record or segment is skipped (the summary counts them).
 UNREADABLE = "unreadable"

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import glob
-import io
+import os
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -27,9 +27,12 @@ from pathlib import Path
 
 import numpy as np
 
+from heartgpt.errors import InputError
+
 FORMATS = ("csv", "npy", "mat", "wfdb")
 _EXTENSIONS = {".csv": "csv", ".npy": "npy", ".npz": "npy", ".mat": "mat", ".hea": "wfdb"}
 _GLOB_CHARS = re.compile(r"[*?\[]")
+_DELIMITED = re.compile(r"[,;\t]")
 
 
 @dataclass
@@ -54,8 +57,8 @@ class RecordFile:
     format: str
 
 
-class RecordError(Exception):
-    """A recording cannot be read (the prepare run skips it as 'unreadable')."""
+class RecordError(InputError):
+    """A recording cannot be read (``prepare`` skips it as 'unreadable'; the tools stop)."""
 
 
 # --------------------------------------------------------------------------------- discovery
@@ -132,7 +135,7 @@ def find_records(
 def _pick(names: Sequence[str] | None, channel: int | str, n_channels: int, where: Path) -> int:
     if isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
         if not -n_channels <= channel < n_channels:
-            raise RecordError(f"{where}: channel {channel} out of range ({n_channels} channels)")
+            raise RecordError(where, f"channel {channel} out of range ({n_channels} channels)")
         return int(channel) % n_channels
     text = str(channel).strip()
     if names:
@@ -144,7 +147,7 @@ def _pick(names: Sequence[str] | None, channel: int | str, n_channels: int, wher
             return lower.index(text.lower())
     if text.lstrip("-").isdigit():
         return _pick(names, int(text), n_channels, where)
-    raise RecordError(f"{where}: no channel named {text!r} (channels: {list(names or [])})")
+    raise RecordError(where, f"no channel named {text!r} (channels: {list(names or [])})")
 
 
 def _column(data: np.ndarray, names: Sequence[str] | None, channel: int | str, where: Path) -> np.ndarray:
@@ -153,11 +156,11 @@ def _column(data: np.ndarray, names: Sequence[str] | None, channel: int | str, w
     if data.ndim == 1:
         data = data[:, None]
     if data.ndim != 2:
-        raise RecordError(f"{where}: expected a 1-D or 2-D signal array, got shape {data.shape}")
+        raise RecordError(where, f"expected a 1-D or 2-D signal array, got shape {data.shape}")
     j = _pick(names, channel, data.shape[1], where)
     col = data[:, j]
     if not np.issubdtype(col.dtype, np.number):
-        raise RecordError(f"{where}: channel {channel!r} is not numeric ({col.dtype})")
+        raise RecordError(where, f"channel {channel!r} is not numeric ({col.dtype})")
     return col.astype(np.float64)
 
 
@@ -165,27 +168,64 @@ def _column(data: np.ndarray, names: Sequence[str] | None, channel: int | str, w
 
 
 def read_csv(path: Path, channel: int | str) -> np.ndarray:
-    """Channel of a CSV file (header row optional); empty or non-numeric cells become NaN."""
-    text = path.read_text(encoding="utf-8-sig")
-    first = text.split("\n", 1)[0]
-    delimiter = next((d for d in ",;\t" if d in first), ",")
-    cells = next(csv.reader([first], delimiter=delimiter), [])
-    header = bool(cells) and not all(_is_number(c) for c in cells)
-    names = [c.strip() for c in cells] if header else None
-    n_cols = len(cells)
-    j = _pick(names, channel, n_cols, path)
-    data = np.genfromtxt(
-        io.StringIO(text), delimiter=delimiter, skip_header=int(header), usecols=(j,),
-        dtype=np.float64, invalid_raise=False, filling_values=np.nan,
-    )
-    return np.atleast_1d(data).astype(np.float64)
+    """Channel of a CSV/text file (header row optional, see :func:`parse_text`)."""
+    names, data = parse_text(path)
+    if data.size == 0:
+        raise RecordError(path, "empty signal: no samples")
+    return _column(data, names, channel, path)
 
 
-def _is_number(s: str) -> bool:
+def parse_text(path: Path) -> tuple[list[str] | None, np.ndarray]:
+    """A delimited text file: its header names (``None`` without a header line) and its
+    numbers as a 2-D float64 array (rows, columns).
+
+    Cells are split at commas, semicolons or tabs (in files without any: at whitespace); an empty
+    cell, and an empty line between samples, is NaN (a missing sample); ``#`` lines are
+    comments. A cell that is not a number after the header raises :class:`RecordError`
+    naming its line.
+    """
     try:
-        float(s)
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except UnicodeDecodeError:
+        raise RecordError(path, "not a text file (cannot decode as UTF-8)") from None
+    rows: list[list[float]] = []
+    names: list[str] | None = None
+    blanks = 0  # empty lines since the last row: missing samples if more data follows
+    for lineno, line in enumerate(lines, start=1):
+        line = line.strip()
+        if line.startswith("#"):
+            continue
+        if not line:
+            blanks += 1
+            continue
+        if _DELIMITED.search(line):
+            cells = [c.strip() for c in _DELIMITED.split(line)]
+        else:
+            cells = line.split()
+        try:
+            values = [float(c) if c else float("nan") for c in cells]  # empty cell: NaN
+        except ValueError:
+            if not rows and names is None:  # a header line before any numbers
+                names = cells
+                continue
+            bad = next(c for c in cells if c and not _is_float(c))
+            raise RecordError(path, f"line {lineno}: not a number: {bad[:40]!r}") from None
+        if rows and len(values) != len(rows[0]):
+            raise RecordError(path, f"line {lineno}: {len(values)} values, expected {len(rows[0])}")
+        if rows and blanks:
+            rows.extend([[float("nan")] * len(values)] * blanks)
+        blanks = 0
+        rows.append(values)
+    if not rows:
+        return names, np.zeros((0, 1))
+    return names, np.asarray(rows, dtype=np.float64)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
     except ValueError:
-        return s.strip() == ""
+        return False
     return True
 
 
@@ -214,7 +254,7 @@ def _from_mapping(d: dict, path: Path, channel: int | str, default_key: str | No
     elif len(keys) == 1:
         data = np.asarray(d[keys[0]])
     else:
-        raise RecordError(f"{path}: no 'signal' array (keys: {sorted(keys)})")
+        raise RecordError(path, f"no 'signal' array (keys: {sorted(keys)})")
     if data.ndim == 2 and 1 in data.shape:
         data = data.reshape(-1)
     sig = _column(data, _names(d.get("channel_names")), channel, path)
@@ -243,7 +283,7 @@ def read_mat(path: Path, channel: int | str) -> tuple[np.ndarray, dict]:
     try:
         d = scipy.io.loadmat(path, squeeze_me=False)
     except NotImplementedError as e:  # MATLAB v7.3 files are HDF5
-        raise RecordError(f"{path}: MATLAB v7.3 files are not supported; save with -v7 ({e})") from e
+        raise RecordError(path, f"MATLAB v7.3 files are not supported; save with -v7 ({e})") from e
     return _from_mapping(d, path, channel, "val")
 
 
@@ -286,7 +326,7 @@ def sidecar_path(path: Path, sidecar_suffix: str, record_suffix: str | None) -> 
     """The annotation file of a record: its name minus ``record_suffix`` plus ``sidecar_suffix``."""
     ending = record_suffix or path.suffix
     if not path.name.endswith(ending):
-        raise RecordError(f"{path}: name does not end with {ending!r}")
+        raise RecordError(path, f"name does not end with {ending!r}")
     return path.with_name(path.name[: len(path.name) - len(ending)] + sidecar_suffix)
 
 
@@ -297,7 +337,7 @@ def read_sidecar_beats(path: Path, column: int | str | None, index_base: int) ->
         rows = [r for r in csv.reader(f) if r]
     if not rows:
         return np.zeros(0, dtype=np.int64)
-    header = not all(_is_number(c) for c in rows[0])
+    header = not all(_is_float(c) or not c.strip() for c in rows[0])
     names = [c.strip() for c in rows[0]] if header else None
     j = _pick(names, 0 if column is None else column, len(rows[0]), path)
     values: list[float] = []
@@ -305,6 +345,58 @@ def read_sidecar_beats(path: Path, column: int | str | None, index_base: int) ->
         if j < len(r):
             values.extend(float(v) for v in r[j].split())
     return np.asarray(values, dtype=np.float64).round().astype(np.int64) - int(index_base)
+
+
+# --------------------------------------------------------------------------------- one signal
+
+SIGNAL_SUFFIXES = (".csv", ".txt", ".tsv", "", ".npy")
+
+
+def read_signal(path: str | os.PathLike, *, allow_nan: bool = False) -> np.ndarray:
+    """Read one signal from a ``.csv``/``.txt``/``.tsv`` (one column or one row, see
+    :func:`parse_text`) or ``.npy`` file: the input of the per-file tools.
+
+    Args:
+        path: the file.
+        allow_nan: keep NaN/inf samples (tools that skip unusable windows); otherwise they
+            are an error naming their count and the first index.
+
+    Returns:
+        (n,) float64 samples.
+
+    Raises:
+        RecordError: missing file, unsupported type, not numeric, several channels, empty, NaNs.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise RecordError(path, "no such file")
+    if path.is_dir():
+        raise RecordError(path, "is a directory, expected a signal file")
+    suffix = path.suffix.lower()
+    if suffix not in SIGNAL_SUFFIXES:
+        raise RecordError(path, f"unsupported file type {suffix!r} (expected .csv, .txt or .npy)")
+    if suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except Exception as e:  # numpy raises ValueError/OSError/EOFError depending on damage
+            raise RecordError(path, f"cannot read as a NumPy .npy file ({e})") from None
+    else:
+        arr = parse_text(path)[1]
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise RecordError(path, f"not a numeric signal (dtype {arr.dtype})")
+    if arr.ndim == 2 and 1 in arr.shape:
+        arr = arr.reshape(-1)
+    if arr.ndim != 1:
+        raise RecordError(path, f"expected one channel (one column or one row), got shape "
+                                f"{arr.shape}")
+    x = arr.astype(np.float64)
+    if x.size == 0:
+        raise RecordError(path, "empty signal: no samples")
+    bad = ~np.isfinite(x)
+    if bad.any() and not allow_nan:
+        raise RecordError(path, f"{int(bad.sum())} NaN/inf sample(s), first at index "
+                                f"{int(np.argmax(bad))}")
+    return x
 
 
 # --------------------------------------------------------------------------------- entry point
@@ -333,7 +425,7 @@ def read_recording(
         raise ValueError(f"unknown format {rf.format!r}")
     fs = meta.get("fs", sample_rate)
     if fs is None:
-        raise RecordError(f"{rf.path}: the file does not carry its sampling rate; set sample_rate=<Hz>")
+        raise RecordError(rf.path, "the file does not carry its sampling rate; set sample_rate=<Hz>")
     label = meta.get("label")
     if dx_positive and rf.format == "wfdb":
         positive = {str(c) for c in dx_positive}

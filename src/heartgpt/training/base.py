@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from heartgpt.checkpoints import init_from_pretrained
 from heartgpt.data.shards import sha256_file
-from heartgpt.optim import build_optimizer, build_scheduler
+from heartgpt.model.checkpoints import init_from_pretrained
+from heartgpt.training.optim import build_optimizer, build_scheduler
 
 
 def plain(value: Any) -> Any:
@@ -36,8 +36,8 @@ def step_seed(seed: int, rank: int, step: int, batch_idx: int) -> int:
 
 
 class GPTLightningModule(L.LightningModule):
-    """Base of :class:`~heartgpt.lit_pretrain.PretrainModule` and
-    :class:`~heartgpt.lit_finetune.FinetuneModule`.
+    """Base of :class:`~heartgpt.training.pretrain.PretrainModule` and
+    :class:`~heartgpt.training.finetune.FinetuneModule`.
 
     Subclasses build ``self.model`` (a :class:`~heartgpt.model.GPT`) and save hyper-parameters
     ``modality``, ``seed``, ``compile``, ``lr``, ``betas``, ``weight_decay``, ``warmup_steps``,

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from heartgpt.attention import chunked_dropout_attention
+from heartgpt.model.attention import chunked_dropout_attention
 
 
 @dataclass

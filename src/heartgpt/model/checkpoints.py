@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from heartgpt import __version__
+from heartgpt.errors import InputError
 from heartgpt.model import GPT, GPTConfig
 
 # The fine-tuned releases wrap their 1-unit head in a Sequential(Linear, Sigmoid).
@@ -30,8 +31,8 @@ SAFETENSORS_FORMAT = "heartgpt-safetensors-1"
 WEIGHTS_ENV = "HEARTGPT_WEIGHTS"  # folder of the released files, for bare names like ECGPT_560k_iters.zip
 
 
-class CheckpointError(ValueError):
-    """A file is not a checkpoint this code can load; the message names the file."""
+class CheckpointError(InputError):
+    """A file is not a checkpoint this code can load; ``str()`` is ``"<file>: <problem>"``."""
 
 
 @dataclass
@@ -56,16 +57,16 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 data = path
             else:
                 raise CheckpointError(
-                    f"{path}: zip holds {len(inner)} .pth files ({inner[:5]}); expected exactly one"
+                    path, f"zip holds {len(inner)} .pth files ({inner[:5]}); expected exactly one"
                 )
     else:
         data = path
     try:
         obj = torch.load(data, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot read as a torch checkpoint: {e}") from e
+        raise CheckpointError(path, f"cannot read as a torch checkpoint: {e}") from e
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: not a state dict of tensors (got {type(obj).__name__})")
+        raise CheckpointError(path, f"not a state dict of tensors (got {type(obj).__name__})")
     return obj
 
 
@@ -73,7 +74,7 @@ def _require(sd: dict[str, torch.Tensor], keys: list[str], path: Path) -> None:
     missing = [k for k in keys if k not in sd]
     if missing:
         raise CheckpointError(
-            f"{path}: not a HeartGPT state dict; missing {len(missing)} key(s), e.g. {missing[:4]}"
+            path, f"not a HeartGPT state dict; missing {len(missing)} key(s), e.g. {missing[:4]}"
         )
 
 
@@ -86,15 +87,15 @@ def released_config(sd: dict[str, torch.Tensor], path: Path) -> tuple[GPTConfig,
     layers = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
     heads = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.0\.sa\.heads\.(\d+)\.", k))}
     if not layers or not heads:
-        raise CheckpointError(f"{path}: no transformer blocks / attention heads found")
+        raise CheckpointError(path, "no transformer blocks / attention heads found")
     if layers != set(range(len(layers))) or heads != set(range(len(heads))):
-        raise CheckpointError(f"{path}: block or head indices are not contiguous")
+        raise CheckpointError(path, "block or head indices are not contiguous")
     if f"{_RELEASED_TASK_HEAD}.weight" in sd:
         head, out_features = "binary", 1
     elif f"{_RELEASED_LM_HEAD}.weight" in sd:
         head, out_features = "lm", None
     else:
-        raise CheckpointError(f"{path}: no output head ('lm_head.weight' or "
+        raise CheckpointError(path, f"no output head ('lm_head.weight' or "
                               f"'{_RELEASED_TASK_HEAD}.weight')")
     config = GPTConfig(
         vocab_size=int(vocab_size), block_size=int(block_size), n_embd=int(n_embd),
@@ -134,7 +135,7 @@ def convert_released_state_dict(
     _require(sd, wanted, path)
     extra = sorted(set(sd) - set(wanted) - {k for k in sd if k.endswith(".tril")})
     if extra:
-        raise CheckpointError(f"{path}: unexpected key(s) for a HeartGPT state dict: {extra[:4]}")
+        raise CheckpointError(path, f"unexpected key(s) for a HeartGPT state dict: {extra[:4]}")
 
     out = {ours: sd[theirs] for theirs, ours in _TOP_KEYS.items()}
     out["head.weight"], out["head.bias"] = sd[f"{prefix}.weight"], sd[f"{prefix}.bias"]
@@ -249,16 +250,16 @@ def load_safetensors(path: str | os.PathLike) -> LoadedModel:
             metadata = f.metadata() or {}
         tensors = load_file(str(path))
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot read as safetensors: {e}") from e
+        raise CheckpointError(path, f"cannot read as safetensors: {e}") from e
     if metadata.get("format") != SAFETENSORS_FORMAT:
-        raise CheckpointError(f"{path}: not a heartgpt safetensors export "
+        raise CheckpointError(path, f"not a heartgpt safetensors export "
                               f"(format={metadata.get('format')!r})")
     config = GPTConfig.from_dict(json.loads(metadata["config"]))
     model = GPT(config)
     try:
         model.load_state_dict(tensors, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the stored config: {e}") from e
+        raise CheckpointError(path, f"weights do not match the stored config: {e}") from e
     model.eval()
     return LoadedModel(model, metadata.get("modality") or None, metadata.get("task", "pretrain"),
                        str(path))
@@ -277,10 +278,10 @@ def load_lightning(path: str | os.PathLike) -> LoadedModel:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: cannot read as a Lightning checkpoint: {e}") from e
+        raise CheckpointError(path, f"cannot read as a Lightning checkpoint: {e}") from e
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "model_config" not in hparams or "state_dict" not in ckpt:
-        raise CheckpointError(f"{path}: not a heartgpt Lightning checkpoint "
+        raise CheckpointError(path, "not a heartgpt Lightning checkpoint "
                               "(no 'state_dict' or no 'model_config' hyper-parameter)")
     config = GPTConfig.from_dict(hparams["model_config"])
     weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
@@ -290,7 +291,7 @@ def load_lightning(path: str | os.PathLike) -> LoadedModel:
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{path}: weights do not match the stored config: {e}") from e
+        raise CheckpointError(path, f"weights do not match the stored config: {e}") from e
     model.eval()
     return LoadedModel(model, hparams.get("modality"), hparams.get("task", "pretrain"), str(path))
 
@@ -345,7 +346,7 @@ def check_vocab(loaded: LoadedModel, vocab_size: int, what: str = "the data") ->
     have = loaded.model.config.vocab_size
     if have != vocab_size:
         raise CheckpointError(
-            f"{loaded.source}: checkpoint vocab size {have} "
+            loaded.source, f"checkpoint vocab size {have} "
             f"({loaded.modality or 'unknown modality'}) does not match {what} "
             f"(vocab size {vocab_size})"
         )
@@ -367,7 +368,7 @@ def init_from_pretrained(model: GPT, path: str | os.PathLike, modality: str | No
     loaded = load_model(path)
     ours, theirs = model.config, loaded.model.config
     if modality is not None and loaded.modality is not None and loaded.modality != modality:
-        raise CheckpointError(f"{path}: a {loaded.modality.upper()} checkpoint cannot start a "
+        raise CheckpointError(path, f"a {loaded.modality.upper()} checkpoint cannot start a "
                               f"{modality.upper()} model")
     check_vocab(loaded, ours.vocab_size, what=f"this {modality or ''} model".replace("  ", " "))
     diff = {f: (getattr(theirs, f), getattr(ours, f)) for f in _SHAPE_FIELDS
@@ -376,7 +377,7 @@ def init_from_pretrained(model: GPT, path: str | os.PathLike, modality: str | No
         diff["attention scale"] = (theirs.scale, ours.scale)
     if diff:
         detail = ", ".join(f"{k}: file {a} vs model {b}" for k, (a, b) in diff.items())
-        raise CheckpointError(f"{path}: does not fit this model ({detail})")
+        raise CheckpointError(path, f"does not fit this model ({detail})")
     weights = loaded.model.state_dict()
     if theirs.n_out != ours.n_out:
         weights = {k: v for k, v in weights.items() if not k.startswith("head.")}

@@ -23,7 +23,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
-from heartgpt.optim import param_groups
+from heartgpt.training.optim import param_groups
 
 STRATEGIES = ("full", "head", "last_block", "last_n", "gradual")
 

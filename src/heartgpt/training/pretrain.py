@@ -19,9 +19,9 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
-from heartgpt.lit_base import GPTLightningModule, plain
+from heartgpt.data.tokenizer import get_modality
 from heartgpt.model import GPT, GPTConfig
-from heartgpt.tokenizer import get_modality
+from heartgpt.training.base import GPTLightningModule, plain
 
 STAGES = ("train", "val", "test")
 
@@ -34,11 +34,11 @@ class PretrainModule(GPTLightningModule):
         modality: 'ecg' | 'ppg'; must agree with ``model_config['vocab_size']``.
         lr: peak learning rate.
         betas: AdamW betas.
-        weight_decay: on ``nn.Linear`` weights only (see :mod:`heartgpt.optim`).
+        weight_decay: on ``nn.Linear`` weights only (see :mod:`heartgpt.training.optim`).
         warmup_steps: linear warm-up steps.
         lr_decay_steps: steps of the cosine decay (counted from 0); None: the trainer's total.
         min_lr_ratio: final learning rate as a fraction of ``lr`` (1.0: constant after warm-up).
-        seed: base of the per-batch dropout seeds (:func:`heartgpt.lit_base.step_seed`).
+        seed: base of the per-batch dropout seeds (:func:`heartgpt.training.base.step_seed`).
         compile: ``torch.compile`` the network (``nn.Module.compile``: state-dict keys unchanged).
         init_from: weights to start from: a released HeartGPT ``.zip``/``.pth``, one of our
             ``.ckpt`` files or a ``.safetensors`` export. Loaded when fitting starts; a resumed
@@ -66,7 +66,7 @@ class PretrainModule(GPTLightningModule):
         modality = get_modality(modality).name
         init_from = str(init_from) if init_from is not None else None
         self.save_hyperparameters()
-        self.hparams["task"] = "pretrain"  # read by heartgpt.checkpoints.load_lightning
+        self.hparams["task"] = "pretrain"  # read by heartgpt.model.checkpoints.load_lightning
 
         config = GPTConfig.from_dict(model_config)
         if config.out_features is not None:

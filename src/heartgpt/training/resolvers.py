@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from heartgpt.resume import find_last_checkpoint, unfinished_runs
+from heartgpt.training.resume import find_last_checkpoint, unfinished_runs
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,8 @@
 """Interpretability figures of a few fixed validation windows, logged as images to W&B.
 
 Every ``every_n_validations`` validation runs, the first ``num_samples`` windows of the first
-validation batch are traced (:func:`heartgpt.interpret.trace_tokens`) and the chosen figures of
-:mod:`heartgpt.interpret` / :mod:`heartgpt.plots` are logged, one W&B key per figure and one
+validation batch are traced (:func:`heartgpt.inference.interpretability.trace_tokens`) and the chosen figures of
+:mod:`heartgpt.inference.interpretability` / :mod:`heartgpt.inference.plots` are logged, one W&B key per figure and one
 image per window:
 
 * ``heads``: every head's (query x key) map, one figure per chosen layer
@@ -32,8 +32,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from heartgpt import interpret, plots
-from heartgpt.tokenizer import get_modality
+from heartgpt.inference import interpretability as interpret
+from heartgpt.inference import plots
+from heartgpt.data.tokenizer import get_modality
 
 FIGURES = ("heads", "aggregate", "folded", "homonyms")
 

@@ -7,11 +7,11 @@ Two kinds of task, as the paper's fine-tunes:
   (``pooling: mean``, for labels that do not belong to the last position). Metrics: AUROC,
   average precision, accuracy, F1, sensitivity, specificity.
 - ``token`` (beat detection): a probability at every position. Metrics: per-position AUROC
-  and beat-level precision, recall and F1 (:mod:`heartgpt.beat_metrics`).
+  and beat-level precision, recall and F1 (:mod:`heartgpt.inference.beat_metrics`).
 
 The loss is ``BCEWithLogitsLoss`` on the head's logits; the released sigmoid models load as
 they are (their head is the same Linear; the sigmoid is applied at inference). Which layers
-train is up to the freeze callbacks (:mod:`heartgpt.callbacks.freeze`): the optimiser takes
+train is up to the freeze callbacks (:mod:`heartgpt.training.callbacks.freeze`): the optimiser takes
 only the parameters that still require grad. Held-out predictions are written to
 ``<run dir>/test_predictions.csv`` for cross-validation pooling (:mod:`heartgpt.cv`).
 """
@@ -35,10 +35,10 @@ from torchmetrics.classification import (
     BinarySpecificity,
 )
 
-from heartgpt.beat_metrics import BeatDetectionScores
-from heartgpt.lit_base import GPTLightningModule, plain
+from heartgpt.data.tokenizer import get_modality
+from heartgpt.inference.beat_metrics import BeatDetectionScores
 from heartgpt.model import GPT, GPTConfig
-from heartgpt.tokenizer import get_modality
+from heartgpt.training.base import GPTLightningModule, plain
 
 STAGES = ("train", "val", "test")
 TASK_TYPES = ("sequence", "token")
@@ -64,7 +64,7 @@ class FinetuneModule(GPTLightningModule):
         pretrained: weights to start from (released ``.zip``/``.pth``, our ``.ckpt`` or
             ``.safetensors``); None trains from scratch. Loaded when fitting starts.
         lr, betas, weight_decay, warmup_steps, lr_decay_steps, min_lr_ratio: AdamW and its
-            warm-up + cosine schedule (:mod:`heartgpt.optim`).
+            warm-up + cosine schedule (:mod:`heartgpt.training.optim`).
         pos_weight: BCE weight of positive examples (beats are sparse); None: 1.
         beat_tolerance_ms: a detected beat matches an annotated one within this (token tasks).
         peak_height, peak_distance_ms, peak_max_width_ms: ``find_peaks`` settings for detected

@@ -1,0 +1,102 @@
+"""What the per-file tools (generate, screen_af, detect_beats, interpret) share on the command
+line: one argparse parent, option types that check their values, and one-line errors.
+
+:func:`tool_arguments` gives every tool the same recording, ``--checkpoint``, ``--out-dir``,
+``--sample-rate``, ``--modality`` and ``--device`` options: results go to ``outputs/<tool>/``
+under the current folder unless ``--out-dir`` says otherwise. :func:`run_tool` turns input
+errors into the one line ``error: <file>: <problem>`` and exit status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from heartgpt.errors import InputError, error_line
+from heartgpt.model.checkpoints import WEIGHTS_ENV
+
+OUTPUTS_DIR = "outputs"  # <cwd>/outputs: the tools' results (<tool>/) and training runs
+RECORDING_HELP = "recording (.csv / .txt one column, or .npy)"
+
+
+def run_tool(body: Callable[[], None]) -> int:
+    """Run a CLI body; print ``error: <file>: <problem>`` and return 1 on bad input."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # a CLI never opens windows
+    try:
+        body()
+    except (InputError, OSError, ValueError) as e:
+        print(f"error: {error_line(e)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def output_path(out_dir: str | os.PathLike, input_path: str | os.PathLike, suffix: str) -> Path:
+    """``<out_dir>/<input stem><suffix>``, creating ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out / f"{Path(input_path).stem}{suffix}"
+
+
+def default_out_dir(tool: str) -> Path:
+    """Where ``tool`` writes without ``--out-dir``: ``outputs/<tool>`` (relative to the
+    current folder, created on the first write)."""
+    return Path(OUTPUTS_DIR) / tool
+
+
+def _number(kind: type, test: Callable[[float], bool], what: str) -> Callable[[str], float]:
+    """An argparse ``type``: ``kind(text)`` when ``test`` holds, else a usage error saying
+    ``what`` the value must be (argparse prints it with the option's name, exit status 2)."""
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not (np.isfinite(value) and test(value)):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        return value
+
+    parse.__name__ = what  # argparse names the type in its messages
+    return parse
+
+
+positive_int = _number(int, lambda v: v > 0, "a positive integer")
+positive_float = _number(float, lambda v: v > 0, "a positive number")
+non_negative_float = _number(float, lambda v: v >= 0, "a number >= 0")
+probability = _number(float, lambda v: 0 <= v <= 1, "a probability in [0, 1]")
+
+
+def tool_arguments(
+    tool: str, checkpoint: str, recording: str = "recording", recording_help: str = RECORDING_HELP
+) -> argparse.ArgumentParser:
+    """The options every tool has, as an argparse parent (``parents=[tool_arguments(...)]``).
+
+    Args:
+        tool: the tool's name: ``--out-dir`` defaults to ``outputs/<tool>``.
+        checkpoint: what ``--checkpoint`` must be, e.g. "AF fine-tuned checkpoint".
+        recording: the name of the positional input argument.
+        recording_help: its help text.
+    """
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument(recording, help=recording_help)
+    p.add_argument(
+        "--checkpoint", "-c", required=True,
+        help=f"{checkpoint}: a path (released .zip/.pth, .safetensors, .ckpt) or a bare released "
+             f"name such as PPGPT_500k_iters.zip, looked up in ${WEIGHTS_ENV} and ./weights")
+    out = default_out_dir(tool).as_posix()
+    p.add_argument("--out-dir", "-o", default=out,
+                   help=f"output folder, created when needed (default: {out}/ under the current "
+                        "folder)")
+    p.add_argument("--sample-rate", type=positive_float, default=None,
+                   help=f"Hz of the {recording} (default: the modality rate, 100 ECG / 50 PPG)")
+    p.add_argument("--modality", choices=("ecg", "ppg"), default=None,
+                   help=f"modality of the {recording}; must match the checkpoint's (default: "
+                        "the checkpoint's)")
+    p.add_argument("--device", default="cpu", help="torch device of the model (cpu)")
+    return p

@@ -1,0 +1,179 @@
+"""Screen a recording of any length for atrial fibrillation with a fine-tuned HeartGPT model.
+
+``python -m heartgpt.screen_af rec.csv --checkpoint PPGPT_AF_1k_iters.zip --sample-rate 125``
+
+The recording is resampled to the modality rate (ECG 100 Hz, PPG 50 Hz) and cut into windows
+of ``block_size`` (500) samples every ``stride`` samples (default 50, the shift of the paper's
+AF data: 0.5 s of ECG, 1 s of PPG); when the last window does not end at the recording's end
+one more window is aligned to end there, so every sample is covered. Each window is tokenised
+on its own (own min/max), as the released AF GUI does, and its probability is
+``sigmoid(head(last position))``. A 500-sample recording is one window: the GUI's number.
+
+Windows that cannot be tokenised (flat, or holding NaN/inf samples) are skipped and reported;
+it is an error only when none is usable. The recording-level summary is the **mean of the
+usable windows' probabilities** and the **fraction of usable windows at or above the
+threshold** (0.5): the first is a smooth score, the second a burden-like measure.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from heartgpt.data.tokenizer import Modality, get_modality, resample, tokenize_window
+from heartgpt.inference.loading import eval_mode, model_device
+from heartgpt.model import GPT
+
+DEFAULT_STRIDE = 50
+DEFAULT_THRESHOLD = 0.5
+BATCH_SIZE = 64
+
+
+@dataclass
+class AFScreen:
+    """Per-window AF probabilities of one recording (at the modality rate)."""
+
+    signal: np.ndarray  # (n,) float64 at the modality rate
+    sample_rate: float
+    window: int
+    starts: np.ndarray  # (W,) int64 first sample of every window
+    probs: np.ndarray  # (W,) float64, NaN for skipped windows
+    skipped: dict[int, str] = field(default_factory=dict)  # window index -> reason
+    threshold: float = DEFAULT_THRESHOLD
+
+    @property
+    def usable(self) -> np.ndarray:
+        return np.isfinite(self.probs)
+
+    @property
+    def recording_prob(self) -> float:
+        """Mean probability over the usable windows."""
+        return float(self.probs[self.usable].mean())
+
+    @property
+    def fraction_above(self) -> float:
+        """Fraction of usable windows with probability >= threshold."""
+        return float((self.probs[self.usable] >= self.threshold).mean())
+
+    def summary(self) -> dict:
+        return {
+            "recording_af_prob": self.recording_prob,
+            "fraction_windows_above_threshold": self.fraction_above,
+            "threshold": self.threshold,
+            "aggregation": "mean of usable window probabilities",
+            "n_windows": len(self.starts),
+            "n_skipped": len(self.skipped),
+            "window_samples": self.window,
+            "sample_rate_hz": self.sample_rate,
+            "duration_s": len(self.signal) / self.sample_rate,
+        }
+
+    def to_dict(self) -> dict:
+        """JSON-able: the summary plus every window."""
+        windows = [
+            {"window": i, "start_sample": int(s), "end_sample": int(s) + self.window,
+             "start_s": s / self.sample_rate, "af_prob": None if not np.isfinite(p) else float(p),
+             **({"skipped": self.skipped[i]} if i in self.skipped else {})}
+            for i, (s, p) in enumerate(zip(self.starts.tolist(), self.probs.tolist(), strict=True))
+        ]
+        return {**self.summary(), "windows": windows}
+
+
+def window_starts(n_samples: int, window: int, stride: int) -> np.ndarray:
+    """Starts every ``stride`` samples, plus one window ending at the last sample if needed."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    if n_samples < window:
+        raise ValueError(f"recording too short: {n_samples} samples at the modality rate, "
+                         f"need at least {window}")
+    starts = np.arange(0, n_samples - window + 1, stride, dtype=np.int64)
+    if starts[-1] + window < n_samples:
+        starts = np.append(starts, n_samples - window)
+    return starts
+
+
+def af_probabilities(model: GPT, tokens: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``sigmoid`` of the 1-output head at the last position of each window (W, T) -> (W,)."""
+    x = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=model_device(model))
+    with eval_mode(model):
+        out = model(x)[:, -1, 0]  # (W,)
+    return torch.sigmoid(out).double().cpu().numpy()
+
+
+def _tokenised_windows(
+    signal: np.ndarray, starts: np.ndarray, window: int, skipped: dict[int, str]
+) -> Iterator[tuple[int, np.ndarray]]:
+    for i, s in enumerate(starts):
+        try:
+            yield i, tokenize_window(signal[s : s + window])
+        except ValueError as e:
+            skipped[i] = str(e)
+
+
+def screen_af(
+    model: GPT,
+    signal: np.ndarray,
+    sample_rate: float,
+    modality: str | Modality,
+    *,
+    stride: int = DEFAULT_STRIDE,
+    threshold: float = DEFAULT_THRESHOLD,
+    batch_size: int = BATCH_SIZE,
+) -> AFScreen:
+    """AF probability of every window of a recording.
+
+    Args:
+        model: a fine-tuned 1-output GPT (the AF head).
+        signal: (n,) raw samples at ``sample_rate`` Hz; NaN/inf allowed (those windows skip).
+        sample_rate: Hz of ``signal``; resampled to the modality rate.
+        modality: 'ecg' / 'ppg'.
+        stride: samples (at the modality rate) between window starts.
+        threshold: for :attr:`AFScreen.fraction_above`.
+        batch_size: windows per forward pass.
+
+    Raises:
+        ValueError: recording shorter than a window, or no window can be tokenised.
+    """
+    mod = get_modality(modality) if isinstance(modality, str) else modality
+    x = resample(np.asarray(signal, dtype=np.float64), sample_rate, mod.sample_rate)
+    window = model.config.block_size
+    starts = window_starts(len(x), window, stride)
+    probs = np.full(len(starts), np.nan)
+    skipped: dict[int, str] = {}
+    batch_idx: list[int] = []
+    batch: list[np.ndarray] = []
+    for i, tok in _tokenised_windows(x, starts, window, skipped):
+        batch_idx.append(i)
+        batch.append(tok)
+        if len(batch) == batch_size:
+            probs[batch_idx] = af_probabilities(model, np.stack(batch))
+            batch_idx, batch = [], []
+    if batch:
+        probs[batch_idx] = af_probabilities(model, np.stack(batch))
+    if not np.isfinite(probs).any():
+        first = next(iter(skipped.values()))
+        raise ValueError(f"no usable window: all {len(starts)} are flat or hold NaN/inf "
+                         f"(first: {first})")
+    return AFScreen(x, mod.sample_rate, window, starts, probs, skipped, threshold)
+
+
+# ------------------------------------------------------------------------------- outputs
+def write_csv(path: str | Path, result: AFScreen) -> Path:
+    """One row per window: index, samples, seconds, probability (empty if skipped), status."""
+    path = Path(path)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["window", "start_sample", "end_sample", "start_s", "end_s", "af_prob",
+                    "status"])
+        for i, (s, p) in enumerate(zip(result.starts.tolist(), result.probs.tolist(),
+                                       strict=True)):
+            e = s + result.window
+            w.writerow([i, s, e, f"{s / result.sample_rate:.2f}", f"{e / result.sample_rate:.2f}",
+                        f"{p:.6f}" if np.isfinite(p) else "",
+                        f"skipped: {result.skipped[i]}" if i in result.skipped else "ok"])
+    return path

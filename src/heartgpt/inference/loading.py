@@ -1,0 +1,91 @@
+"""Loading a model for inference: the checkpoint checked against the tool and the recording.
+
+:func:`load_tool_model` loads anything :func:`heartgpt.model.checkpoints.load_model` loads and
+checks that it is the kind of model the caller needs (a pre-trained language model, a 1-output
+fine-tune) and that its modality agrees with the user's; every problem is an
+:class:`~heartgpt.errors.InputError` naming the checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+from heartgpt.data.tokenizer import LEVELS, Modality, get_modality
+from heartgpt.errors import InputError
+from heartgpt.model import GPT
+from heartgpt.model.checkpoints import LoadedModel, load_model
+
+
+def resolve_modality(loaded: LoadedModel, stated: str | None) -> Modality:
+    """The modality the tool works in: the checkpoint's, which ``stated`` must agree with."""
+    if stated is not None:
+        try:
+            mod = get_modality(stated)
+        except ValueError as e:
+            raise InputError(loaded.source, str(e)) from None
+        if loaded.modality is not None and loaded.modality != mod.name:
+            raise InputError(loaded.source, f"checkpoint is for {loaded.modality.upper()} but "
+                                           f"--modality says {mod.name.upper()}")
+    elif loaded.modality is not None:
+        mod = get_modality(loaded.modality)
+    else:
+        raise InputError(loaded.source, "checkpoint does not say its modality; pass --modality "
+                                       "ecg or ppg")
+    if loaded.model.config.vocab_size <= LEVELS:
+        raise InputError(loaded.source, f"vocab size {loaded.model.config.vocab_size} cannot hold "
+                                       f"tokens 0..{LEVELS}")
+    return mod
+
+
+def load_tool_model(
+    path: str | os.PathLike,
+    need: str,
+    modality: str | None = None,
+    refuse_task: str | None = None,
+    device: str = "cpu",
+) -> tuple[LoadedModel, Modality]:
+    """Load a checkpoint for a tool and check it fits.
+
+    Args:
+        path: anything :func:`heartgpt.model.checkpoints.load_model` loads.
+        need: ``"lm"`` (a pre-trained next-token model), ``"binary"`` (a 1-output fine-tune)
+            or ``"any"``.
+        modality: the user's statement ('ecg'/'ppg'); must agree with the checkpoint.
+        refuse_task: a fine-tune task this tool cannot use (e.g. 'beats' for AF screening).
+        device: where to put the model.
+    """
+    if need not in ("lm", "binary", "any"):
+        raise ValueError(f"need must be 'lm', 'binary' or 'any', got {need!r}")
+    loaded = load_model(path)
+    out = loaded.model.config.out_features
+    if need == "lm" and out is not None:
+        raise InputError(path, f"is a fine-tuned model ({out} output, task {loaded.task!r}); "
+                              "this tool needs a pre-trained language model")
+    if need == "binary" and out != 1:
+        kind = "a pre-trained language model" if out is None else f"a {out}-output model"
+        raise InputError(path, f"is {kind}; this tool needs a fine-tuned 1-output model")
+    if refuse_task is not None and loaded.task == refuse_task:
+        raise InputError(path, f"is fine-tuned for task {refuse_task!r}, not for this tool")
+    mod = resolve_modality(loaded, modality)
+    loaded.model.to(device).eval()
+    return loaded, mod
+
+
+@contextmanager
+def eval_mode(model: GPT) -> Iterator[GPT]:
+    """Eval mode and no gradients for the block; restores the previous mode (for callbacks)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+def model_device(model: GPT) -> torch.device:
+    return next(model.parameters()).device
