@@ -43,7 +43,7 @@ def write_recordings(root: Path, n_csv: int, n_npy: int) -> None:
 
 
 def prepare_rate(root: Path, fmt: str, workers: int) -> dict:
-    spec = PrepareSpec(modality="ecg", task="pretrain", channel=0, sample_rate=RATE,
+    spec = PrepareSpec(modality="ecg", label_kind="unlabelled", channel=0, sample_rate=RATE,
                        segment=SegmentSpec(1000, 1000))
     out = root / f"shards-{fmt}-{workers}"
     t0 = time.perf_counter()

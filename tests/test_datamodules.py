@@ -26,24 +26,24 @@ S = 40  # tokens per segment
 N_SUBJECTS, PER_SUBJECT = 10, 6
 
 
-def _write(out: Path, task: str, modality: str = "ecg", seg: int = S) -> Path:
+def _write(out: Path, label_kind: str, modality: str = "ecg", seg: int = S) -> Path:
     rng = np.random.default_rng(0)
     n = N_SUBJECTS * PER_SUBJECT
     meta = ShardMeta(modality=modality, sample_rate=100.0, vocab_size=101, segment_length=seg,
-                     task=task, source="unit test")
+                     label_kind=label_kind, source="unit test")
     subjects = [f"subj{i // PER_SUBJECT:02d}" for i in range(n)]
     label = np.array([float((i // PER_SUBJECT) % 2) for i in range(n)])
     with ShardWriter(out, meta, rows_per_shard=13) as w:
         w.add(rng.integers(0, 101, (n, seg)), subjects, [f"rec{i}" for i in range(n)], np.zeros(n),
-              label=label if task == "sequence" else None,
-              targets=rng.integers(0, 2, (n, seg)) if task == "token" else None)
+              label=label if label_kind == "sequence" else None,
+              targets=rng.integers(0, 2, (n, seg)) if label_kind == "token" else None)
     return out
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("shards")
-    return {t: _write(root / t, t) for t in ("pretrain", "sequence", "token")}
+    return {t: _write(root / t, t) for t in ("unlabelled", "sequence", "token")}
 
 
 def _pre(shard_dir: Path, **kw) -> PretrainDataModule:
@@ -52,8 +52,8 @@ def _pre(shard_dir: Path, **kw) -> PretrainDataModule:
     return PretrainDataModule(**{**args, **kw})
 
 
-def _fine(shard_dir: Path, task_type: str, **kw) -> FinetuneDataModule:
-    args = dict(shard_dir=str(shard_dir), modality="ecg", block_size=32, task_type=task_type,
+def _fine(shard_dir: Path, label_kind: str, **kw) -> FinetuneDataModule:
+    args = dict(shard_dir=str(shard_dir), modality="ecg", block_size=32, label_kind=label_kind,
                 batch_size=5, seed=3, val_fraction=0.2, test_fraction=0.2)
     return FinetuneDataModule(**{**args, **kw})
 
@@ -109,9 +109,9 @@ def test_datamodule_split_matches_rows(shards):
 
 
 def test_pretrain_batches_are_shifted_windows_of_segments(shards):
-    dm = _pre(shards["pretrain"])
+    dm = _pre(shards["unlabelled"])
     dm.setup()
-    data = read_shards(shards["pretrain"])
+    data = read_shards(shards["unlabelled"])
     x, y = next(iter(dm.train_dataloader()))
     assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == torch.int64
     assert torch.equal(x[:, 1:], y[:, :-1])
@@ -126,7 +126,7 @@ def _contains(row: tuple, w: list) -> bool:
 
 
 def test_pretrain_windows_fresh_each_epoch_and_reproducible(shards):
-    a, b = _pre(shards["pretrain"]), _pre(shards["pretrain"])
+    a, b = _pre(shards["unlabelled"]), _pre(shards["unlabelled"])
     la, lb = a.train_dataloader(), b.train_dataloader()
     e0 = _windows(la)
     la.sampler.set_epoch(1)
@@ -142,7 +142,7 @@ def test_pretrain_windows_fresh_each_epoch_and_reproducible(shards):
 
 
 def test_two_workers_return_each_window_once(shards):
-    dm0, dm2 = _pre(shards["pretrain"]), _pre(shards["pretrain"], num_workers=2)
+    dm0, dm2 = _pre(shards["unlabelled"]), _pre(shards["unlabelled"], num_workers=2)
     w0, w2 = _windows(dm0.train_dataloader()), _windows(dm2.train_dataloader())
     assert w2 == w0  # the sampler decides; workers only read
     assert len(w2) == len(set(w2)) == len(dm2.rows("train"))
@@ -168,7 +168,7 @@ def test_ddp_ranks_see_disjoint_parts(shards):
 
 
 def test_ddp_needs_use_distributed_sampler_off(shards):
-    dm = _pre(shards["pretrain"])
+    dm = _pre(shards["unlabelled"])
     dm.trainer = SimpleNamespace(global_rank=0, world_size=2,
                                  _accelerator_connector=SimpleNamespace(use_distributed_sampler=True))
     with pytest.raises(RuntimeError, match="use_distributed_sampler=False"):
@@ -176,33 +176,33 @@ def test_ddp_needs_use_distributed_sampler_off(shards):
 
 
 def test_h5_files_open_lazily_in_the_reading_process(shards):
-    dm = _pre(shards["pretrain"], num_workers=2)
+    dm = _pre(shards["unlabelled"], num_workers=2)
     loader = dm.train_dataloader()
     rows = loader.dataset.rows
     _windows(loader)
     assert not rows.is_open  # only the workers opened files
-    _windows(_pre(shards["pretrain"]).train_dataloader())  # in-process reading opens them here
+    _windows(_pre(shards["unlabelled"]).train_dataloader())  # in-process reading opens them here
 
 
 # --------------------------------------------------------------------------------- checks
 
 
 def test_segment_shorter_than_block_is_a_clear_error(tmp_path, shards):
-    short = _write(tmp_path / "short", "pretrain", seg=16)
+    short = _write(tmp_path / "short", "unlabelled", seg=16)
     with pytest.raises(ShardError, match=r"short: segments hold 16 tokens but block_size \+ 1 = 17"):
         _pre(short).setup()
     with pytest.raises(ShardError, match="segments hold 16 tokens but block_size = 32"):
         _fine(_write(tmp_path / "short2", "sequence", seg=16), "sequence").setup()
     with pytest.raises(ShardError, match="'ecg' data but this run is 'ppg'"):
-        _pre(shards["pretrain"], modality="ppg").setup()
-    with pytest.raises(ShardError, match="task 'pretrain'"):
-        _fine(shards["pretrain"], "sequence").setup()
+        _pre(shards["unlabelled"], modality="ppg").setup()
+    with pytest.raises(ShardError, match="'unlabelled' \\(label_kind\\)"):
+        _fine(shards["unlabelled"], "sequence").setup()
     with pytest.raises(ShardError, match="vocab_size 101, the model expects 102"):
-        _pre(shards["pretrain"], vocab_size=102).setup()
+        _pre(shards["unlabelled"], vocab_size=102).setup()
 
 
 def test_prepare_data_verifies_checksums(tmp_path):
-    d = _write(tmp_path / "s", "pretrain")
+    d = _write(tmp_path / "s", "unlabelled")
     path = d / "shard-00001.h5"
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF
@@ -236,7 +236,7 @@ def test_finetune_sequence_and_token_batches(shards):
 
 
 def test_empty_test_split_gives_no_loader(shards):
-    assert _pre(shards["pretrain"], test_fraction=0.0).test_dataloader() == []
+    assert _pre(shards["unlabelled"], test_fraction=0.0).test_dataloader() == []
 
 
 # --------------------------------------------------------------------------------- resume
@@ -245,7 +245,7 @@ def test_empty_test_split_gives_no_loader(shards):
 @pytest.mark.parametrize("workers", [0, 2])
 def test_train_loader_state_round_trip(shards, workers):
     """Stop after 3 batches of epoch 1, restore into a fresh loader: the rest is identical."""
-    dm = _pre(shards["pretrain"], num_workers=workers)
+    dm = _pre(shards["unlabelled"], num_workers=workers)
     loader = dm.train_dataloader()
     assert isinstance(loader, _Stateful)
     loader.sampler.set_epoch(1)
@@ -256,7 +256,7 @@ def test_train_loader_state_round_trip(shards, workers):
     state = loader.state_dict()
     it.close()  # stop its workers now
     assert state == {"epoch": 1, "batches": 3}
-    fresh = _pre(shards["pretrain"], num_workers=workers).train_dataloader()
+    fresh = _pre(shards["unlabelled"], num_workers=workers).train_dataloader()
     fresh.load_state_dict(state)
     fresh.sampler.set_epoch(1)  # Lightning calls this before the epoch starts
     rest = [x for x, _ in fresh]
@@ -316,7 +316,7 @@ def test_lightning_resume_mid_epoch_sees_the_same_remaining_batches(shards, tmp_
             enable_checkpointing=save,
             callbacks=[ModelCheckpoint(tmp_path, "{step}", every_n_train_steps=1, save_top_k=-1)] if save else [],
         )
-        trainer.fit(model, datamodule=_pre(shards["pretrain"]), ckpt_path=ckpt)
+        trainer.fit(model, datamodule=_pre(shards["unlabelled"]), ckpt_path=ckpt)
         return model.seen
 
     full = fit(save=True)

@@ -27,8 +27,8 @@ def demo(request, tmp_path_factory):
 def test_three_synthetic_sets(demo):
     modality, out = demo
     rate = {"ecg": 100, "ppg": 50}[modality]
-    for name, task, length in [("pretrain", "pretrain", 1000), ("af", "sequence", 500), ("beats", "token", 500)]:
-        m = validate_shard_dir(out / name, modality=modality, task=task, verify_checksums=True)
+    for name, label_kind, length in [("pretrain", "unlabelled", 1000), ("af", "sequence", 500), ("beats", "token", 500)]:
+        m = validate_shard_dir(out / name, modality=modality, label_kind=label_kind, verify_checksums=True)
         assert m.meta.synthetic and "SYNTHETIC" in m.meta.source
         assert m.meta.segment_length == length and m.meta.sample_rate == rate
         assert len(m.subjects) == SMALL["subjects"]

@@ -73,7 +73,7 @@ PLAN: dict[str, Step] = {
     "python -m heartgpt.train experiment=demo_af": run(*TINY, *SHORT),
     "make train ARGS=modality=ppg": run(*TINY, *SHORT),
     "python -m heartgpt.train experiment=demo_beats": run(*TINY, *SHORT),
-    "python -m heartgpt.train task=af modality=ppg task.pretrained=PPGPT_500k_iters.zip "
+    "python -m heartgpt.train task=af modality=ppg module.pretrained=PPGPT_500k_iters.zip "
     "data.shard_dir=<your shards>": run(*SHORT),
     "python -m heartgpt.train experiment=paper_ppg_af paths.weights_dir=../shared/weights":
         run(*SHORT, "data.shard_dir=data/demo/ppg/af"),

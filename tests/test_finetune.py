@@ -64,7 +64,7 @@ def trainable_logged(out: Path) -> int:
 def test_finetune_from_released_checkpoint(modality, task, base, weights_dir, data_dir, tmp_path):
     """The paper's recipe from the released files: only head, ln_f and block 7 move."""
     released = load_model(weights_dir / base).model.state_dict()
-    metric, out = run([f"task={task}", f"modality={modality}", f"task.pretrained={weights_dir / base}",
+    metric, out = run([f"task={task}", f"modality={modality}", f"module.pretrained={weights_dir / base}",
                        "trainer.max_steps=3", "test=true", *BOTH_CLASSES_TESTED], data_dir, tmp_path / "run")
     assert metric is not None
     tuned = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
@@ -90,7 +90,7 @@ def test_finetune_from_released_checkpoint(modality, task, base, weights_dir, da
 @pytest.mark.shared
 def test_wrong_modality_checkpoint_fails_before_training(weights_dir, data_dir, tmp_path):
     with pytest.raises(CheckpointError, match=r"ECGPT_560k_iters\.zip.*(ECG|vocab)"):
-        run(["task=af", "modality=ppg", f"task.pretrained={weights_dir / 'ECGPT_560k_iters.zip'}"],
+        run(["task=af", "modality=ppg", f"module.pretrained={weights_dir / 'ECGPT_560k_iters.zip'}"],
             data_dir, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -98,7 +98,7 @@ def test_wrong_modality_checkpoint_fails_before_training(weights_dir, data_dir, 
 @pytest.mark.shared
 def test_bare_released_name_is_found_in_weights_dir_and_recorded(weights_dir, data_dir, tmp_path,
                                                                 monkeypatch):
-    """``task.pretrained=PPGPT_500k_iters.zip`` is looked up in ``paths.weights_dir`` (set once by
+    """``module.pretrained=PPGPT_500k_iters.zip`` is looked up in ``paths.weights_dir`` (set once by
     $HEARTGPT_WEIGHTS); the run's config.yaml and its checkpoints say which file, by sha256."""
     from heartgpt.data.shards import sha256_file
 
@@ -106,15 +106,15 @@ def test_bare_released_name_is_found_in_weights_dir_and_recorded(weights_dir, da
     monkeypatch.delenv("HEARTGPT_WEIGHTS", raising=False)
     with pytest.raises(FileNotFoundError, match=r"PPGPT_500k_iters\.zip: no such checkpoint file "
                        r"\(looked in: .*nowhere/PPGPT_500k_iters\.zip"):
-        run(["task=af", "modality=ppg", "task.pretrained=PPGPT_500k_iters.zip",
+        run(["task=af", "modality=ppg", "module.pretrained=PPGPT_500k_iters.zip",
              f"paths.weights_dir={tmp_path / 'nowhere'}"], data_dir, tmp_path / "missing")
     monkeypatch.setenv("HEARTGPT_WEIGHTS", str(weights_dir))
-    _, out = run(["task=af", "modality=ppg", "task.pretrained=PPGPT_500k_iters.zip",
+    _, out = run(["task=af", "modality=ppg", "module.pretrained=PPGPT_500k_iters.zip",
                   "trainer.max_steps=1"], data_dir, tmp_path / "run")
     released = weights_dir / "PPGPT_500k_iters.zip"
     digest = sha256_file(released)
     resolved = OmegaConf.load(out / "config.yaml")
-    assert resolved.task.pretrained == str(released.resolve())
+    assert resolved.module.pretrained == str(released.resolve())
     assert resolved.initial_weights.sha256 == digest
     hparams = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
     assert hparams["initial_weights"] == {"path": str(released.resolve()), "sha256": digest}
@@ -123,13 +123,13 @@ def test_bare_released_name_is_found_in_weights_dir_and_recorded(weights_dir, da
 
 @pytest.mark.shared
 def test_test_only_run_scores_the_named_weights(weights_dir, data_dir, tmp_path):
-    """``train=false test=true task.init_from=<released>``: the released model's loss on the test
+    """``train=false test=true module.init_from=<released>``: the released model's loss on the test
     windows (as GPT.forward gives it), never the random init's ln(vocab)."""
     import torch.nn.functional as F
     from hydra.utils import instantiate
 
     released = weights_dir / "ECGPT_560k_iters.zip"
-    over = ["experiment=paper_ecg_pretrain", "train=false", "test=true", f"task.init_from={released}",
+    over = ["experiment=paper_ecg_pretrain", "train=false", "test=true", f"module.init_from={released}",
             "data.shard_dir=${paths.data_dir}/demo/ecg/pretrain", "data.test_fraction=0.3"]
     _, out = run(over, data_dir, tmp_path / "run")
     reported = json.loads((out / "test_metrics.json").read_text())["test/loss"]
@@ -170,7 +170,7 @@ def test_vocab_mismatch_of_our_checkpoint_is_a_clear_error(data_dir, tmp_path):
          "data.shard_dir=${paths.data_dir}/demo/ecg/pretrain"], data_dir, tmp_path / "pre")
     ckpt = tmp_path / "pre" / "checkpoints" / "last.ckpt"
     with pytest.raises(CheckpointError, match=f"{ckpt.name}"):
-        run([*TINY_MODEL, "model.block_size=500", "task=af", "modality=ppg", f"task.pretrained={ckpt}"],
+        run([*TINY_MODEL, "model.block_size=500", "task=af", "modality=ppg", f"module.pretrained={ckpt}"],
             data_dir, tmp_path / "run")
 
 
@@ -189,7 +189,7 @@ def test_sequence_head_pools_the_chosen_positions(pooling):
     module = FinetuneModule(
         model_config={"vocab_size": 101, "block_size": 16, "n_embd": 16, "n_head": 2, "n_layer": 1,
                       "dropout": 0.0},
-        modality="ecg", task="af", task_type="sequence", pooling=pooling, pretrained=None, lr=1e-3,
+        modality="ecg", task="af", head="sequence", pooling=pooling, pretrained=None, lr=1e-3,
         betas=[0.9, 0.95], weight_decay=0.1, warmup_steps=0, lr_decay_steps=10, min_lr_ratio=0.1,
         pos_weight=None, beat_tolerance_ms=150, peak_height=0.5, peak_distance_ms=300,
         peak_max_width_ms=None, seed=0)

@@ -93,7 +93,7 @@ def test_ppg_rate_stride_labels_csv(tmp_path):
     for k, v in x.items():
         np.save(raw / f"{k}.npy", v)
     (raw / "labels.csv").write_text("record,subject,label\nr0,alice,1\nr1,alice,0\nr2,bob,1\n")
-    cfg = _cfg(tmp_path, f"input={raw}", "modality=ppg", "task_type=sequence", "sample_rate=125",
+    cfg = _cfg(tmp_path, f"input={raw}", "modality=ppg", "label_kind=sequence", "sample_rate=125",
                f"labels_csv={raw / 'labels.csv'}", "segment.seconds=10", "segment.stride_seconds=2",
                f"out_dir={tmp_path / 'out'}", "num_workers=1")
     prepare(cfg)
@@ -115,7 +115,7 @@ def test_beat_targets_from_wfdb_and_sidecar(tmp_path):
     wfdb.wrann("w", "atr", beats, symbol=["N"] * len(beats), write_dir=str(raw))
     np.save(raw / "s.npy", x)
     (raw / "s_beats.csv").write_text("sample\n" + "\n".join(str(b + 1) for b in beats) + "\n")
-    common = ["task_type=token", f"sample_rate={FS}", "annotations.tolerance=1", "num_workers=1"]
+    common = ["label_kind=token", f"sample_rate={FS}", "annotations.tolerance=1", "num_workers=1"]
     prepare(_cfg(tmp_path, f"input={raw}", "format=wfdb", "annotations.wfdb_extension=atr",
                  f"out_dir={tmp_path / 'w'}", *common))
     prepare(_cfg(tmp_path, f"input={raw}", "format=npy", "annotations.sidecar_suffix=_beats.csv",
@@ -220,8 +220,8 @@ def test_killed_prepare_leaves_nothing_valid_and_rerun_completes(tmp_path):
 
 
 def test_config_uses_the_training_modality_group(tmp_path):
-    cfg = _cfg(tmp_path, "modality=ppg", "task_type=token")
+    cfg = _cfg(tmp_path, "modality=ppg", "label_kind=token")
     assert cfg.modality.name == "ppg" and cfg.modality.vocab_size == 102
     assert cfg.out_dir == f"{tmp_path / 'data'}/shards/ppg/token"
     spec = prepare_spec(cfg)
-    assert (spec.modality, spec.task, spec.segment.length, spec.segment.stride) == ("ppg", "token", 200, 200)
+    assert (spec.modality, spec.label_kind, spec.segment.length, spec.segment.stride) == ("ppg", "token", 200, 200)

@@ -24,9 +24,9 @@ from heartgpt.data.shards import (
 S = 20
 
 
-def _meta(task: str = "sequence", modality: str = "ecg") -> ShardMeta:
+def _meta(label_kind: str = "sequence", modality: str = "ecg") -> ShardMeta:
     return ShardMeta(
-        modality=modality, sample_rate=100.0, vocab_size=101, segment_length=S, task=task,
+        modality=modality, sample_rate=100.0, vocab_size=101, segment_length=S, label_kind=label_kind,
         source="unit test", tokenizer={"levels": 100},
     )
 
@@ -43,12 +43,12 @@ def _rows(n: int, seed: int = 0) -> dict:
     }
 
 
-def _write(out: Path, n: int = 25, rows_per_shard: int = 10, task: str = "sequence", seed: int = 0):
+def _write(out: Path, n: int = 25, rows_per_shard: int = 10, label_kind: str = "sequence", seed: int = 0):
     r = _rows(n, seed)
-    with ShardWriter(out, _meta(task), rows_per_shard) as w:
+    with ShardWriter(out, _meta(label_kind), rows_per_shard) as w:
         w.add(r["tokens"], r["subject"], r["record"], r["start"],
-              label=r["label"] if task == "sequence" else None,
-              targets=r["targets"] if task == "token" else None)
+              label=r["label"] if label_kind == "sequence" else None,
+              targets=r["targets"] if label_kind == "token" else None)
     return r
 
 
@@ -68,15 +68,15 @@ def test_round_trip_and_manifest(tmp_path):
     assert data.targets is None
     with h5py.File(tmp_path / "s" / "shard-00000.h5") as f:
         for key in ("format_version", "modality", "sample_rate", "vocab_size", "segment_length",
-                    "tokenizer", "source", "synthetic", "heartgpt_version", "task"):
+                    "tokenizer", "source", "synthetic", "heartgpt_version", "label_kind"):
             assert key in f.attrs
         assert f.attrs["format_version"] == FORMAT_VERSION
         assert json.loads(f.attrs["tokenizer"]) == {"levels": 100}
         assert f["tokens"].chunks[1] == S  # chunked by rows
 
 
-def test_token_task_has_targets(tmp_path):
-    r = _write(tmp_path / "t", task="token")
+def test_token_shards_have_targets(tmp_path):
+    r = _write(tmp_path / "t", label_kind="token")
     data = read_shards(tmp_path / "t")
     np.testing.assert_array_equal(data.targets, r["targets"])
     assert data.label is None
@@ -124,12 +124,12 @@ def test_corruption_of_same_size_caught_by_checksum(tmp_path):
         validate_shard_dir(tmp_path / "s", verify_checksums=True)
 
 
-def test_wrong_version_modality_task(tmp_path):
+def test_wrong_version_modality_label_kind(tmp_path):
     _write(tmp_path / "s")
     with pytest.raises(ShardError, match="'ecg' data but this run is 'ppg'"):
         validate_shard_dir(tmp_path / "s", modality="ppg")
-    with pytest.raises(ShardError, match="task 'sequence'"):
-        validate_shard_dir(tmp_path / "s", task="token")
+    with pytest.raises(ShardError, match="'sequence' \\(label_kind\\)"):
+        validate_shard_dir(tmp_path / "s", label_kind="token")
     path = tmp_path / "s" / "shard-00002.h5"
     with h5py.File(path, "r+") as f:
         f.attrs["format_version"] = 99

@@ -78,7 +78,7 @@ def test_resume_follows_the_uninterrupted_run(data_dir, tmp_path):
     logs = tmp_path / "logs"
     run_train(common, data_dir, tmp_path / "full", logs)
     stopped = logs / "pretrain_ecg" / "runs" / "stopped"
-    run_train([*common, "trainer.max_steps=4", "task.lr_decay_steps=8"], data_dir, stopped, logs)
+    run_train([*common, "trainer.max_steps=4", "module.lr_decay_steps=8"], data_dir, stopped, logs)
     run_train([*common, "ckpt_path=last"], data_dir, tmp_path / "resumed", logs)
 
     full = dict(column(read_metrics_csv(tmp_path / "full"), "train/loss"))
@@ -127,10 +127,10 @@ def test_init_from_in_config(data_dir, tmp_path):
     source = tmp_path / "source"
     run_train(["test=false"], data_dir, source)
     ckpt = source / "checkpoints" / "last.ckpt"
-    cfg = compose_train([*FAST, f"task.init_from={ckpt}", "train=false"], data_dir=data_dir,
+    cfg = compose_train([*FAST, f"module.init_from={ckpt}", "train=false"], data_dir=data_dir,
                         output_dir=tmp_path / "run", log_dir=tmp_path / "logs")
     train(cfg)  # testing only: init_from is applied when fitting, so this stays random
-    module = PretrainModule(**{k: v for k, v in cfg.task.items() if k != "_target_"})
+    module = PretrainModule(**{k: v for k, v in cfg.module.items() if k != "_target_"})
     module.setup("fit")
     assert torch.equal(module.model.head.weight, load_model(ckpt).model.head.weight)
 

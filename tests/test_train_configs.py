@@ -24,7 +24,7 @@ OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.ya
 EXPERIMENTS = [o for g, o in OPTIONS if g == "experiment"]
 # Declared at Lightning's defaults on purpose: overriding them then needs no "+".
 # The demo fine-tunes start from the newest demo pre-training, which these tests do not run.
-NO_PRETRAINED = {name: ["task.pretrained=null"] for name in ("demo_af", "demo_beats")}
+NO_PRETRAINED = {name: ["module.pretrained=null"] for name in ("demo_af", "demo_beats")}
 DECLARED = {"Trainer": {"accelerator", "devices", "strategy", "precision", "num_nodes"},
             "WandbLogger": {"id"}}
 
@@ -55,12 +55,12 @@ def test_every_option_composes_and_resolves(group, option, paths):
     cfg = compose_train([f"{group}={option}", *NO_PRETRAINED.get(option, [])], **paths)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved["data"]["modality"] == resolved["modality"]["name"]
-    assert resolved["task"]["model_config"]["vocab_size"] == resolved["modality"]["vocab_size"]
+    assert resolved["module"]["model_config"]["vocab_size"] == resolved["modality"]["vocab_size"]
 
 
 def test_default_composition_is_the_demo(paths):
     cfg = compose_train([], **paths)
-    assert cfg.task_name == "pretrain_ecg"
+    assert cfg.run_name == "pretrain_ecg"
     assert cfg.data.shard_dir == f"{paths['data_dir']}/demo/ecg/pretrain"
     assert cfg.trainer.max_steps <= 200 and cfg.trainer.use_distributed_sampler is False
     assert "wandb" in cfg.logger and cfg.logger.wandb.offline is True
@@ -71,12 +71,12 @@ def test_default_composition_is_the_demo(paths):
 def test_every_experiment_instantiates(experiment, paths):
     cfg = compose_train([f"experiment={experiment}", *NO_PRETRAINED.get(experiment, [])], **paths)
     datamodule = instantiate(cfg.data, _convert_="all")
-    module = instantiate(cfg.task, _convert_="all")
+    module = instantiate(cfg.module, _convert_="all")
     callbacks = [instantiate(c, _convert_="all") for c in cfg.callbacks.values()]
     loggers = [instantiate(c, _convert_="all") for c in cfg.logger.values()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers, _convert_="all")
     assert isinstance(datamodule, L.LightningDataModule)
-    assert isinstance(module, PretrainModule if cfg.task_name.startswith(("pretrain", "paper_ecg_pre",
+    assert isinstance(module, PretrainModule if cfg.run_name.startswith(("pretrain", "paper_ecg_pre",
                                                                         "paper_ppg_pre"))
                       else FinetuneModule)
     assert isinstance(trainer, L.Trainer)
@@ -89,11 +89,11 @@ def test_paper_presets_carry_the_paper_recipe(experiment, paths):
     modality = experiment.split("_")[1]
     assert cfg.modality.name == modality
     assert cfg.data.batch_size == 64
-    assert cfg.task.lr == 3e-4 and cfg.task.warmup_steps == 0 and cfg.task.min_lr_ratio == 1.0
+    assert cfg.module.lr == 3e-4 and cfg.module.warmup_steps == 0 and cfg.module.min_lr_ratio == 1.0
     assert cfg.trainer.max_steps == {"ecg": 560_000, "ppg": 500_000}[modality]
     assert cfg.trainer.val_check_interval == 2000 and cfg.trainer.limit_val_batches == 200
     assert cfg.trainer.precision == "32-true" and cfg.trainer.gradient_clip_val is None
-    assert GPTConfig.from_dict(cfg.task.model_config) == GPTConfig(
+    assert GPTConfig.from_dict(cfg.module.model_config) == GPTConfig(
         vocab_size=cfg.modality.vocab_size)  # the released architecture (dropout 0.2)
 
 
@@ -114,13 +114,13 @@ def test_model_presets_are_gpt_configs(paths):
 def test_task_preset_matches_the_module_signature(task, module, paths):
     cfg = compose_train([f"task={task}"], **paths)
     params = inspect.signature(module.__init__).parameters
-    keys = set(cfg.task) - {"_target_"}
+    keys = set(cfg.module) - {"_target_"}
     assert keys <= set(params), keys - set(params)
     required = {n for n, p in params.items() if n != "self" and p.default is inspect.Parameter.empty}
     assert required <= keys
     for name in keys & set(params):  # code defaults, where there are any, equal the YAML
         if params[name].default is not inspect.Parameter.empty:
-            assert params[name].default == cfg.task[name], name
+            assert params[name].default == cfg.module[name], name
 
 
 def _restated_defaults(node: DictConfig) -> list[str]:
@@ -190,11 +190,11 @@ def test_debug_presets(paths):
 def test_paper_finetune_presets_carry_the_paper_recipe(experiment, modality, weights, folds, paths):
     cfg = compose_train([f"experiment={experiment}"], **paths)
     assert cfg.modality.name == modality and cfg.freeze.strategy == "last_block"
-    assert cfg.task.pretrained.endswith(f"/{weights}")
+    assert cfg.module.pretrained.endswith(f"/{weights}")
     assert cfg.data.batch_size == 128 and cfg.data.folds == folds
-    assert cfg.task.lr == 3e-4 and cfg.task.warmup_steps == 0 and cfg.task.min_lr_ratio == 1.0
+    assert cfg.module.lr == 3e-4 and cfg.module.warmup_steps == 0 and cfg.module.min_lr_ratio == 1.0
     assert cfg.trainer.max_steps == (5000 if "beats" in experiment else 1000)
-    assert cfg.task.task_type == cfg.data.task_type == ("token" if "beats" in experiment else "sequence")
+    assert cfg.module.head == cfg.data.label_kind == ("token" if "beats" in experiment else "sequence")
     assert cfg.callbacks.model_checkpoint.mode == "max"
 
 
@@ -204,9 +204,9 @@ def test_beat_metrics_find_peaks_as_detect_beats_does(paths):
 
     cfg = compose_train(["experiment=demo_beats"], **paths)
     rate = cfg.modality.sample_rate
-    assert cfg.task.peak_height == PEAK_HEIGHT
-    assert round(cfg.task.peak_distance_ms * rate / 1000) == PEAK_DISTANCE
-    assert (None, round(cfg.task.peak_max_width_ms * rate / 1000)) == PEAK_WIDTH
+    assert cfg.module.peak_height == PEAK_HEIGHT
+    assert round(cfg.module.peak_distance_ms * rate / 1000) == PEAK_DISTANCE
+    assert (None, round(cfg.module.peak_max_width_ms * rate / 1000)) == PEAK_WIDTH
 
 
 @pytest.mark.parametrize(("experiment", "runs", "make_it"), [
@@ -216,7 +216,7 @@ def test_beat_metrics_find_peaks_as_detect_beats_does(paths):
 def test_demo_finetune_starts_from_the_newest_finished_pretraining(paths, experiment, runs, make_it):
     cfg = compose_train([f"experiment={experiment}"], **paths)
     with pytest.raises(Exception, match=f"no finished run under .*{runs}: .*heartgpt.train {make_it}`"):
-        _ = cfg.task.pretrained
+        _ = cfg.module.pretrained
     older, newer, killed = (paths["log_dir"] / runs / "runs" / name / "checkpoints" / "last.ckpt"
                             for name in ("a", "b", "c"))
     for i, path in enumerate((older, newer, killed)):
@@ -224,17 +224,17 @@ def test_demo_finetune_starts_from_the_newest_finished_pretraining(paths, experi
         path.write_bytes(b"")
         os.utime(path, (1_000_000 + i, 1_000_000 + i))
     with pytest.raises(Exception, match=f"no run under .*{runs} finished .*c stopped part-way"):
-        _ = cfg.task.pretrained  # no finished.json anywhere: nothing is taken
+        _ = cfg.module.pretrained  # no finished.json anywhere: nothing is taken
     for path in (older, newer):
         (path.parent.parent / FINISHED_FILE).write_text("{}")
-    assert cfg.task.pretrained == str(newer)  # the killed run "c" is newer but did not finish
+    assert cfg.module.pretrained == str(newer)  # the killed run "c" is newer but did not finish
 
 
 def test_demo_af_fine_tunes_as_demo_long_pre_trained(paths):
     """The frozen layers keep demo_long's dropout, so their features are the ones it learnt."""
     long = compose_train(["experiment=demo_long"], **paths)
     af = compose_train(["experiment=demo_af"], **paths)
-    assert long.task_name == "pretrain_long_ecg" and long.task._target_.endswith("PretrainModule")
+    assert long.run_name == "pretrain_long_ecg" and long.module._target_.endswith("PretrainModule")
     assert af.model.dropout == long.model.dropout
 
 
@@ -242,7 +242,7 @@ def test_freeze_sweep_composes_one_callback_per_strategy(paths):
     from heartgpt.training.callbacks import Freeze, GradualUnfreeze
 
     for strategy in ("full", "head", "last_block", "last_n", "gradual"):
-        cfg = compose_train(["experiment=demo_af", "task.pretrained=null", f"freeze={strategy}"], **paths)
+        cfg = compose_train(["experiment=demo_af", "module.pretrained=null", f"freeze={strategy}"], **paths)
         callback = instantiate(cfg.freeze)
         assert isinstance(callback, GradualUnfreeze if strategy == "gradual" else Freeze)
     assert "_target_" not in compose_train([], **paths).freeze  # pre-training freezes nothing

@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--summarize", metavar="DIR", help="only pool the folds already in DIR")
-    parser.add_argument("--dir", help="CV directory (default <log_dir>/<task_name>/cv/<time>)")
+    parser.add_argument("--dir", help="CV directory (default <log_dir>/<run_name>/cv/<time>)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for heartgpt.train")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
 
         cfg = compose_config(args.overrides)
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-        cv_dir = Path(args.dir or Path(cfg.paths.log_dir) / cfg.task_name / "cv" / stamp)
+        cv_dir = Path(args.dir or Path(cfg.paths.log_dir) / cfg.run_name / "cv" / stamp)
         summary = run_cv(cfg, cv_dir)
         print(f"cross-validation summary: {cv_dir / 'summary.json'}")
     json.dump({k: summary[k] for k in ("n_folds", "pooled", "mean") if k in summary},

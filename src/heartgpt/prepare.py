@@ -6,6 +6,7 @@ The work is done in :mod:`heartgpt.data`; this module maps the Hydra config
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import hydra
@@ -24,6 +25,12 @@ from heartgpt.data.pipeline import (
 from heartgpt.data.readers import find_records
 from heartgpt.data.shards import ShardError
 from heartgpt.data.tokenizer import get_modality
+from heartgpt.training.renamed_keys import (
+    PREPARE_RENAMES,
+    RenamedKeyError,
+    check_config,
+    check_overrides,
+)
 
 
 def segment_spec(cfg: DictConfig, rate: float) -> SegmentSpec:
@@ -45,7 +52,7 @@ def prepare_spec(cfg: DictConfig) -> PrepareSpec:
     ann = cfg.annotations
     return PrepareSpec(
         modality=mod.name,
-        task=cfg.task_type,
+        label_kind=cfg.label_kind,
         channel=cfg.channel,
         sample_rate=cfg.sample_rate,
         segment=segment_spec(cfg, mod.sample_rate),
@@ -108,7 +115,7 @@ def prepare(cfg: DictConfig) -> Any:
         rows_per_shard=cfg.rows_per_shard, num_workers=cfg.num_workers,
         compression=cfg.compression, progress=cfg.progress,
     )
-    print_summary(summary, f"prepare {spec.modality} {spec.task}: {cfg.input}")
+    print_summary(summary, f"prepare {spec.modality} {spec.label_kind}: {cfg.input}")
     if manifest is None:
         raise ShardError(f"{cfg.out_dir}: no segment could be written (see the summary above)")
     return summary
@@ -140,8 +147,18 @@ def _demo(cfg: DictConfig) -> Any:
 
 
 @hydra.main(config_path="pkg://heartgpt.conf", config_name="prepare", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
+    check_config(cfg, PREPARE_RENAMES)
     prepare(cfg)
+
+
+def main() -> None:
+    """``python -m heartgpt.prepare``: stops with one line on a config key heartgpt 0.1 used."""
+    try:
+        check_overrides(sys.argv[1:], PREPARE_RENAMES)
+    except RenamedKeyError as e:
+        raise SystemExit(f"error: {e}") from None
+    hydra_main()
 
 
 if __name__ == "__main__":

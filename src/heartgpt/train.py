@@ -8,6 +8,7 @@ with :func:`compose_config`); :func:`main` is the Hydra entry point. The overrid
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +26,34 @@ from heartgpt.conf import CONF_DIR
 from heartgpt.data.shards import sha256_file, write_json_atomic, write_text_atomic
 from heartgpt.model.checkpoints import find_weights
 from heartgpt.training.console import quiet_known_noise
+from heartgpt.training.renamed_keys import (
+    TRAIN_RENAMES,
+    RenamedKeyError,
+    check_config,
+    check_overrides,
+)
 from heartgpt.training.resume import mark_finished, resolve_ckpt_path, save_wandb_id, wandb_id_for
 
 log = logging.getLogger(__name__)
 CONF_MODULE = "heartgpt.conf"  # conf/ of the repository, installed as heartgpt.conf
 TEST_METRICS = "test_metrics.json"
 RESOLVED_CONFIG = "config.yaml"  # <run dir>/config.yaml: the run's config as it ran, resolved
-INITIAL_WEIGHTS_KEYS = ("pretrained", "init_from")  # task.<key>: the weights a run starts from
+INITIAL_WEIGHTS_KEYS = ("pretrained", "init_from")  # module.<key>: the weights a run starts from
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
     """``conf/train.yaml`` composed with ``overrides``, as ``python -m heartgpt.train`` would,
     for use from Python (notebooks, :mod:`heartgpt.cv`): the run directory is a new
-    ``<log_dir>/<task_name>/runs/<date_time>`` relative to the current directory."""
+    ``<log_dir>/<run_name>/runs/<date_time>`` relative to the current directory."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
     GlobalHydra.instance().clear()
     with initialize_config_module(CONF_MODULE, version_base="1.3"):
+        check_overrides(overrides or [], TRAIN_RENAMES)
         cfg = compose("train", overrides=list(overrides or []), return_hydra_config=True)
+        check_config(cfg, TRAIN_RENAMES)
     runtime = cfg.hydra.runtime
     with read_write(runtime), open_dict(runtime):
         runtime.cwd = str(Path.cwd())
@@ -85,23 +94,23 @@ def ensure_demo_shards(cfg: DictConfig) -> None:
 
 
 def resolve_initial_weights(cfg: DictConfig) -> None:
-    """Pin ``task.pretrained`` / ``task.init_from`` to the file they name, as an absolute path
+    """Pin ``module.pretrained`` / ``module.init_from`` to the file they name, as an absolute path
     (a bare released name is looked up in ``paths.weights_dir``, see
     :func:`heartgpt.model.checkpoints.find_weights`), and record it with its sha256 in the top-level
     ``initial_weights``, so the run's config says what the run started from (a
     ``${latest_ckpt:}`` is resolved once, here; the checkpoints record it too, see
     :class:`heartgpt.training.base.GPTLightningModule`)."""
-    task = cfg.get("task") or {}
+    module = cfg.get("module") or {}
     for key in INITIAL_WEIGHTS_KEYS:
-        name = task.get(key)
+        name = module.get(key)
         if not name:
             continue
         path = find_weights(name, cfg.paths.get("weights_dir")).resolve()
         digest = sha256_file(path)
-        log.info("task.%s: %s (sha256 %s)", key, path, digest)
+        log.info("module.%s: %s (sha256 %s)", key, path, digest)
         with open_dict(cfg):
-            cfg.task[key] = str(path)
-            cfg.initial_weights = {"key": f"task.{key}", "path": str(path), "sha256": digest}
+            cfg.module[key] = str(path)
+            cfg.initial_weights = {"key": f"module.{key}", "path": str(path), "sha256": digest}
 
 
 @rank_zero_only
@@ -144,10 +153,10 @@ def train(cfg: DictConfig) -> float | None:
         from heartgpt.training.overfit import FixedBatches
 
         datamodule = FixedBatches(datamodule, cfg.overfit_batches)
-    module: L.LightningModule = instantiate(cfg.task, _convert_="all")
+    module: L.LightningModule = instantiate(cfg.module, _convert_="all")
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir,
-                                  Path(cfg.paths.log_dir) / cfg.task_name)
+                                  Path(cfg.paths.log_dir) / cfg.run_name)
     continue_wandb_run(cfg, ckpt_path)
     loggers: list[Logger] = instantiate_all(cfg.get("logger"))
     callbacks: list[L.Callback] = instantiate_all(cfg.get("callbacks"))
@@ -199,8 +208,8 @@ def train(cfg: DictConfig) -> float | None:
 def check_weights_to_test(cfg: DictConfig, trained: bool, ckpt: str | None,
                           initial: str | None) -> None:
     """Refuse to test a randomly initialised model unless ``allow_untrained_test=true``:
-    a test-only run (``train=false``) needs ``ckpt_path``, ``task.init_from`` or
-    ``task.pretrained``, else its metrics would silently score random weights."""
+    a test-only run (``train=false``) needs ``ckpt_path``, ``module.init_from`` or
+    ``module.pretrained``, else its metrics would silently score random weights."""
     if trained or ckpt or initial:
         return
     if cfg.get("allow_untrained_test"):
@@ -208,8 +217,8 @@ def check_weights_to_test(cfg: DictConfig, trained: bool, ckpt: str | None,
         return
     raise ValueError(
         "test=true train=false: nothing names the weights to test, so the metrics would be those "
-        "of a random initialisation; give ckpt_path=<our .ckpt>, task.init_from=<weights> "
-        "(pre-training) or task.pretrained=<weights> (fine-tuning), or allow_untrained_test=true")
+        "of a random initialisation; give ckpt_path=<our .ckpt>, module.init_from=<weights> "
+        "(pre-training) or module.pretrained=<weights> (fine-tuning), or allow_untrained_test=true")
 
 
 def plain_dict(node: DictConfig | None) -> dict[str, Any]:
@@ -258,11 +267,21 @@ def route_lightning_logs() -> None:
 
 
 @hydra.main(config_path=f"pkg://{CONF_MODULE}", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> float | None:
+def hydra_main(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the optimised metric for sweepers."""
     route_lightning_logs()
     quiet_known_noise()
+    check_config(cfg, TRAIN_RENAMES)
     return train(cfg)
+
+
+def main() -> float | None:
+    """``python -m heartgpt.train``: stops with one line on a config key heartgpt 0.1 used."""
+    try:
+        check_overrides(sys.argv[1:], TRAIN_RENAMES)
+    except RenamedKeyError as e:
+        raise SystemExit(f"error: {e}") from None
+    return hydra_main()
 
 
 if __name__ == "__main__":

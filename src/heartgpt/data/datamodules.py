@@ -28,7 +28,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from heartgpt.data.shards import Manifest, ShardError, open_shard, read_column, validate_shard_dir
+from heartgpt.data.shards import (
+    LABEL_KINDS,
+    Manifest,
+    ShardError,
+    open_shard,
+    read_column,
+    validate_shard_dir,
+)
 from heartgpt.data.splits import SubjectSplit, split_subjects
 from heartgpt.data.tokenizer import get_modality
 
@@ -107,14 +114,14 @@ class FinetuneWindows(Dataset):
         self,
         rows: ShardRows,
         block_size: int,
-        task_type: str,
+        label_kind: str,
         subject_names: list[str],
         subject_codes: np.ndarray,
         labels: np.ndarray | None,
     ) -> None:
         self.rows = rows
         self.block_size = block_size
-        self.task_type = task_type
+        self.label_kind = label_kind
         self.subject_names = subject_names
         self.subject_codes = subject_codes
         self.labels = labels
@@ -130,7 +137,7 @@ class FinetuneWindows(Dataset):
             "subject": self.subject_names[self.subject_codes[row]],
             "row": row,
         }
-        if self.task_type == "sequence":
+        if self.label_kind == "sequence":
             assert self.labels is not None
             item["label"] = torch.tensor(self.labels[row], dtype=torch.float32)
         else:
@@ -311,12 +318,12 @@ def _open_index(
     shard_dir: str | Path,
     modality: str,
     vocab_size: int | None,
-    tasks: tuple[str, ...],
+    label_kinds: tuple[str, ...],
     min_length: int,
     need: str,
     with_labels: bool,
 ) -> _Index:
-    manifest = validate_shard_dir(shard_dir, modality=modality, task=tasks)
+    manifest = validate_shard_dir(shard_dir, modality=modality, label_kind=label_kinds)
     meta = manifest.meta
     if vocab_size is not None and meta.vocab_size != vocab_size:
         raise ShardError(
@@ -431,7 +438,7 @@ class PretrainDataModule(L.LightningDataModule):
         if self._index is not None:
             return
         self._index = _open_index(
-            self.shard_dir, self.modality, self.vocab_size, ("pretrain", "sequence", "token"),
+            self.shard_dir, self.modality, self.vocab_size, LABEL_KINDS,
             self.block_size + 1, "block_size + 1", with_labels=False,
         )
         self._split = _split(self._index, self.seed, self.val_fraction, self.test_fraction,
@@ -494,7 +501,7 @@ class FinetuneDataModule(L.LightningDataModule):
     segments are longer than ``block_size``, train takes a random window, val/test the last.
 
     Args: as :class:`PretrainDataModule`, plus
-        task_type: 'sequence' (needs shards with ``label``) or 'token' (``targets``).
+        label_kind: 'sequence' (needs shards with ``label``) or 'token' (``targets``).
         stratify: stratify the subject split by each subject's majority label (sequence task).
     """
 
@@ -503,7 +510,7 @@ class FinetuneDataModule(L.LightningDataModule):
         shard_dir: str,
         modality: str,
         block_size: int,
-        task_type: str,
+        label_kind: str,
         batch_size: int,
         seed: int,
         val_fraction: float,
@@ -519,13 +526,13 @@ class FinetuneDataModule(L.LightningDataModule):
         verify_checksums: bool = True,
     ) -> None:
         super().__init__()
-        if task_type not in ("sequence", "token"):
-            raise ValueError(f"task_type must be 'sequence' or 'token', got {task_type!r}")
+        if label_kind not in ("sequence", "token"):
+            raise ValueError(f"label_kind must be 'sequence' or 'token', got {label_kind!r}")
         self.save_hyperparameters(logger=False)
         self.shard_dir = str(shard_dir)
         self.modality = get_modality(modality).name
         self.block_size = block_size
-        self.task_type = task_type
+        self.label_kind = label_kind
         self.batch_size = batch_size
         self.seed = seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
@@ -550,14 +557,14 @@ class FinetuneDataModule(L.LightningDataModule):
         if self._index is not None:
             return
         self._index = _open_index(
-            self.shard_dir, self.modality, self.vocab_size, (self.task_type,),
-            self.block_size, "block_size", with_labels=self.task_type == "sequence",
+            self.shard_dir, self.modality, self.vocab_size, (self.label_kind,),
+            self.block_size, "block_size", with_labels=self.label_kind == "sequence",
         )
         self._split = _split(self._index, self.seed, self.val_fraction, self.test_fraction,
                              self.folds, self.fold, stratify=self.stratify)
         self._rows = {s: self._index.rows_of(self._split.of(s)) for s in SPLITS}
         self._dataset = FinetuneWindows(
-            ShardRows(self._index.manifest), self.block_size, self.task_type,
+            ShardRows(self._index.manifest), self.block_size, self.label_kind,
             self._index.subject_names, self._index.subject_codes, self._index.labels,
         )
 

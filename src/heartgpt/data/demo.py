@@ -189,11 +189,11 @@ def synthesize(subject: Subject, modality: str, seconds: float) -> Recording:
     )
 
 
-def _meta(modality: str, task: str, length: int, source: str, tokenizer: dict) -> ShardMeta:
+def _meta(modality: str, label_kind: str, length: int, source: str, tokenizer: dict) -> ShardMeta:
     mod = get_modality(modality)
     return ShardMeta(
         modality=mod.name, sample_rate=mod.sample_rate, vocab_size=mod.vocab_size,
-        segment_length=length, task=task, source=source, synthetic=True, tokenizer=tokenizer,
+        segment_length=length, label_kind=label_kind, source=source, synthetic=True, tokenizer=tokenizer,
     )
 
 
@@ -220,22 +220,22 @@ def build_demo(
     out_dir = Path(out_dir)
     source = SOURCE.format(modality=mod.name.upper(), subjects=subjects, seed=seed)
     plans = {
-        "pretrain": ("pretrain", SegmentSpec(pretrain_samples, pretrain_samples)),
+        "pretrain": ("unlabelled", SegmentSpec(pretrain_samples, pretrain_samples)),
         "af": ("sequence", SegmentSpec(finetune_samples, finetune_stride)),
         "beats": ("token", SegmentSpec(finetune_samples, finetune_stride)),
     }
     writers, counters = {}, {}
-    for name, (task, seg) in plans.items():
+    for name, (label_kind, seg) in plans.items():
         tok = {"method": "minmax-per-segment", "levels": LEVELS, "resample": "scipy.signal.resample_poly",
                "segment_stride": seg.stride, "native_rate": NATIVE_RATE[mod.name],
-               "beat_tolerance": beat_tolerance if task == "token" else None}
-        writers[name] = ShardWriter(out_dir / name, _meta(mod.name, task, seg.length, source, tok), rows_per_shard)
+               "beat_tolerance": beat_tolerance if label_kind == "token" else None}
+        writers[name] = ShardWriter(out_dir / name, _meta(mod.name, label_kind, seg.length, source, tok), rows_per_shard)
         counters[name] = SummaryCounter(out_dir / name, subjects)
     try:
         for subj in draw_subjects(mod.name, subjects, seed):
             rec = synthesize(subj, mod.name, seconds)
-            for name, (task, seg) in plans.items():
-                r = segment_recording(rec, mod.name, task, seg, tolerance=beat_tolerance)
+            for name, (label_kind, seg) in plans.items():
+                r = segment_recording(rec, mod.name, label_kind, seg, tolerance=beat_tolerance)
                 write_results([r], writers[name], counters[name])
     except BaseException:
         for w in writers.values():

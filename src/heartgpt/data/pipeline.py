@@ -71,7 +71,7 @@ class FilterSpec:
 
 @dataclass(frozen=True)
 class BeatSpec:
-    """Where per-record beat sample indices come from (task 'token')."""
+    """Where per-record beat sample indices come from (label_kind 'token')."""
 
     wfdb_extension: str | None = None  # <record>.<ext>, e.g. 'atr'
     symbols: tuple[str, ...] | None = None  # WFDB annotation symbols to keep (None: all)
@@ -87,7 +87,7 @@ class PrepareSpec:
     """Everything a worker needs to turn one file into segments (picklable)."""
 
     modality: str
-    task: str  # 'pretrain' | 'sequence' | 'token'
+    label_kind: str  # 'unlabelled' | 'sequence' | 'token'
     channel: int | str
     segment: SegmentSpec
     sample_rate: float | None = None
@@ -172,21 +172,21 @@ def beat_targets(beats: np.ndarray, rate_in: float, rate_out: float, n: int, tol
 def segment_recording(
     rec: Recording,
     modality: str,
-    task: str,
+    label_kind: str,
     segment: SegmentSpec,
     filt: FilterSpec = FilterSpec(),
     tolerance: int = 0,
 ) -> RecordResult:
     """Filter, resample to the modality rate, cut segments and tokenise each one.
 
-    ``rec.subject``/``rec.label``/``rec.beats`` must already be final (task 'sequence' needs a
+    ``rec.subject``/``rec.label``/``rec.beats`` must already be final (label_kind 'sequence' needs a
     label, 'token' beats). Segments that cannot be tokenised (NaN, flat) are dropped and counted.
     """
     res = RecordResult(name=rec.name, subject=rec.subject or rec.name, label=rec.label)
-    if task == "sequence" and rec.label is None:
+    if label_kind == "sequence" and rec.label is None:
         res.skip_reason, res.detail = NO_LABEL, "no label in the file or labels_csv"
         return res
-    if task == "token" and rec.beats is None:
+    if label_kind == "token" and rec.beats is None:
         res.skip_reason, res.detail = NO_BEATS, "no beat annotations found"
         return res
     if rec.sample_rate is None:
@@ -202,7 +202,7 @@ def segment_recording(
         res.detail = f"{x.size} samples at {rate:g} Hz, a segment needs {segment.length}"
         return res
     targets = None
-    if task == "token":
+    if label_kind == "token":
         targets = beat_targets(rec.beats, rec.sample_rate, rate, x.size, tolerance)
     kept, toks = [], []
     for s in starts:
@@ -236,7 +236,7 @@ def _attach_annotations(rec: Recording, rf: RecordFile, spec: PrepareSpec) -> Re
     rec.subject = subject or rec.subject
     rec.label = label if label is not None else rec.label
     b = spec.beats
-    if spec.task == "token":
+    if spec.label_kind == "token":
         if b.wfdb_extension and rf.format == "wfdb":
             ann = rf.path.with_suffix("." + b.wfdb_extension)
             rec.beats = read_wfdb_beats(rf.path, b.wfdb_extension, b.symbols) if ann.exists() else None
@@ -253,7 +253,7 @@ def process_file(rf: RecordFile, spec: PrepareSpec) -> RecordResult:
         rec = _attach_annotations(rec, rf, spec)
     except Exception as e:  # one bad file must never abort the run
         return RecordResult(name=rf.name, skip_reason=UNREADABLE, detail=f"{type(e).__name__}: {e}")
-    return segment_recording(rec, spec.modality, spec.task, spec.segment, spec.filter, spec.beats.tolerance)
+    return segment_recording(rec, spec.modality, spec.label_kind, spec.segment, spec.filter, spec.beats.tolerance)
 
 
 _WORKER_SPEC: PrepareSpec | None = None  # set once per worker process (not per record)
@@ -300,7 +300,7 @@ def tokenizer_settings(spec: PrepareSpec) -> dict[str, Any]:
         "channel": spec.channel,
         "segment_stride": spec.segment.stride,
         "max_per_record": spec.segment.max_per_record,
-        "beat_tolerance": spec.beats.tolerance if spec.task == "token" else None,
+        "beat_tolerance": spec.beats.tolerance if spec.label_kind == "token" else None,
     }
 
 
@@ -387,7 +387,7 @@ def prepare_records(
     mod = get_modality(spec.modality)
     meta = ShardMeta(
         modality=mod.name, sample_rate=mod.sample_rate, vocab_size=mod.vocab_size,
-        segment_length=spec.segment.length, task=spec.task, source=source,
+        segment_length=spec.segment.length, label_kind=spec.label_kind, source=source,
         synthetic=False, tokenizer=tokenizer_settings(spec),
     )
     counter = SummaryCounter(out_dir, len(files))

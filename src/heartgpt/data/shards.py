@@ -40,12 +40,21 @@ MANIFEST_NAME = "manifest.json"
 SUMMARY_NAME = "summary.json"
 SHARD_GLOB = "shard-*.h5"
 PARTIAL_SUFFIX = ".partial"
-TASKS = ("pretrain", "sequence", "token")
+LABEL_KINDS = ("unlabelled", "sequence", "token")
+_LEGACY_LABEL_KINDS = {"pretrain": "unlabelled"}  # heartgpt 0.1 stored label_kind as `task`
 _CHUNK_BYTES = 64 * 1024  # rows per HDF5 chunk ~ this many tokens: cheap random row reads
 
 
 class ShardError(ValueError):
     """A shard file or directory is missing, corrupt or does not match what was asked for."""
+
+
+def _label_kind(attrs: dict[str, Any]) -> str:
+    """``label_kind`` of stored attributes; older shards call it ``task`` ('pretrain': unlabelled)."""
+    if "label_kind" in attrs:
+        return str(attrs["label_kind"])
+    legacy = str(attrs["task"])
+    return _LEGACY_LABEL_KINDS.get(legacy, legacy)
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,7 @@ class ShardMeta:
     sample_rate: float  # Hz of the tokenised signal
     vocab_size: int
     segment_length: int  # S: tokens per row
-    task: str  # 'pretrain' (tokens only) | 'sequence' (+ label) | 'token' (+ targets)
+    label_kind: str  # 'unlabelled' (tokens only) | 'sequence' (+ label) | 'token' (+ targets)
     source: str  # free text: where the rows come from ("SYNTHETIC ..." for demo data)
     synthetic: bool = False
     tokenizer: dict[str, Any] = field(default_factory=dict)  # settings used to make tokens
@@ -64,18 +73,18 @@ class ShardMeta:
     heartgpt_version: str = heartgpt.__version__
 
     def __post_init__(self) -> None:
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
+        if self.label_kind not in LABEL_KINDS:
+            raise ValueError(f"label_kind must be one of {LABEL_KINDS}, got {self.label_kind!r}")
         if self.segment_length <= 0:
             raise ValueError(f"segment_length must be positive, got {self.segment_length}")
 
     @property
     def has_label(self) -> bool:
-        return self.task == "sequence"
+        return self.label_kind == "sequence"
 
     @property
     def has_targets(self) -> bool:
-        return self.task == "token"
+        return self.label_kind == "token"
 
     def to_attrs(self) -> dict[str, Any]:
         d = asdict(self)
@@ -91,7 +100,7 @@ class ShardMeta:
             sample_rate=float(d["sample_rate"]),
             vocab_size=int(d["vocab_size"]),
             segment_length=int(d["segment_length"]),
-            task=str(d["task"]),
+            label_kind=_label_kind(d),
             source=str(d["source"]),
             synthetic=bool(d.get("synthetic", False)),
             tokenizer=json.loads(tok) if isinstance(tok, str) else dict(tok),
@@ -386,7 +395,7 @@ def read_manifest(shard_dir: str | os.PathLike) -> Manifest:
 
 
 def _check_meta(path: Path, found: ShardMeta, expected: ShardMeta) -> None:
-    for key in ("format_version", "modality", "sample_rate", "vocab_size", "segment_length", "task"):
+    for key in ("format_version", "modality", "sample_rate", "vocab_size", "segment_length", "label_kind"):
         a, b = getattr(found, key), getattr(expected, key)
         if a != b:
             raise ShardError(f"{path}: attribute {key}={a!r} but the manifest says {b!r}")
@@ -457,7 +466,7 @@ def _check_datasets(path: Path, f: h5py.File, meta: ShardMeta, info: ShardInfo |
         wanted["targets"] = (n, meta.segment_length)
     for name, shape in wanted.items():
         if name not in f:
-            raise ShardError(f"{path}: no {name!r} dataset (task {meta.task!r} needs it)")
+            raise ShardError(f"{path}: no {name!r} dataset (label_kind {meta.label_kind!r} needs it)")
         if f[name].shape != shape:
             raise ShardError(f"{path}: {name!r} has shape {f[name].shape}, expected {shape}")
 
@@ -465,13 +474,13 @@ def _check_datasets(path: Path, f: h5py.File, meta: ShardMeta, info: ShardInfo |
 def validate_shard_dir(
     shard_dir: str | os.PathLike,
     modality: str | None = None,
-    task: str | Sequence[str] | None = None,
+    label_kind: str | Sequence[str] | None = None,
     verify_checksums: bool = False,
 ) -> Manifest:
     """Read the manifest and check every shard it lists; return the :class:`Manifest`.
 
     Cheap checks (existence, size, schema, row counts, attributes against the manifest) always
-    run; ``verify_checksums`` also hashes every file. ``modality``/``task`` are what the run
+    run; ``verify_checksums`` also hashes every file. ``modality``/``label_kind`` are what the run
     expects. Stray files (``*.partial`` from an interrupted run, anything not listed) are
     ignored. Raises :class:`ShardError` naming the bad file.
     """
@@ -481,10 +490,11 @@ def validate_shard_dir(
         raise ShardError(
             f"{where}: shards hold {manifest.meta.modality!r} data but this run is {modality!r}"
         )
-    if task is not None:
-        allowed = (task,) if isinstance(task, str) else tuple(task)
-        if manifest.meta.task not in allowed:
-            raise ShardError(f"{where}: shards are for task {manifest.meta.task!r}, this run needs {allowed}")
+    if label_kind is not None:
+        allowed = (label_kind,) if isinstance(label_kind, str) else tuple(label_kind)
+        if manifest.meta.label_kind not in allowed:
+            raise ShardError(f"{where}: shards are {manifest.meta.label_kind!r} (label_kind), "
+                             f"this run needs {allowed}")
     for path, info in zip(manifest.paths, manifest.shards, strict=True):
         validate_shard_file(path, info, manifest.meta, verify_checksum=verify_checksums)
     return manifest

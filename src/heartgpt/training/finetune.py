@@ -41,7 +41,7 @@ from heartgpt.model import GPT, GPTConfig
 from heartgpt.training.base import GPTLightningModule, plain
 
 STAGES = ("train", "val", "test")
-TASK_TYPES = ("sequence", "token")
+HEADS = ("sequence", "token")  # one output per window | one per position
 POOLINGS = ("last", "mean")
 
 
@@ -59,7 +59,8 @@ class FinetuneModule(GPTLightningModule):
         model_config: :class:`GPTConfig` fields; ``out_features`` is forced to 1.
         modality: 'ecg' | 'ppg'; must agree with the vocab size and with ``pretrained``.
         task: a name for the checkpoint ('af', 'beats', ...).
-        task_type: 'sequence' (one label per window) or 'token' (a target per position).
+        head: 'sequence' (one output per window, for a label per window) or 'token' (one per
+            position, for a target per position).
         pooling: sequence tasks: 'last' position (the paper) or 'mean' over positions.
         pretrained: weights to start from (released ``.zip``/``.pth``, our ``.ckpt`` or
             ``.safetensors``); None trains from scratch. Loaded when fitting starts.
@@ -78,7 +79,7 @@ class FinetuneModule(GPTLightningModule):
         model_config: Mapping[str, Any],
         modality: str,
         task: str,
-        task_type: str,
+        head: str,
         pooling: str,
         pretrained: str | None,
         lr: float,
@@ -96,8 +97,8 @@ class FinetuneModule(GPTLightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        if task_type not in TASK_TYPES:
-            raise ValueError(f"task_type must be one of {TASK_TYPES}, got {task_type!r}")
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         model_config = {**GPTConfig.from_dict(plain(model_config)).to_dict(), "out_features": 1}
@@ -122,7 +123,7 @@ class FinetuneModule(GPTLightningModule):
         max_width = None if peak_max_width_ms is None else round(peak_max_width_ms * rate / 1000)
         for stage in STAGES:
             setattr(self, f"{stage}_loss", MeanMetric())
-            if task_type == "sequence":
+            if head == "sequence":
                 setattr(self, f"{stage}_metrics", _sequence_metrics())
             else:
                 # binned AUROC: memory stays bounded over every position of the set
@@ -141,14 +142,14 @@ class FinetuneModule(GPTLightningModule):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """Logits: (B,) for sequence tasks, (B, T) for token tasks."""
         logits = self.model(tokens)[..., 0].float()  # (B, T)
-        if self.hparams.task_type == "token":
+        if self.hparams.head == "token":
             return logits
         if self.hparams.pooling == "mean":
             return logits.mean(dim=1)  # the head is linear: mean of logits = head(mean hidden)
         return logits[:, -1]  # (B,)
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        key = "label" if self.hparams.task_type == "sequence" else "targets"
+        key = "label" if self.hparams.head == "sequence" else "targets"
         target = batch[key].float()  # (B,) or (B, T)
         logits = self(batch["tokens"])
         loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
@@ -160,7 +161,7 @@ class FinetuneModule(GPTLightningModule):
             stage_loss = getattr(self, f"{stage}_loss")
             stage_loss.update(loss.detach(), weight=target.numel())
             self.log(f"{stage}/loss", stage_loss, on_epoch=True, prog_bar=True)
-            if self.hparams.task_type == "token":
+            if self.hparams.head == "token":
                 getattr(self, f"{stage}_beats").update(probs, target)
         if stage == "test":
             self._record(batch, probs, target)
@@ -169,7 +170,7 @@ class FinetuneModule(GPTLightningModule):
     def _record(self, batch: dict[str, Any], probs: torch.Tensor, target: torch.Tensor) -> None:
         rows = batch["row"].tolist()
         for i, (row, subject) in enumerate(zip(rows, batch["subject"], strict=True)):
-            if self.hparams.task_type == "sequence":
+            if self.hparams.head == "sequence":
                 self._test_rows.append({"row": row, "subject": subject,
                                         "label": int(target[i].item()),
                                         "prob": float(probs[i].item())})
@@ -191,7 +192,7 @@ class FinetuneModule(GPTLightningModule):
         metrics = getattr(self, f"{stage}_metrics")
         self.log_dict({f"{stage}/{k}": v for k, v in metrics.compute().items()})
         metrics.reset()
-        if stage != "train" and self.hparams.task_type == "token":
+        if stage != "train" and self.hparams.head == "token":
             beats = getattr(self, f"{stage}_beats")
             self.log_dict({f"{stage}/beat_{k}": v for k, v in beats.compute().items()})
             beats.reset()

@@ -53,7 +53,7 @@ def latest_checkpoint(runs_root: str, make_it: str | None = None) -> str:
                "with ckpt_path=<its last.ckpt>)")
         raise FileNotFoundError(
             f"{why}: run that training first (`{make_it}` for {task}), "
-            "or set task.pretrained=<a .ckpt, .safetensors or released .zip>")
+            "or set module.pretrained=<a .ckpt, .safetensors or released .zip>")
     log.info("latest_ckpt: %s", found)
     return str(found)
 

@@ -62,7 +62,7 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path, runs_root: 
     """Turn the ``ckpt_path`` setting into a file to resume from, or None to start afresh.
 
     ``last`` means the newest ``last*.ckpt`` of this run directory, else of any run under
-    ``runs_root`` (``<log_dir>/<task_name>``); when there is none yet, training starts from
+    ``runs_root`` (``<log_dir>/<run_name>``); when there is none yet, training starts from
     scratch (so a re-queued job can always say ``ckpt_path=last``). Any other value must be a file.
     """
     if not ckpt_path:
@@ -82,8 +82,8 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path, runs_root: 
         raise ValueError(
             f"ckpt_path={ckpt_path}: ckpt_path resumes the training state (optimiser, step, data "
             "position) of one of our Lightning .ckpt files; to start from the weights of a "
-            "released .zip/.pth or a .safetensors export use task.init_from= (pre-training) or "
-            "task.pretrained= (fine-tuning)")
+            "released .zip/.pth or a .safetensors export use module.init_from= (pre-training) or "
+            "module.pretrained= (fine-tuning)")
     return str(path.resolve())
 
 

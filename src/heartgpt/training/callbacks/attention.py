@@ -32,9 +32,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from heartgpt.data.tokenizer import get_modality
 from heartgpt.inference import interpretability as interpret
 from heartgpt.inference import plots
-from heartgpt.data.tokenizer import get_modality
 
 FIGURES = ("heads", "aggregate", "folded", "homonyms")
 

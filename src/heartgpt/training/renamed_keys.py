@@ -1,0 +1,76 @@
+"""Config keys renamed in heartgpt 0.2, and the one-line error an old key gives.
+
+0.1 used "task" for six things; now the ``task`` group picks the job (pretrain | af | beats),
+its LightningModule is configured under ``module``, ``module.head`` says what the network
+outputs (one value per window or per position), ``label_kind`` what a shard set holds and
+``run_name`` names the run folder. An old key anywhere -- a command-line override or a
+config file -- stops the run before anything happens, naming the new key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from omegaconf import DictConfig, OmegaConf
+
+# old dotted key (or prefix, ending in '.') -> new; first match wins
+TRAIN_RENAMES: tuple[tuple[str, str], ...] = (
+    ("task_name", "run_name"),
+    ("task.task_type", "module.head"),
+    ("data.task_type", "data.label_kind"),
+    ("task.", "module."),  # task=<name> still picks the task; its settings moved to module.*
+)
+PREPARE_RENAMES: tuple[tuple[str, str], ...] = (("task_type", "label_kind"),)
+_PREPARE_VALUES = {"pretrain": "unlabelled"}  # task_type=pretrain is label_kind=unlabelled
+
+
+class RenamedKeyError(ValueError):
+    """A config key of heartgpt 0.1 was used; the message names its new spelling."""
+
+
+def _renamed(key: str, renames: Iterable[tuple[str, str]]) -> str | None:
+    for old, new in renames:
+        if old.endswith("."):
+            if key.startswith(old):
+                return new + key[len(old):]
+        elif key == old or key.startswith(old + "."):
+            return new + key[len(old):]
+    return None
+
+
+def _message(key: str, new: str, value: str | None = None) -> str:
+    if value is not None and value in _PREPARE_VALUES:
+        return (f"config key {key!r} was renamed {new!r} in heartgpt 0.2: use "
+                f"{new}={_PREPARE_VALUES[value]}")
+    return f"config key {key!r} was renamed {new!r} in heartgpt 0.2: use {new} instead"
+
+
+def check_overrides(overrides: Iterable[str], renames: Iterable[tuple[str, str]]) -> None:
+    """Raise :class:`RenamedKeyError` for a command-line override of an old key."""
+    renames = tuple(renames)
+    for arg in overrides:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        key, value = arg.split("=", 1)
+        key = key.lstrip("+~")
+        new = _renamed(key, renames)
+        if new is not None:
+            raise RenamedKeyError(_message(key, new, value))
+
+
+def _keys(node: Mapping, prefix: str = "") -> Iterable[str]:
+    for k, v in node.items():
+        yield prefix + str(k)
+        if isinstance(v, Mapping):
+            yield from _keys(v, f"{prefix}{k}.")
+
+
+def check_config(cfg: DictConfig, renames: Iterable[tuple[str, str]]) -> None:
+    """Raise :class:`RenamedKeyError` for an old key that a config file put in ``cfg``."""
+    renames = tuple(renames)
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    tree.pop("hydra", None)
+    for key in _keys(tree):
+        new = _renamed(key, renames)
+        if new is not None:
+            raise RenamedKeyError(_message(key, new))
