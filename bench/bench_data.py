@@ -3,54 +3,46 @@
 Synthetic demo ECG shards (:func:`heartgpt.data.demo.build_demo`, 40 subjects x 180 s: 720
 segments of 1000 tokens) are written to a temporary folder; :class:`PretrainDataModule` with
 ``block_size`` 500 and batch 64 is iterated with 0 and 2 workers. The first epoch warms up
-(worker start, file opening); the following epochs are timed. In the same process, our model's
-training step (batch 64, fp32, dropout 0.2, AdamW) is timed: the windows/s the loader must
-keep up with.
+(worker start, file opening); then, interleaved with our model's training step (batch 64, fp32,
+dropout 0.2, AdamW: the windows/s the loader must keep up with), one epoch per round is timed
+(:func:`bench.common.interleave`); each round gives a ratio, reported as median and range.
 """
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from bench.bench_train import PAPER, TINY, measure_train_step
-from bench.common import measure, metric, parser, section, threads_for
+from bench.bench_train import PAPER, TINY, train_unit
+from bench.common import interleave, metric, parser, round_ratios, section, threads_for
 from heartgpt.data import PretrainDataModule
 from heartgpt.data.demo import build_demo
 
 
-def loader_rate(shard_dir: Path, block_size: int, batch: int, workers: int, epochs: int,
-                windows_per_segment: int) -> dict:
-    """Windows/s of the train loader over ``epochs`` epochs after one warm-up epoch."""
+def loader_unit(shard_dir: str, block_size: int, batch: int, workers: int,
+                windows_per_segment: int):
+    """The train loader after one warm-up epoch (worker start, file opening); a unit is one
+    epoch, returning the windows it delivered."""
     dm = PretrainDataModule(
-        str(shard_dir), "ecg", block_size=block_size, batch_size=batch, seed=0,
+        shard_dir, "ecg", block_size=block_size, batch_size=batch, seed=0,
         val_fraction=0.1, test_fraction=0.1, windows_per_segment=windows_per_segment,
         num_workers=workers, persistent_workers=workers > 0, verify_checksums=False)
     dm.setup()
     loader = dm.train_dataloader()
     t0 = time.perf_counter()
-    for _ in loader:  # epoch 0: starts the workers, opens the files
+    for _ in loader:  # epoch 0
         pass
     warm_s = time.perf_counter() - t0
-    windows = 0
-    t0 = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        loader.sampler.set_epoch(epoch)
-        for x, _ in loader:
-            windows += x.size(0)
-    seconds = time.perf_counter() - t0
-    return {"workers": workers, "windows": windows, "seconds": seconds, "warmup_epoch_s": warm_s,
-            "windows_per_s": windows / seconds}
+    epoch = [0]
 
+    def unit() -> int:
+        epoch[0] += 1
+        loader.sampler.set_epoch(epoch[0])
+        return sum(x.size(0) for x, _ in loader)
 
-def measure_data(shard_dir: str, config: dict, batch: int, epochs: int,
-                 windows_per_segment: int) -> dict:
-    rows = [loader_rate(Path(shard_dir), config["block_size"], batch, w, epochs,
-                        windows_per_segment) for w in (0, 2)]
-    train = measure_train_step("ours", batch, steps=1, warmup=1, config=config)
-    train["windows_per_s"] = batch / train["seconds_per_step"]
-    return {"loader": rows, "train": train}
+    return unit, {"warmup_epoch_s": warm_s}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -64,23 +56,41 @@ def main(argv: list[str] | None = None) -> dict:
         build_demo(Path(tmp), "ecg", subjects=subjects, seconds=seconds, seed=0,
                    pretrain_samples=1000, finetune_samples=500, finetune_stride=500,
                    beat_tolerance=0, rows_per_shard=2048)
-        out = measure(measure_data, threads, args.inline, shard_dir=str(Path(tmp) / "pretrain"),
-                      config=config, batch=batch, epochs=1 if args.tiny else 3,
-                      windows_per_segment=1 if args.tiny else 4)
-    consumed = out["train"]["windows_per_s"]
-    rows = out["loader"] + [{"workers": "training step", **out["train"]}]
-    for r in out["loader"]:
+        sides = {f"loader_w{w}": (loader_unit, dict(
+            shard_dir=str(Path(tmp) / "pretrain"), block_size=config["block_size"], batch=batch,
+            workers=w, windows_per_segment=1 if args.tiny else 4)) for w in (0, 2)}
+        sides["train"] = (train_unit, dict(impl="ours", batch=batch, steps=1, warmup=1,
+                                           config=config))
+        print(f"data      loader (0, 2 workers: an epoch) and training step (batch {batch}) "
+              f"interleaved, {args.rounds} rounds", flush=True)
+        result = interleave(sides, args.rounds, threads=threads, inline=args.inline,
+                            reject_above=args.reject_above)
+
+    def rate(rnd: dict, side: str) -> float:  # windows/s
+        return (rnd["out"][side] or batch) / rnd["seconds"][side]
+
+    rows, metrics = [], []
+    for side in sides:
+        rates = [rate(r, side) for r in result["rounds"]]
+        rows.append({"workers": side.removeprefix("loader_w") if side != "train"
+                     else "training step", "windows": result["rounds"][0]["out"][side] or batch,
+                     "seconds": statistics.median(result["sides"][side]["seconds"]),
+                     "windows_per_s": statistics.median(rates),
+                     "range": f"{min(rates):.1f}-{max(rates):.1f}", "round_windows_per_s": rates,
+                     **result["sides"][side]["info"]})
+    consumed = rows[-1]["windows_per_s"]
+    for r in rows[:-1]:
         print(f"data      {r['workers']} workers: {r['windows_per_s']:8.0f} windows/s", flush=True)
+        side = f"loader_w{r['workers']}"
+        metrics.append(metric(
+            f"data_workers{r['workers']}",
+            f"DataModule, {r['workers']} workers: windows/s vs a training step's need",
+            r["windows_per_s"], "windows/s", ref=consumed,
+            ref_what=f"training step, batch {batch}", target=10.0,
+            spread=round_ratios(result, lambda rnd, s=side: rate(rnd, s) / rate(rnd, "train"))))
     print(f"data      training consumes {consumed:.1f} windows/s", flush=True)
-    metrics = [
-        metric(f"data_workers{r['workers']}",
-               f"DataModule, {r['workers']} workers: windows/s vs a training step's need",
-               r["windows_per_s"], "windows/s", ref=consumed,
-               ref_what=f"training step, batch {batch}", target=10.0)
-        for r in out["loader"]
-    ]
-    return section("data", args, rows, metrics, time.perf_counter() - t0, config=config,
-                   threads=threads)
+    return section("data", args, rows, metrics, time.perf_counter() - t0, interleaved=[result],
+                   config=config, threads=threads)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,18 @@ One sample (the released GUI's batch), the same weights and context for all thre
   every step re-runs the window, positions re-indexed from 0; no autograd, fused attention);
 * ``cached``: ``mode="cached"`` (KV cache, window re-encoded every ``stride`` = 100 tokens).
 
-Each is warmed up with a short generation first. To see where a step's time goes, the run
-also times the pieces of a step (:func:`breakdown`).
+Each mode lives in its own spawned process (:func:`bench.common.interleave`), warmed up with a
+short generation first; the modes take turns, one unit each per round: exact and baseline
+generate ``500 / rounds`` tokens a round (continuing from the last 500 tokens of their previous
+piece: with the window full, every step does the same work), cached mode a whole 500-token
+generation (its re-encode schedule depends on where a call starts). Each round gives a ratio
+(per-token times); the median and range of the rounds are reported. To see where a step's time
+goes, the run also times the pieces of a step (:func:`breakdown`).
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import numpy as np
@@ -21,10 +27,19 @@ import torch
 import torch.nn.functional as F
 
 from bench.baseline import ReleasedGPT
-from bench.common import best_of, measure, metric, parser, section, threads_for
+from bench.common import (
+    best_of,
+    interleave,
+    measure,
+    metric,
+    parser,
+    round_ratios,
+    section,
+    threads_for,
+)
+from heartgpt.model.checkpoints import to_released_state_dict
 from heartgpt.inference.generation import generate_tokens
 from heartgpt.model import GPT, GPTConfig, KVCache, default_stride
-from heartgpt.model.checkpoints import to_released_state_dict
 
 PAPER = dict(vocab_size=102, block_size=500, n_embd=64, n_head=8, n_layer=8, dropout=0.2,
              attn_scale=64**-0.5)
@@ -32,8 +47,7 @@ TINY = dict(vocab_size=102, block_size=32, n_embd=32, n_head=4, n_layer=2, dropo
             attn_scale=32**-0.5)
 
 
-def measure_generate(config: dict, context: int, new_tokens: int, warmup: int,
-                     rounds: int) -> dict:
+def _models(config: dict) -> tuple[GPTConfig, GPT, ReleasedGPT]:
     cfg = GPTConfig(**config)
     torch.manual_seed(0)
     ours = GPT(cfg).eval()
@@ -41,46 +55,47 @@ def measure_generate(config: dict, context: int, new_tokens: int, warmup: int,
                        cfg.dropout)
     base.load_state_dict(to_released_state_dict(ours))
     base.eval()  # as the released script; no torch.no_grad() (its generate has none)
+    return cfg, ours, base
+
+
+def generate_unit(mode: str, config: dict, context: int, new_tokens: int, piece: int,
+                  warmup: int):
+    """One side of the comparison, warmed up; a unit generates ``piece`` tokens (exact,
+    baseline: continuing from the last ``block_size`` tokens of the unit before) or, in cached
+    mode, a whole ``new_tokens`` generation from the context. Returns the tokens generated."""
+    cfg, ours, base = _models(config)
     ctx = np.random.default_rng(0).integers(0, cfg.vocab_size - 1, context)  # (T,)
     idx = torch.as_tensor(ctx).unsqueeze(0)  # (1, T)
-
     # The context fills the window, so every exact/baseline step does the same work and a
-    # generation can be cut into pieces, each continuing from the last block_size tokens of
-    # the one before: the pieces of the three modes are interleaved, so that a change in the
-    # machine's load hits them alike. Cached mode's re-encode schedule depends on where a
-    # call starts, so each round runs a whole cached generation; its median is reported.
+    # generation can be cut into pieces. Cached mode's re-encode schedule depends on where a
+    # call starts, so each of its units is a whole generation.
     assert context == cfg.block_size
-    piece = new_tokens // rounds
-    tails = {"baseline": idx, "exact": idx}
-    seconds = {"baseline": 0.0, "exact": 0.0}
-    cached: list[float] = []
-    base.generate(idx, warmup)
-    generate_tokens(ours, ctx, warmup, seed=0, mode="exact")
-    generate_tokens(ours, ctx, warmup, seed=0, mode="cached")
-    for r in range(rounds):
-        n = piece if r < rounds - 1 else new_tokens - piece * (rounds - 1)
-        t0 = time.perf_counter()
-        out = base.generate(tails["baseline"], n)  # (1, block_size + n)
-        seconds["baseline"] += time.perf_counter() - t0
-        tails["baseline"] = out[:, -cfg.block_size :]
-        t0 = time.perf_counter()
-        sampled = generate_tokens(ours, tails["exact"][0], n, seed=r, mode="exact")  # (1, n)
-        seconds["exact"] += time.perf_counter() - t0
-        tails["exact"] = torch.cat([tails["exact"], torch.as_tensor(sampled)], 1)[
-            :, -cfg.block_size :]
-        t0 = time.perf_counter()
-        generate_tokens(ours, ctx, new_tokens, seed=r, mode="cached")
-        cached.append(time.perf_counter() - t0)
-    seconds["cached"] = float(np.median(cached))
-    rows = []
-    for name, s in seconds.items():
-        rows.append({"impl": name, "seconds": s, "new_tokens": new_tokens,
-                     "tokens_per_s": new_tokens / s,
-                     "how": f"median of {rounds} runs" if name == "cached" else
-                     f"{rounds} interleaved pieces"})
-        print(f"generate  {name:8s}: {s:7.2f} s for {new_tokens} tokens", flush=True)
+    state = {"tail": idx, "round": 0}
+    if mode == "baseline":
+        base.generate(idx, warmup)
+    else:
+        generate_tokens(ours, ctx, warmup, seed=0, mode=mode)
 
-    return {"rows": rows, "breakdown": breakdown(ours, base, cfg, idx[:, -cfg.block_size :])}
+    def unit() -> int:
+        r = state["round"] = state["round"] + 1
+        if mode == "cached":
+            generate_tokens(ours, ctx, new_tokens, seed=r, mode="cached")
+            return new_tokens
+        if mode == "baseline":
+            out = base.generate(state["tail"], piece)  # (1, block_size + piece)
+        else:
+            sampled = generate_tokens(ours, state["tail"][0], piece, seed=r, mode="exact")
+            out = torch.cat([state["tail"], torch.as_tensor(sampled)], 1)  # (1, T + piece)
+        state["tail"] = out[:, -cfg.block_size :]
+        return piece
+
+    return unit
+
+
+def breakdown_of(config: dict, context: int) -> dict:
+    cfg, ours, base = _models(config)
+    ctx = np.random.default_rng(0).integers(0, cfg.vocab_size - 1, context)
+    return breakdown(ours, base, cfg, torch.as_tensor(ctx).unsqueeze(0)[:, -cfg.block_size :])
 
 
 def rowblock_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
@@ -149,10 +164,31 @@ def main(argv: list[str] | None = None) -> dict:
     context = new = config["block_size"]
     threads = threads_for(args.tiny)
     t0 = time.perf_counter()
-    out = measure(measure_generate, threads, args.inline, config=config, context=context,
-                  new_tokens=new, warmup=3, rounds=5)
-    rows, bd = out["rows"], out["breakdown"]
+    piece = -(-new // args.rounds)
+    print(f"generate  exact, cached, baseline interleaved, {args.rounds} rounds: exact and "
+          f"baseline {piece} tokens a round, cached a whole {new}-token generation", flush=True)
+    result = interleave(
+        {mode: (generate_unit, dict(mode=mode, config=config, context=context, new_tokens=new,
+                                    piece=piece, warmup=3))
+         for mode in ("exact", "cached", "baseline")},
+        args.rounds, threads=threads, inline=args.inline, reject_above=args.reject_above)
+
+    def per_token(rnd: dict, mode: str) -> float:
+        return rnd["seconds"][mode] / rnd["out"][mode]
+
+    rows = []
+    for mode in ("baseline", "exact", "cached"):
+        per = [new * per_token(r, mode) for r in result["rounds"]]  # s for `new` tokens
+        s = statistics.median(per)
+        rows.append({"impl": mode, "seconds": s, "new_tokens": new, "tokens_per_s": new / s,
+                     "range_s": f"{min(per):.2f}-{max(per):.2f}", "round_seconds": per,
+                     "how": f"median of {len(per)} rounds" + (
+                         "" if mode == "cached" else f" of {piece} tokens, scaled to {new}")})
+        print(f"generate  {mode:8s}: {s:7.2f} s for {new} tokens", flush=True)
+    bd = measure(breakdown_of, threads, args.inline, config=config, context=context)
     by = {r["impl"]: r for r in rows}
+    exact_sp = round_ratios(result, lambda r: per_token(r, "baseline") / per_token(r, "exact"))
+    cached_sp = round_ratios(result, lambda r: per_token(r, "baseline") / per_token(r, "cached"))
     ms = {k: 1e3 * v for k, v in bd.items()}
     step = 1e3 * by["exact"]["seconds"] / new
     C = config["n_embd"]
@@ -191,15 +227,13 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = [
         metric("generate_exact", f"generation, {new} tokens after {context}: exact mode",
                by["exact"]["seconds"], "s", ref=by["baseline"]["seconds"], ref_what="baseline",
-               ratio=by["baseline"]["seconds"] / by["exact"]["seconds"], target=10.0,
-               note=exact_note),
+               spread=exact_sp, target=10.0, note=exact_note),
         metric("generate_cached", f"generation, {new} tokens after {context}: KV-cache mode",
                by["cached"]["seconds"], "s", ref=by["baseline"]["seconds"], ref_what="baseline",
-               ratio=by["baseline"]["seconds"] / by["cached"]["seconds"], target=50.0,
-               note=cached_note),
+               spread=cached_sp, target=50.0, note=cached_note),
     ]
-    return section("generate", args, rows, metrics, time.perf_counter() - t0, config=config,
-                   threads=threads, breakdown=bd)
+    return section("generate", args, rows, metrics, time.perf_counter() - t0,
+                   interleaved=[result], config=config, threads=threads, breakdown=bd)
 
 
 if __name__ == "__main__":

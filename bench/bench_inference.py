@@ -3,20 +3,23 @@
 Paper-size 1-output models (8 layers, 64 wide, context 500) with random weights -- the speed
 does not depend on the weights -- run on synthetic demo recordings at their native rates (PPG
 125 Hz, ECG 500 Hz), so resampling, tokenising, batching, the forward passes and (beats) the
-overlap-average and peak finding are all timed. A recording of a few minutes is timed and the
-time scaled to one hour (every step is linear in the length). ``detect_beats`` runs with one
+overlap-average and peak finding are all timed. Each round times a recording of a minute or two
+(``--rounds`` rounds, in this process, with disturbed rounds rejected: ``bench.common.interleave``)
+and scales the time to one hour (every step is linear in the length); the median and range of
+the rounds are reported. ``detect_beats`` runs with one
 thread -- its target is per core: at least 20x faster than real time -- and with every core;
 ``screen_af`` (stride 50, as the paper's AF windows) with every core.
 """
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import numpy as np
 import torch
 
-from bench.common import metric, parser, section, threads_for
+from bench.common import interleave, metric, parser, round_ratios, section, threads_for
 from heartgpt.data.demo import draw_subjects, synthesize
 from heartgpt.inference.af_screening import screen_af
 from heartgpt.inference.beat_detection import detect_beats
@@ -38,63 +41,64 @@ def model(config: dict, vocab_size: int) -> GPT:
     return GPT(GPTConfig(vocab_size=vocab_size, **config)).eval()
 
 
-def time_tool(name: str, fn, n: int, n_warm: int, minutes: float, threads: int) -> dict:
-    """``fn(n)`` (``n`` samples, ``minutes`` of recording) after a warm-up ``fn(n_warm)``."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        fn(n_warm)  # allocations, kernels: the same tool on the first minute
-        t0 = time.perf_counter()
-        fn(n)
-        seconds = time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(before)
-    per_hour = seconds * 60 / minutes
-    return {"tool": name, "threads": threads, "minutes": minutes, "seconds": seconds,
-            "seconds_per_hour": per_hour, "realtime_x": 3600 / per_hour,
-            "realtime_x_per_core": 3600 / per_hour / threads}
+_TOOLS = {"detect_beats": detect_beats, "screen_af": screen_af}
+
+
+def tool_unit(tool: str, modality: str, config: dict, minutes: float, warm_s: float,
+              shift: int):
+    """``tool`` on ``minutes`` of a synthetic recording per unit, after a warm-up run on the
+    first ``warm_s`` seconds (allocations, kernels)."""
+    signal, rate = recording(modality, minutes)
+    net = model(config, 102 if modality == "ppg" else 101)
+    extra = {"shift": shift} if tool == "detect_beats" else {}
+
+    def run(n: int) -> None:
+        _TOOLS[tool](net, signal[:n], rate, modality, **extra)
+
+    run(round(warm_s * rate))
+    return lambda: run(len(signal))
 
 
 def main(argv: list[str] | None = None) -> dict:
     args = parser(__doc__).parse_args(argv)
     config = TINY if args.tiny else PAPER
-    beat_min, af_min = (0.5, 0.5) if args.tiny else (10.0, 3.0)
+    beat_min, af_min = (0.25, 0.25) if args.tiny else (2.0, 1.0)  # per round
     shift = 16 if args.tiny else 100  # detect_beats' window shift (the released 100)
     cores = threads_for(args.tiny)
     t0 = time.perf_counter()
-    ppg, ppg_rate = recording("ppg", max(beat_min, af_min))
-    ecg, ecg_rate = recording("ecg", af_min)
-    ppg_model, ecg_model = model(config, 102), model(config, 101)
-    warm = min(60.0, beat_min * 60, af_min * 60)  # seconds of recording for the warm-up
-    runs = [
-        ("detect_beats ppg", lambda n: detect_beats(ppg_model, ppg[:n], ppg_rate, "ppg",
-                                                    shift=shift),
-         round(beat_min * 60 * ppg_rate), round(warm * ppg_rate), beat_min, sorted({1, cores})),
-        ("screen_af ppg", lambda n: screen_af(ppg_model, ppg[:n], ppg_rate, "ppg"),
-         round(af_min * 60 * ppg_rate), round(warm * ppg_rate), af_min, [cores]),
-        ("screen_af ecg", lambda n: screen_af(ecg_model, ecg[:n], ecg_rate, "ecg"),
-         round(af_min * 60 * ecg_rate), round(warm * ecg_rate), af_min, [cores]),
-    ]
-    rows = []
-    for name, fn, n, n_warm, minutes, thread_counts in runs:
-        for threads in thread_counts:
-            rows.append(time_tool(name, fn, n, n_warm, minutes, threads))
-            print(f"inference {name:16s} {threads} thread(s): "
-                  f"{rows[-1]['seconds_per_hour']:7.1f} s per hour", flush=True)
-    metrics = []
-    for r in rows:
-        what = f"{r['tool']}, {r['threads']} thread(s): seconds per hour of recording"
-        key = f"{r['tool'].replace(' ', '_')}_t{r['threads']}"
-        if r["tool"].startswith("detect_beats") and r["threads"] == 1:
-            metrics.append(metric(key, what, r["seconds_per_hour"], "s/h", ref=3600.0,
-                                  ref_what="real time (1 thread)",
-                                  ratio=r["realtime_x_per_core"], target=20.0))
-        else:
-            plural = "s" * (r["threads"] > 1)
-            metrics.append(metric(key, what, r["seconds_per_hour"], "s/h", ref=3600.0,
-                                  ref_what=f"real time ({r['threads']} thread{plural})",
-                                  ratio=r["realtime_x"]))
-    return section("inference", args, rows, metrics, time.perf_counter() - t0, config=config)
+    runs = [("detect_beats", "ppg", beat_min, t) for t in sorted({1, cores})]
+    runs += [("screen_af", "ppg", af_min, cores), ("screen_af", "ecg", af_min, cores)]
+    rows, metrics, results = [], [], []
+    for tool, modality, minutes, threads in runs:
+        # each tool and thread count in this process (nothing to isolate), timed in rounds
+        result = interleave(
+            {"tool": (tool_unit, dict(tool=tool, modality=modality, config=config,
+                                      minutes=minutes, warm_s=min(60.0, minutes * 60),
+                                      shift=shift))},
+            args.rounds, threads=threads, inline=True, reject_above=args.reject_above, log=None)
+        results.append(result)
+        per_hour = [s * 60 / minutes for s in result["sides"]["tool"]["seconds"]]
+        name = f"{tool} {modality}"
+        ph = statistics.median(per_hour)
+        rows.append({"tool": name, "threads": threads, "minutes": minutes * len(per_hour),
+                     "seconds": sum(result["sides"]["tool"]["seconds"]),
+                     "seconds_per_hour": ph, "realtime_x": 3600 / ph,
+                     "realtime_x_per_core": 3600 / ph / threads,
+                     "range": f"{min(per_hour):.1f}-{max(per_hour):.1f}",
+                     "round_seconds_per_hour": per_hour})
+        print(f"inference {name:16s} {threads} thread(s): {ph:7.1f} s per hour "
+              f"({rows[-1]['range']}, {result['rejected']} rounds rejected)", flush=True)
+        what = f"{name}, {threads} thread(s): seconds per hour of recording"
+        key = f"{name.replace(' ', '_')}_t{threads}"
+        per_core = tool == "detect_beats" and threads == 1
+        sp = round_ratios(result, lambda r, t=threads if per_core else 1, m=minutes:
+                          m * 60 / r["seconds"]["tool"] / t)
+        plural = "s" * (threads > 1)
+        metrics.append(metric(key, what, ph, "s/h", ref=3600.0,
+                              ref_what=f"real time ({threads} thread{plural})", spread=sp,
+                              target=20.0 if per_core else None))
+    return section("inference", args, rows, metrics, time.perf_counter() - t0,
+                   interleaved=results, config=config)
 
 
 if __name__ == "__main__":

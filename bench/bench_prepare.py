@@ -6,18 +6,22 @@ CSV (with a header) and 2000 as .npy (which prepare about 10x faster).
 :func:`heartgpt.data.pipeline.prepare_records` -- what ``python -m heartgpt.prepare
 input=<folder>`` runs -- reads, resamples to 100 Hz, tokenises one 1000-sample segment per
 record and writes the shards, with 1 and 2 worker processes. The time includes finding the
-files and committing the shards (manifest, checksums).
+files and committing the shards (manifest, checksums). The four runs take turns, one whole preparation
+each per round (:func:`bench.common.interleave`, in this process); records/s is the median of
+the rounds, with their range.
 """
 
 from __future__ import annotations
 
+import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import metric, parser, section
+from bench.common import interleave, metric, parser, section, spread
 from heartgpt.data.demo import draw_subjects, synthesize
 from heartgpt.data.pipeline import PrepareSpec, SegmentSpec, prepare_records
 from heartgpt.data.readers import find_records
@@ -42,18 +46,20 @@ def write_recordings(root: Path, n_csv: int, n_npy: int) -> None:
         np.save(root / "npy" / f"rec-{i:04d}.npy", records[i % distinct])
 
 
-def prepare_rate(root: Path, fmt: str, workers: int) -> dict:
+def prepare_unit(root: str, fmt: str, workers: int):
+    """A unit prepares every ``fmt`` recording under ``root`` into a fresh shard folder."""
     spec = PrepareSpec(modality="ecg", label_kind="unlabelled", channel=0, sample_rate=RATE,
                        segment=SegmentSpec(1000, 1000))
-    out = root / f"shards-{fmt}-{workers}"
-    t0 = time.perf_counter()
-    files = find_records(root / fmt, fmt)
-    summary, _ = prepare_records(files, spec, out, source="benchmark", rows_per_shard=4096,
-                                 num_workers=workers, progress=False)
-    seconds = time.perf_counter() - t0
-    return {"format": fmt, "workers": workers, "records": summary.records_read,
-            "segments": summary.segments_written, "seconds": seconds,
-            "records_per_s": summary.records_read / seconds}
+    out = Path(root) / f"shards-{fmt}-{workers}"
+
+    def unit() -> dict:
+        shutil.rmtree(out, ignore_errors=True)
+        files = find_records(Path(root) / fmt, fmt)
+        summary, _ = prepare_records(files, spec, out, source="benchmark", rows_per_shard=4096,
+                                     num_workers=workers, progress=False)
+        return {"records": summary.records_read, "segments": summary.segments_written}
+
+    return unit
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -64,16 +70,29 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="heartgpt-bench-") as tmp:
         root = Path(tmp)
         write_recordings(root, n_csv, n_npy)
-        for fmt in ("csv", "npy"):
-            for workers in (1, 2):
-                rows.append(prepare_rate(root, fmt, workers))
-                print(f"prepare   {fmt} {workers} worker(s): {rows[-1]['records_per_s']:7.0f} "
-                      "records/s", flush=True)
+        # in this process (nothing to isolate: no memory figure), the four runs interleaved
+        result = interleave(
+            {f"{fmt}_w{w}": (prepare_unit, dict(root=tmp, fmt=fmt, workers=w))
+             for fmt in ("csv", "npy") for w in (1, 2)},
+            args.rounds, inline=True, reject_above=args.reject_above)
+    for name, side in result["sides"].items():
+        fmt, workers = name.split("_w")
+        records = result["rounds"][0]["out"][name]["records"]
+        rates = [records / s for s in side["seconds"]]
+        rows.append({"format": fmt, "workers": int(workers), "records": records,
+                     "segments": result["rounds"][0]["out"][name]["segments"],
+                     "seconds": statistics.median(side["seconds"]),
+                     "records_per_s": statistics.median(rates),
+                     "range": f"{min(rates):.0f}-{max(rates):.0f}", "round_records_per_s": rates,
+                     "spread": spread(rates, result)})
+        print(f"prepare   {fmt} {workers} worker(s): {rows[-1]['records_per_s']:7.0f} "
+              f"records/s ({rows[-1]['range']})", flush=True)
     metrics = [metric(f"prepare_{r['format']}_w{r['workers']}",
                       f"prepare, 10-s {r['format'].upper()} recordings, {r['workers']} "
-                      f"worker(s): records/s", r["records_per_s"], "records/s") for r in rows]
+                      f"worker(s): records/s", r["records_per_s"], "records/s",
+                      spread=r.pop("spread"), spread_of="value") for r in rows]
     return section("prepare", args, rows, metrics, time.perf_counter() - t0,
-                   records={"csv": n_csv, "npy": n_npy})
+                   interleaved=[result], records={"csv": n_csv, "npy": n_npy})
 
 
 if __name__ == "__main__":

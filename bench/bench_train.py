@@ -1,9 +1,12 @@
 """Training-step throughput and peak memory: heartgpt's GPT versus the released architecture.
 
 Both models get the same weights and the same batches; forward, backward and an AdamW step,
-fp32 on the CPU, dropout 0.2 as the released models were trained. Each measurement runs in its
-own spawned process so that its peak memory is its own (``peak_mb``: the child's peak resident
-set, torch included). At batch 8 ours is also run under ``torch.compile`` and under bf16
+fp32 on the CPU, dropout 0.2 as the released models were trained. Each side runs in its own
+long-lived spawned process (:func:`bench.common.interleave`), built and warmed up once, and the
+sides take turns, one training step each per round (ours, baseline, ours, baseline, ...), so
+that a change in the machine's load hits them alike; every ratio is the median of the rounds'
+ratios, with their range. Peak memory (``peak_mb``) is each process's own ``VmHWM``, torch
+included. At batch 8 ours is also run under ``torch.compile`` and under bf16
 autocast, to see whether they help on this machine. With CUDA, ours also runs fp32 and bf16
 autocast on the GPU (SDPA's flash kernel takes the attention dropout there).
 """
@@ -12,15 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
 from bench.baseline import ReleasedGPT
-from bench.common import measure, metric, parser, peak_rss_mb, rss_mb, section, threads_for
-from heartgpt.model import GPT, GPTConfig
+from bench.common import interleave, metric, parser, round_ratios, section, spread, threads_for
 from heartgpt.model.checkpoints import to_released_state_dict
+from heartgpt.model import GPT, GPTConfig
 
 PAPER = dict(vocab_size=101, block_size=500, n_embd=64, n_head=8, n_layer=8, dropout=0.2,
              attn_scale=64**-0.5)
@@ -40,8 +44,8 @@ def build(config: GPTConfig, impl: str) -> torch.nn.Module:
     return base
 
 
-def measure_train_step(impl: str, batch: int, steps: int, warmup: int, config: dict) -> dict:
-    """Tokens/s and peak memory of ``steps`` timed training steps (after ``warmup``)."""
+def train_unit(impl: str, batch: int, steps: int, warmup: int, config: dict):
+    """Build ``impl`` and warm it up (``warmup`` steps); the unit is ``steps`` training steps."""
     cfg = GPTConfig(**config)
     device = "cuda" if "cuda" in impl else "cpu"
     model = build(cfg, impl).train().to(device)
@@ -55,7 +59,6 @@ def measure_train_step(impl: str, batch: int, steps: int, warmup: int, config: d
     x, y = data[:, :-1], data[:, 1:]
     bf16 = impl.endswith("bf16")
     autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-    rss_before = rss_mb()
 
     def step() -> float:
         with autocast:
@@ -67,53 +70,74 @@ def measure_train_step(impl: str, batch: int, steps: int, warmup: int, config: d
         optim.step()
         return loss.item()  # .item() also synchronises a GPU
 
+    def unit() -> dict | None:
+        for _ in range(steps):
+            step()
+        if device == "cuda":
+            return {"cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20}
+        return None
+
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
-    warmup_s = time.perf_counter() - t0
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    seconds = sum(times) / len(times)
-    row = {"impl": impl, "batch": batch, "seconds_per_step": seconds, "step_times": times,
-           "warmup_s": warmup_s, "tokens_per_s": batch * cfg.block_size / seconds,
-           "peak_mb": peak_rss_mb(), "peak_over_start_mb": peak_rss_mb() - rss_before}
-    if device == "cuda":
-        row["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return row
+    return unit, {"warmup_s": time.perf_counter() - t0, "steps": steps}
 
 
-def plan(tiny: bool) -> list[tuple[int, str, int, int]]:
-    """(batch, impl, timed steps, warmup steps) in the order they run."""
+def plan(tiny: bool) -> list[tuple[int, list[tuple[str, int, int]]]]:
+    """Interleaved groups: (batch, [(impl, steps per unit, warm-up steps), ...]), ours first."""
     if tiny:
-        return [(4, impl, 1, 1) for impl in ("baseline", "ours", "ours_bf16")]
-    runs = [(8, "baseline", 2, 1), (8, "ours", 3, 1), (8, "ours_bf16", 2, 1),
-            (8, "ours_compile", 2, 1),
-            # the baseline at batch 64 takes about a minute a step: time one
-            (64, "baseline", 1, 1), (64, "ours", 2, 1)]
+        return [(4, [(impl, 1, 1) for impl in ("ours", "baseline", "ours_bf16")])]
+    groups = [(8, [("ours", 1, 1), ("baseline", 1, 1), ("ours_bf16", 1, 1),
+                   ("ours_compile", 1, 1)]),
+              # the baseline at batch 64 takes about 46 s a step: one step per round
+              (64, [("ours", 1, 1), ("baseline", 1, 1)])]
     if torch.cuda.is_available():
-        runs += [(64, "ours_cuda", 10, 3), (64, "ours_cuda_bf16", 10, 3)]
-    return runs
+        groups[1][1].extend([("ours_cuda", 10, 3), ("ours_cuda_bf16", 10, 3)])
+    return groups
 
 
-def metrics_of(rows: list[dict], config: dict) -> list[dict]:
+def rows_of(batch: int, result: dict, config: dict) -> list[dict]:
+    rows = []
+    for impl, side in result["sides"].items():
+        steps = side["info"]["steps"]
+        per_step = [s / steps for s in side["seconds"]]
+        med = statistics.median(per_step)
+        row = {"impl": impl, "batch": batch, "seconds_per_step": med,
+               "range_s": f"{min(per_step):.2f}-{max(per_step):.2f}", "step_times": per_step,
+               "rounds": len(per_step), "warmup_s": side["info"]["warmup_s"],
+               "tokens_per_s": batch * config["block_size"] / med, "peak_mb": side["peak_mb"]}
+        outs = [r["out"][impl] for r in result["rounds"] if r["out"][impl]]
+        if outs:
+            row["cuda_peak_mb"] = max(o["cuda_peak_mb"] for o in outs)
+        rows.append(row)
+    return rows
+
+
+def metrics_of(results: dict[int, dict], rows: list[dict], config: dict) -> list[dict]:
+    """Every ratio from the interleaved rounds: per-round ratio, median and range."""
     by = {(r["batch"], r["impl"]): r for r in rows}
     out = []
-    for batch in sorted({r["batch"] for r in rows}):
-        base, ours = by.get((batch, "baseline")), by.get((batch, "ours"))
-        if base is None or ours is None:
+    for batch, result in sorted(results.items()):
+        sides = result["sides"]
+        if "baseline" not in sides or "ours" not in sides:
             continue
+
+        def per_step(rnd: dict, impl: str, sides: dict = sides) -> float:
+            return rnd["seconds"][impl] / sides[impl]["info"]["steps"]
+
+        base, ours = by[batch, "baseline"], by[batch, "ours"]
         paper = batch == 64
         out.append(metric(
             f"train_b{batch}_speed", f"training step, batch {batch}: tokens/s",
             ours["tokens_per_s"], "tok/s", ref=base["tokens_per_s"], ref_what="baseline",
+            spread=round_ratios(result, lambda r: per_step(r, "baseline") / per_step(r, "ours")),
             target=3.0 if paper else None))
         tt_mb = batch * config["n_head"] * config["block_size"] ** 2 * 4 / 2**20
         out.append(metric(
             f"train_b{batch}_memory", f"training step, batch {batch}: peak memory",
             ours["peak_mb"], "MB", ref=base["peak_mb"], ref_what="baseline",
+            spread=spread([ours["peak_mb"] / base["peak_mb"]], result, kind="peak")
+            | {"n": len(result["rounds"])},
             target=1 / 3 if paper else None, lower_is_better=True,
             note=f"dropout {config['dropout']} on in both; ours takes it in "
                  "heartgpt.model.attention.chunked_dropout_attention, which never holds a "
@@ -125,18 +149,22 @@ def metrics_of(rows: list[dict], config: dict) -> list[dict]:
                 ours["peak_mb"], "MB", target=5000.0, target_on="value", lower_is_better=True))
         for impl, what in [("ours_bf16", "bf16 autocast"), ("ours_compile", "torch.compile"),
                            ("ours_cuda", "CUDA fp32"), ("ours_cuda_bf16", "CUDA bf16")]:
-            if (batch, impl) in by:
-                r = by[batch, impl]
-                gain = r["tokens_per_s"] / ours["tokens_per_s"]
-                note = ("helps" if gain > 1.05 else "does not help" if gain < 0.95
-                        else "no clear difference (within 5%, about the run-to-run noise)")
-                if impl == "ours_compile":
-                    note += (f"; compiling took the first step, {r['warmup_s']:.0f} s (the "
-                             "chunked dropout attention breaks the graph at every layer)")
-                out.append(metric(
-                    f"train_b{batch}_{impl}", f"training step, batch {batch}, {what}: tokens/s",
-                    r["tokens_per_s"], "tok/s", ref=ours["tokens_per_s"],
-                    ref_what="ours fp32 CPU", note=note))
+            if impl not in sides:
+                continue
+            r = by[batch, impl]
+            sp = round_ratios(result, lambda rnd, i=impl: per_step(rnd, "ours") / per_step(rnd, i))
+            gain = sp["median"]
+            note = ("helps" if sp["min"] > 1.0 and gain > 1.05
+                    else "does not help" if sp["max"] < 1.0 and gain < 0.95
+                    else "no clear difference (the rounds' range spans both sides of 1 or "
+                         "the median is within 5%)")
+            if impl == "ours_compile":
+                note += (f"; compiling took the first step, {r['warmup_s']:.0f} s (the "
+                         "chunked dropout attention breaks the graph at every layer)")
+            out.append(metric(
+                f"train_b{batch}_{impl}", f"training step, batch {batch}, {what}: tokens/s",
+                r["tokens_per_s"], "tok/s", ref=ours["tokens_per_s"],
+                ref_what="ours fp32 CPU", spread=sp, note=note))
     return out
 
 
@@ -145,13 +173,21 @@ def main(argv: list[str] | None = None) -> dict:
     config = TINY if args.tiny else PAPER
     threads = threads_for(args.tiny)
     t0 = time.perf_counter()
-    rows = []
-    for batch, impl, steps, warmup in plan(args.tiny):
-        rows.append(measure(measure_train_step, threads, args.inline, impl=impl, batch=batch,
-                            steps=steps, warmup=warmup, config=config))
-        print(f"train     {impl:14s} batch {batch:3d}: {rows[-1]['tokens_per_s']:8.0f} tok/s, "
-              f"peak {rows[-1]['peak_mb']:7.0f} MB", flush=True)
-    return section("train", args, rows, metrics_of(rows, config), time.perf_counter() - t0,
+    rows: list[dict] = []
+    results: dict[int, dict] = {}
+    for batch, sides in plan(args.tiny):
+        print(f"train     batch {batch}: {', '.join(s[0] for s in sides)} interleaved, "
+              f"{args.rounds} rounds", flush=True)
+        results[batch] = interleave(
+            {impl: (train_unit, dict(impl=impl, batch=batch, steps=steps, warmup=warmup,
+                                     config=config)) for impl, steps, warmup in sides},
+            args.rounds, threads=threads, inline=args.inline, reject_above=args.reject_above)
+        rows += rows_of(batch, results[batch], config)
+        for r in rows[-len(sides):]:
+            print(f"train     {r['impl']:14s} batch {batch:3d}: {r['tokens_per_s']:8.0f} tok/s, "
+                  f"{r['range_s']} s/step, peak {r['peak_mb']:7.0f} MB", flush=True)
+    return section("train", args, rows, metrics_of(results, rows, config),
+                   time.perf_counter() - t0, interleaved=list(results.values()),
                    config=config, threads=threads)
 
 

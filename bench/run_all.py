@@ -1,7 +1,7 @@
 """Run every benchmark and write ``bench/results.json`` and ``bench/RESULTS.md`` (``make bench``).
 
-Each script runs in its own subprocess (memory isolation); the two sides of every comparison
-are measured inside that one script's run. ``--tiny`` runs the smoke versions and writes to a
+Each script runs in its own subprocess; the sides of every comparison are measured inside that
+one script's run, interleaved round by round (``bench.common.interleave``). ``--tiny`` runs the smoke versions and writes to a
 temporary folder unless ``--out-dir`` is given.
 """
 
@@ -16,32 +16,36 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import BENCH_DIR, REPO, machine, write_json
+from bench.common import BENCH_DIR, REPO, describe_spread, machine, write_json
 
 SCRIPTS = ("bench_train", "bench_generate", "bench_data", "bench_prepare", "bench_inference")
 
 # Raw-measurement columns shown per section: (key, header, format).
 COLUMNS = {
     "train": [("impl", "implementation", "{}"), ("batch", "batch", "{}"),
-              ("seconds_per_step", "s/step", "{:.2f}"), ("tokens_per_s", "tokens/s", "{:.0f}"),
+              ("seconds_per_step", "s/step (median)", "{:.2f}"), ("range_s", "range", "{}"),
+              ("rounds", "rounds", "{}"), ("tokens_per_s", "tokens/s", "{:.0f}"),
               ("peak_mb", "peak MB", "{:.0f}"), ("warmup_s", "warm-up s", "{:.1f}")],
     "generate": [("impl", "mode", "{}"), ("new_tokens", "new tokens", "{}"),
-                 ("seconds", "seconds", "{:.2f}"), ("tokens_per_s", "tokens/s", "{:.1f}"),
-                 ("how", "timed as", "{}")],
+                 ("seconds", "seconds", "{:.2f}"), ("range_s", "range", "{}"),
+                 ("tokens_per_s", "tokens/s", "{:.1f}"), ("how", "timed as", "{}")],
     "data": [("workers", "workers", "{}"), ("windows", "windows", "{}"),
-             ("seconds", "seconds", "{:.2f}"), ("windows_per_s", "windows/s", "{:.1f}")],
+             ("seconds", "seconds", "{:.2f}"), ("windows_per_s", "windows/s", "{:.1f}"),
+             ("range", "range", "{}")],
     "prepare": [("format", "format", "{}"), ("workers", "workers", "{}"),
                 ("records", "records", "{}"), ("seconds", "seconds", "{:.2f}"),
-                ("records_per_s", "records/s", "{:.0f}")],
+                ("records_per_s", "records/s", "{:.0f}"), ("range", "range", "{}")],
     "inference": [("tool", "tool", "{}"), ("threads", "threads", "{}"),
                   ("minutes", "minutes timed", "{:g}"), ("seconds", "seconds", "{:.2f}"),
                   ("seconds_per_hour", "s per hour", "{:.1f}"),
-                  ("realtime_x", "x real time", "{:.0f}")],
+                  ("range", "range", "{}"), ("realtime_x", "x real time", "{:.0f}")],
 }
 
 
-def run_script(name: str, json_path: Path, tiny: bool, inline: bool) -> dict:
-    cmd = [sys.executable, "-m", f"bench.{name}", "--json", str(json_path)]
+def run_script(name: str, json_path: Path, tiny: bool, inline: bool, rounds: int = 5,
+               reject_above: float = 0.1) -> dict:
+    cmd = [sys.executable, "-m", f"bench.{name}", "--json", str(json_path),
+           "--rounds", str(rounds), "--reject-above", str(reject_above)]
     cmd += ["--tiny"] * tiny + ["--inline"] * inline
     print(f"== {' '.join(cmd[1:])}", flush=True)
     t0 = time.perf_counter()
@@ -65,6 +69,30 @@ def _target(m: dict) -> str:
     if m["target_on"] == "value":
         return f"{op} {_num(m['target'])} {m['unit']}"
     return f"{op} {_num(m['target'])}x" if m["target"] >= 1 else f"{op} {m['target']:.2f}x"
+
+
+def _ratio(m: dict) -> str:
+    """``3.95x (3.60-4.10, 5 rounds, 1 rejected)``: the median and the rounds' range."""
+    if m["ratio"] is None:
+        return "–"
+    sp = m.get("spread") if m.get("spread_of", "ratio") == "ratio" else None
+    text = f"{_num(m['ratio'])}x"
+    return f"{text} {describe_spread(sp, _num)}" if sp else text
+
+
+def _ours(m: dict) -> str:
+    sp = m.get("spread") if m.get("spread_of") == "value" else None
+    text = f"{_num(m['ours'])} {m['unit']}"
+    return f"{text} {describe_spread(sp, _num)}" if sp else text
+
+
+def _rejected(s: dict) -> str:
+    t = s.get("timing")
+    if not t or not t["rounds"]:
+        return ""
+    text = f" ({t['rejected']} of {t['rounds'] + t['rejected']} rounds rejected"
+    return text + (f"; {t['all_disturbed']} comparison(s) had no clean round)"
+                   if t["all_disturbed"] else ")")
 
 
 def _result(m: dict) -> str:
@@ -95,8 +123,12 @@ def markdown(results: dict) -> str:
         "- **GPU**: " + (f"{m['cuda']} (CUDA rows below)." if m["cuda"] else
                          "none on this machine, so no CUDA bf16/flash-attention numbers were "
                          "recorded (bench_train adds them when CUDA is available)."),
-        "- **Load**: 1-minute load average at the end of each script: "
-        + ", ".join(f"{s['name']} {s['load_avg'][0]:.1f}" for s in sections if "load_avg" in s)
+        "- **Load**: 1-minute load average at the end of each script, and the timing rounds "
+        "rejected because other processes took more than "
+        f"{100 * sections[0].get('reject_above', 0.1) if sections else 10:.0f}% of the CPUs "
+        "during them (each re-run; bench/README.md): "
+        + ", ".join(f"{s['name']} {s['load_avg'][0]:.1f}{_rejected(s)}" for s in sections
+                    if "load_avg" in s)
         + (f". **The machine was shared with other jobs** (load above its {m['cpu_count']} "
            "cores), so absolute timings are disturbed; each ratio compares two sides "
            "measured in one process run, which disturbance affects alike only on average."
@@ -111,7 +143,10 @@ def markdown(results: dict) -> str:
         "",
         "Ratio: ours / compared-with for throughput and memory, the speed-up (compared-with "
         "time / our time) for generation, and how many times faster than real time for the "
-        "tools.",
+        "tools. Each is the median of interleaved rounds (each round one unit of each side, "
+        "A/B/A/B), with the rounds' range, their number and how many disturbed rounds were "
+        "rejected and re-run; targets are judged on the median. Peak memory is one figure per "
+        "side (its own process's VmHWM).",
         "",
     ]
     rows = []
@@ -119,9 +154,7 @@ def markdown(results: dict) -> str:
         ref = f"{x['ref_what']}: {_num(x['ref'])}" if x["ref"] is not None else "–"
         if x["unit"] == "s/h" and x["ref"] is not None:
             ref = x["ref_what"]
-        ratio = f"{_num(x['ratio'])}x" if x["ratio"] is not None else "–"
-        rows.append([x["what"], f"{_num(x['ours'])} {x['unit']}", ref, ratio, _target(x),
-                     _result(x)])
+        rows.append([x["what"], _ours(x), ref, _ratio(x), _target(x), _result(x)])
     lines += _table(["metric", "ours", "compared with", "ratio", "target", "result"], rows)
     missed = [x for x in metrics if x["met"] is False]
     noted = [x for x in metrics if x["note"]]
@@ -130,7 +163,7 @@ def markdown(results: dict) -> str:
     if not missed and not failed:
         lines.append("Every target was met.")
     for x in missed:
-        lines.append(f"- **Missed: {x['what']}** ({_num(x['ratio'])}x against {_target(x)}).")
+        lines.append(f"- **Missed: {x['what']}** ({_ratio(x)} against {_target(x)}).")
     for s in failed:
         lines.append(f"- **{s['name']} failed**: {s['error']}.")
     for x in noted:
@@ -157,6 +190,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="where results.json and RESULTS.md go (default: bench/, or a "
                         "temporary folder with --tiny)")
     p.add_argument("--only", nargs="+", choices=SCRIPTS, default=list(SCRIPTS))
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per comparison")
+    p.add_argument("--reject-above", type=float, default=0.1, metavar="SHARE",
+                   help="reject a round when other processes took more than this share of "
+                        "the CPUs")
     args = p.parse_args(argv)
     out_dir = args.out_dir or (Path(tempfile.mkdtemp(prefix="heartgpt-bench-")) if args.tiny
                                else BENCH_DIR)
@@ -166,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     sections = []
     with tempfile.TemporaryDirectory(prefix="heartgpt-bench-") as tmp:
         for name in args.only:
-            sections.append(run_script(name, Path(tmp) / f"{name}.json", args.tiny, args.inline))
+            sections.append(run_script(name, Path(tmp) / f"{name}.json", args.tiny, args.inline,
+                                       args.rounds, args.reject_above))
     results = {"machine": machine(), "tiny": args.tiny, "seconds": time.perf_counter() - t0,
                "load_avg_start": load_start, "sections": sections}
     write_json(out_dir / "results.json", results)
