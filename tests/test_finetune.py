@@ -160,7 +160,7 @@ def test_test_only_run_without_weights_is_refused(data_dir, tmp_path):
 @pytest.mark.shared
 @pytest.mark.parametrize("name", ["ECGPT_560k_iters.zip"])
 def test_ckpt_path_of_released_weights_points_to_init_from(name, weights_dir, data_dir, tmp_path):
-    with pytest.raises(ValueError, match=r"ckpt_path=.*resumes the training state.*task\.init_from"):
+    with pytest.raises(ValueError, match=r"ckpt_path=.*resumes the training state.*module\.init_from"):
         run([f"ckpt_path={weights_dir / name}"], data_dir, tmp_path / "run")
 
 
