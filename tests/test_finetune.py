@@ -100,7 +100,7 @@ def test_bare_released_name_is_found_in_weights_dir_and_recorded(weights_dir, da
                                                                 monkeypatch):
     """``module.pretrained=PPGPT_500k_iters.zip`` is looked up in ``paths.weights_dir`` (set once by
     $HEARTGPT_WEIGHTS); the run's config.yaml and its checkpoints say which file, by sha256."""
-    from heartgpt.data.shards import sha256_file
+    from heartgpt.files import sha256_file
 
     monkeypatch.chdir(tmp_path)  # nothing named so here: only the weights folder has it
     monkeypatch.delenv("HEARTGPT_WEIGHTS", raising=False)

@@ -100,3 +100,11 @@ def tool_arguments(
                         "the checkpoint's)")
     p.add_argument("--device", default="cpu", help="torch device of the model (cpu)")
     return p
+
+
+def tool_parser(tool: str, checkpoint: str, description: str, **recording: str
+                ) -> argparse.ArgumentParser:
+    """The parser of ``python -m heartgpt.<tool>`` with :func:`tool_arguments` (``recording``:
+    its ``recording``/``recording_help``), for the tool to add its own options to."""
+    return argparse.ArgumentParser(prog=f"python -m heartgpt.{tool}", description=description,
+                                   parents=[tool_arguments(tool, checkpoint, **recording)])

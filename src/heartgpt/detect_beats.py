@@ -1,35 +1,9 @@
-"""Detect heart beats in a finger-PPG recording of any length with the HeartGPT beat model.
+"""``python -m heartgpt.detect_beats rec.csv --checkpoint PPGPT_beat_5k_iters.zip``: the beats
+of a finger-PPG recording of any length, their confidence and the signal quality.
 
-``python -m heartgpt.detect_beats rec.csv --checkpoint PPGPT_beat_5k_iters.zip``
-
-The procedure of the released beat-detection GUI: windows of ``block_size`` (500) samples every
-``shift`` (100) samples, each tokenised on its own, run through the beat model in batches of up
-to 150; the per-token sigmoid outputs are overlap-averaged ("stitched", float64) into a
-per-sample beat confidence; beats are ``find_peaks(conf, height=0.015, width=(None, 20),
-distance=14)``; the median peak height grades the signal quality Low (< 0.2051) <= Medium
-(< 0.4598) <= High. With the released beat model it reproduces the reference outputs exactly
-(``tail="release"``).
-
-The end of the recording (``tail``):
-
-* ``"align"`` (default): only full windows. Windows start at 0, shift, 2 shift, ... while they
-  fit; if the last one does not end at the last sample, one more window is aligned to end
-  there (the last 500 samples), so every sample is covered and no window is padded. Windows that
-  cannot be tokenised (flat, NaN/inf) are skipped and reported; samples no usable window covers
-  get confidence NaN (and no beat). A recording shorter than one window is an error.
-* ``"release"``: the released behaviour, for parity: windows start at every multiple of
-  ``shift`` below the length; a short tail window is tokenised on its own and zero-padded, and
-  a window that cannot be tokenised becomes all zeros (which the model still reads, so the last
-  sample of the reference example is averaged with the output of an all-zero window).
-
-The two differ only near the end. On the reference example (7,001 samples) ``align`` changes
-samples 6501..7000 (confidence by up to 0.090), finds the same 150 beats, two of them one
-sample earlier (6868 and 6960 instead of 6869 and 6961), and a median peak height of 0.6543
-instead of 0.6527 (High either way); ``release`` matches the reference within 6e-7.
-
-Memory: :func:`beat_confidence_stream` reads the signal as an iterable of chunks and yields the
-confidence as soon as no later window can change it; it holds at most one window plus one
-chunk of signal and one batch of windows, so hours of recording stream in bounded memory.
+Writes ``<stem>_beats.csv`` (and ``--save-confidence``: the per-sample confidence) and a PNG
+under ``outputs/detect_beats/``. The procedure (the released GUI's, streamed in bounded
+memory) is :mod:`heartgpt.inference.beat_detection`.
 """
 
 from __future__ import annotations
@@ -45,7 +19,7 @@ from heartgpt.cli import (
     positive_float,
     positive_int,
     run_tool,
-    tool_arguments,
+    tool_parser,
 )
 from heartgpt.data.readers import read_signal
 from heartgpt.errors import InputError, about
@@ -61,10 +35,8 @@ from heartgpt.inference.loading import load_tool_model
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m heartgpt.detect_beats",
-        parents=[tool_arguments("detect_beats", "beat fine-tuned checkpoint")],
-        description="Beat detection and signal quality of a finger-PPG recording; writes "
+    p = tool_parser("detect_beats", "beat fine-tuned checkpoint",
+                    "Beat detection and signal quality of a finger-PPG recording; writes "
                     "<stem>_beats.csv and <stem>_beats.png under outputs/detect_beats/.")
     p.add_argument("--tail", choices=TAILS, default="align",
                    help="align: last window ends at the last sample (default); release: "

@@ -1,20 +1,8 @@
-"""Generate ECG/PPG continuations with a pre-trained HeartGPT model.
+"""``python -m heartgpt.generate context.csv --checkpoint PPGPT_500k_iters.zip --new-tokens 500``:
+continuations of an ECG/PPG context, written as CSV plus a PNG under ``outputs/generate/``.
 
-``python -m heartgpt.generate context.csv --checkpoint PPGPT_500k_iters.zip --new-tokens 500``
-reads a context (any length, any sampling rate: resampled to the modality rate, the last
-``block_size`` samples tokenised), samples continuations and writes them as CSV plus a PNG.
-
-Two modes:
-
-* ``exact`` (default): the released loop (:meth:`GPT.generate`): every step re-runs the model
-  on the last ``block_size`` tokens, positions re-indexed from 0.
-* ``cached``: :meth:`GPT.generate_cached`, a KV cache. Identical logits while the context and
-  the new tokens fit in ``block_size``; once the window is full it is an approximation: the
-  cache is rebuilt from the last ``block_size - stride`` tokens, so each token is predicted from
-  ``block_size - stride`` to ``block_size - 1`` previous tokens instead of ``block_size - 1``.
-
-See ``docs/generation.md`` for how close the cached samples' statistics are to exact mode's
-(:func:`sample_statistics`, :func:`compare_modes`) and the speed of each.
+The context may have any length and sampling rate (resampled to the modality rate, the last
+``block_size`` samples tokenised); the sampling modes are :mod:`heartgpt.inference.generation`.
 """
 
 from __future__ import annotations
@@ -27,7 +15,7 @@ from heartgpt.cli import (
     positive_float,
     positive_int,
     run_tool,
-    tool_arguments,
+    tool_parser,
 )
 from heartgpt.data.readers import read_signal
 from heartgpt.errors import about
@@ -41,12 +29,12 @@ from heartgpt.inference.loading import load_tool_model
 
 # ------------------------------------------------------------------------------- CLI
 def build_parser() -> argparse.ArgumentParser:
-    parent = tool_arguments("generate", "pre-trained checkpoint", "context",
-                            "context recording (.csv / .txt one column, or .npy)")
-    p = argparse.ArgumentParser(
-        prog="python -m heartgpt.generate", parents=[parent],
-        description="Continue an ECG/PPG context with a pre-trained HeartGPT model; writes "
-                    "<stem>_generated.csv (tokens) and <stem>_generated.png under outputs/generate/.")
+    p = tool_parser("generate", "pre-trained checkpoint",
+                    "Continue an ECG/PPG context with a pre-trained HeartGPT model; writes "
+                    "<stem>_generated.csv (tokens) and <stem>_generated.png under "
+                    "outputs/generate/.",
+                    recording="context",
+                    recording_help="context recording (.csv / .txt one column, or .npy)")
     p.add_argument("--new-tokens", "-n", type=positive_int, default=500, help="tokens to generate (500)")
     p.add_argument("--samples", "-s", type=positive_int, default=1, help="continuations, one batch (1)")
     p.add_argument("--temperature", type=positive_float, default=1.0)

@@ -1,24 +1,6 @@
-"""Look inside a HeartGPT model: attention, homonym tokens, attention shift, exports.
-
-``python -m heartgpt.interpret {attention,homonyms,shift,export} context.csv --checkpoint C``
-
-* :func:`trace_tokens` runs :meth:`GPT.inspect` on one context: logits, the residual stream at
-  every depth (embedding + each block's output, before ``ln_f``) and every head's post-softmax
-  attention, as numpy arrays (:class:`Trace`); :func:`save_trace` writes them to ``.npz``.
-* Attention: every head of a layer as a (query x key) map; the paper's aggregate view (a
-  layer's heads summed, the row of one query, default the last token); and
-  :func:`folded_attention`, each query's attention folded over the previous cardiac cycles
-  (lag modulo the cardiac period, :func:`estimate_period`) and averaged over queries: a peak
-  at lag 0 means the model looks at the same phase of earlier beats.
-* :func:`homonyms`: tokens of the same value on the rising and on the falling edge of the
-  waveform; the cosine similarity of their hidden vectors at every depth. Same-phase pairs stay
-  similar while the two phases drift apart deeper in the model (the paper's vector-similarity
-  figure).
-* :func:`attention_shift`: the last layer's head-summed attention row of the last token, a
-  fine-tuned model minus its base (the AF GUI's view).
-
-Every function takes a :class:`GPT` and tokens and returns arrays; the figures are in
-:mod:`heartgpt.inference.plots`, so a training callback can call :func:`attention_figures` and log them.
+"""``python -m heartgpt.interpret {attention,homonyms,shift,export} context.csv --checkpoint C``:
+interpretability figures (PNG) and exports (``.npz``) of one context, under
+``outputs/interpret/``. The analyses are :mod:`heartgpt.inference.interpretability`.
 """
 
 from __future__ import annotations

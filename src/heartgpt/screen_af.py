@@ -1,18 +1,8 @@
-"""Screen a recording of any length for atrial fibrillation with a fine-tuned HeartGPT model.
+"""``python -m heartgpt.screen_af rec.csv --checkpoint PPGPT_AF_1k_iters.zip --sample-rate 125``:
+the AF probability of every window of a recording and of the whole recording.
 
-``python -m heartgpt.screen_af rec.csv --checkpoint PPGPT_AF_1k_iters.zip --sample-rate 125``
-
-The recording is resampled to the modality rate (ECG 100 Hz, PPG 50 Hz) and cut into windows
-of ``block_size`` (500) samples every ``stride`` samples (default 50, the shift of the paper's
-AF data: 0.5 s of ECG, 1 s of PPG); when the last window does not end at the recording's end
-one more window is aligned to end there, so every sample is covered. Each window is tokenised
-on its own (own min/max), as the released AF GUI does, and its probability is
-``sigmoid(head(last position))``. A 500-sample recording is one window: the GUI's number.
-
-Windows that cannot be tokenised (flat, or holding NaN/inf samples) are skipped and reported;
-it is an error only when none is usable. The recording-level summary is the **mean of the
-usable windows' probabilities** and the **fraction of usable windows at or above the
-threshold** (0.5): the first is a smooth score, the second a burden-like measure.
+Writes ``<stem>_af.csv``, ``<stem>_af.json`` and a PNG under ``outputs/screen_af/``. The
+windowing and the recording-level summary are :mod:`heartgpt.inference.af_screening`.
 """
 
 from __future__ import annotations
@@ -26,7 +16,7 @@ from heartgpt.cli import (
     positive_int,
     probability,
     run_tool,
-    tool_arguments,
+    tool_parser,
 )
 from heartgpt.data.readers import read_signal
 from heartgpt.errors import about
@@ -45,10 +35,8 @@ def _windows(n: int) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m heartgpt.screen_af",
-        parents=[tool_arguments("screen_af", "AF fine-tuned checkpoint")],
-        description="AF probability per window and for the recording; writes <stem>_af.csv, "
+    p = tool_parser("screen_af", "AF fine-tuned checkpoint",
+                    "AF probability per window and for the recording; writes <stem>_af.csv, "
                     "<stem>_af.json and <stem>_af.png under outputs/screen_af/.")
     p.add_argument("--stride", type=positive_int, default=DEFAULT_STRIDE,
                    help=f"samples at the modality rate between windows ({DEFAULT_STRIDE})")

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} and ${latest_ckpt:} before Hydra composes)
 from heartgpt.conf import CONF_DIR
-from heartgpt.data.shards import sha256_file, write_json_atomic, write_text_atomic
+from heartgpt.files import sha256_file, write_json_atomic, write_text_atomic
 from heartgpt.model.checkpoints import find_weights
 from heartgpt.training.console import quiet_known_noise
 from heartgpt.training.renamed_keys import (

@@ -370,21 +370,23 @@ def _split(index: _Index, seed: int, val_fraction: float, test_fraction: float, 
     )
 
 
-# --------------------------------------------------------------------------------- pre-training
+# --------------------------------------------------------------------------------- the base
 
 
-class PretrainDataModule(L.LightningDataModule):
-    """Random windows of ``block_size + 1`` tokens; batches are ``(x, y)`` int64 (B, block_size).
+class ShardDataModule(L.LightningDataModule):
+    """What both DataModules do: open a shard set, split it by subject, load windows per split.
+
+    Subclasses say how long a window is (:attr:`window`), which shard sets they accept and what
+    a window holds (:meth:`_open`), and where validation windows sit (:meth:`_sampler_options`).
 
     Args:
         shard_dir: a shard directory written by ``python -m heartgpt.prepare``.
         modality: 'ecg' | 'ppg'; the shards must match.
-        block_size: model context; segments must hold at least ``block_size + 1`` tokens.
+        block_size: model context.
         batch_size: windows per batch (per rank).
         seed: split and window randomness.
         val_fraction, test_fraction, folds, fold: subject split (:func:`split_subjects`).
         vocab_size: if given, the shards must have it.
-        windows_per_segment: windows drawn from each training segment per epoch.
         num_workers, pin_memory (None: when CUDA is available), persistent_workers,
         prefetch_factor: DataLoader settings.
         verify_checksums: hash every shard against the manifest once in ``prepare_data``.
@@ -399,18 +401,16 @@ class PretrainDataModule(L.LightningDataModule):
         seed: int,
         val_fraction: float,
         test_fraction: float,
-        folds: int | str | None = None,
-        fold: int = 0,
-        vocab_size: int | None = None,
-        windows_per_segment: int = 1,
-        num_workers: int = 0,
-        pin_memory: bool | None = None,
-        persistent_workers: bool = False,
-        prefetch_factor: int | None = None,
-        verify_checksums: bool = True,
+        folds: int | str | None,
+        fold: int,
+        vocab_size: int | None,
+        num_workers: int,
+        pin_memory: bool | None,
+        persistent_workers: bool,
+        prefetch_factor: int | None,
+        verify_checksums: bool,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False)
         self.shard_dir = str(shard_dir)
         self.modality = get_modality(modality).name
         self.block_size = block_size
@@ -419,7 +419,6 @@ class PretrainDataModule(L.LightningDataModule):
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.folds, self.fold = folds, fold
         self.vocab_size = vocab_size
-        self.windows_per_segment = windows_per_segment
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.persistent_workers = persistent_workers
@@ -428,7 +427,23 @@ class PretrainDataModule(L.LightningDataModule):
         self._index: _Index | None = None
         self._split: SubjectSplit | None = None
         self._rows: dict[str, np.ndarray] = {}
-        self._dataset: PretrainWindows | None = None
+        self._dataset: Dataset | None = None
+
+    @property
+    def window(self) -> int:
+        """Tokens a window reads from a segment."""
+        raise NotImplementedError
+
+    def _open(self) -> tuple[_Index, bool]:
+        """The shard set's index (checked for this DataModule) and whether to stratify."""
+        raise NotImplementedError
+
+    def _make_dataset(self, index: _Index) -> Dataset:
+        raise NotImplementedError
+
+    def _sampler_options(self, train: bool) -> dict[str, Any]:
+        """:class:`WindowSampler` arguments that differ between the DataModules."""
+        raise NotImplementedError
 
     def prepare_data(self) -> None:
         if self.verify_checksums:
@@ -437,14 +452,12 @@ class PretrainDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self._index is not None:
             return
-        self._index = _open_index(
-            self.shard_dir, self.modality, self.vocab_size, LABEL_KINDS,
-            self.block_size + 1, "block_size + 1", with_labels=False,
-        )
-        self._split = _split(self._index, self.seed, self.val_fraction, self.test_fraction,
-                             self.folds, self.fold, stratify=False)
-        self._rows = {s: self._index.rows_of(self._split.of(s)) for s in SPLITS}
-        self._dataset = PretrainWindows(ShardRows(self._index.manifest), self.block_size)
+        index, stratify = self._open()
+        self._split = _split(index, self.seed, self.val_fraction, self.test_fraction,
+                             self.folds, self.fold, stratify=stratify)
+        self._rows = {s: index.rows_of(self._split.of(s)) for s in SPLITS}
+        self._dataset = self._make_dataset(index)
+        self._index = index
 
     @property
     def manifest(self) -> Manifest:
@@ -472,9 +485,8 @@ class PretrainDataModule(L.LightningDataModule):
         rank, world = _rank_world(self)
         train = split == "train"
         sampler = WindowSampler(
-            rows, self.manifest.meta.segment_length, self.block_size + 1, seed=self.seed,
-            shuffle=train, offsets="random" if train else "fixed", rank=rank, world_size=world,
-            repeats=self.windows_per_segment if train else 1,
+            rows, self.manifest.meta.segment_length, self.window, seed=self.seed, shuffle=train,
+            rank=rank, world_size=world, **self._sampler_options(train),
         )
         assert self._dataset is not None
         cls = ResumableDataLoader if train else DataLoader
@@ -490,19 +502,73 @@ class PretrainDataModule(L.LightningDataModule):
         return self._loader("test")
 
 
+# --------------------------------------------------------------------------------- pre-training
+
+
+class PretrainDataModule(ShardDataModule):
+    """Random windows of ``block_size + 1`` tokens; batches are ``(x, y)`` int64 (B, block_size).
+
+    Any shard set serves (labels are ignored); segments must hold ``block_size + 1`` tokens.
+
+    Args: as :class:`ShardDataModule`, plus
+        windows_per_segment: windows drawn from each training segment per epoch.
+    """
+
+    def __init__(
+        self,
+        shard_dir: str,
+        modality: str,
+        block_size: int,
+        batch_size: int,
+        seed: int,
+        val_fraction: float,
+        test_fraction: float,
+        folds: int | str | None = None,
+        fold: int = 0,
+        vocab_size: int | None = None,
+        windows_per_segment: int = 1,
+        num_workers: int = 0,
+        pin_memory: bool | None = None,
+        persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
+        verify_checksums: bool = True,
+    ) -> None:
+        super().__init__(shard_dir, modality, block_size, batch_size, seed, val_fraction,
+                         test_fraction, folds, fold, vocab_size, num_workers, pin_memory,
+                         persistent_workers, prefetch_factor, verify_checksums)
+        self.save_hyperparameters(logger=False)
+        self.windows_per_segment = windows_per_segment
+
+    @property
+    def window(self) -> int:
+        return self.block_size + 1
+
+    def _open(self) -> tuple[_Index, bool]:
+        index = _open_index(self.shard_dir, self.modality, self.vocab_size, LABEL_KINDS,
+                            self.window, "block_size + 1", with_labels=False)
+        return index, False
+
+    def _make_dataset(self, index: _Index) -> Dataset:
+        return PretrainWindows(ShardRows(index.manifest), self.block_size)
+
+    def _sampler_options(self, train: bool) -> dict[str, Any]:
+        return {"offsets": "random" if train else "fixed",
+                "repeats": self.windows_per_segment if train else 1}
+
+
 # --------------------------------------------------------------------------------- fine-tuning
 
 
-class FinetuneDataModule(L.LightningDataModule):
+class FinetuneDataModule(ShardDataModule):
     """Windows of ``block_size`` tokens with their ``label`` (sequence) or ``targets`` (token).
 
     Batches are dicts: ``tokens`` int64 (B, T), ``label`` float32 (B,) or ``targets`` float32
     (B, T), ``subject`` list[str], ``row`` int64 (B,) (global row, to pool per subject). When
     segments are longer than ``block_size``, train takes a random window, val/test the last.
 
-    Args: as :class:`PretrainDataModule`, plus
+    Args: as :class:`ShardDataModule`, plus
         label_kind: 'sequence' (needs shards with ``label``) or 'token' (``targets``).
-        stratify: stratify the subject split by each subject's majority label (sequence task).
+        stratify: stratify the subject split by each subject's majority label (sequence labels).
     """
 
     def __init__(
@@ -525,87 +591,27 @@ class FinetuneDataModule(L.LightningDataModule):
         prefetch_factor: int | None = None,
         verify_checksums: bool = True,
     ) -> None:
-        super().__init__()
         if label_kind not in ("sequence", "token"):
             raise ValueError(f"label_kind must be 'sequence' or 'token', got {label_kind!r}")
+        super().__init__(shard_dir, modality, block_size, batch_size, seed, val_fraction,
+                         test_fraction, folds, fold, vocab_size, num_workers, pin_memory,
+                         persistent_workers, prefetch_factor, verify_checksums)
         self.save_hyperparameters(logger=False)
-        self.shard_dir = str(shard_dir)
-        self.modality = get_modality(modality).name
-        self.block_size = block_size
         self.label_kind = label_kind
-        self.batch_size = batch_size
-        self.seed = seed
-        self.val_fraction, self.test_fraction = val_fraction, test_fraction
-        self.folds, self.fold = folds, fold
         self.stratify = stratify
-        self.vocab_size = vocab_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers
-        self.prefetch_factor = prefetch_factor
-        self.verify_checksums = verify_checksums
-        self._index: _Index | None = None
-        self._split: SubjectSplit | None = None
-        self._rows: dict[str, np.ndarray] = {}
-        self._dataset: FinetuneWindows | None = None
-
-    def prepare_data(self) -> None:
-        if self.verify_checksums:
-            validate_shard_dir(self.shard_dir, modality=self.modality, verify_checksums=True)
-
-    def setup(self, stage: str | None = None) -> None:
-        if self._index is not None:
-            return
-        self._index = _open_index(
-            self.shard_dir, self.modality, self.vocab_size, (self.label_kind,),
-            self.block_size, "block_size", with_labels=self.label_kind == "sequence",
-        )
-        self._split = _split(self._index, self.seed, self.val_fraction, self.test_fraction,
-                             self.folds, self.fold, stratify=self.stratify)
-        self._rows = {s: self._index.rows_of(self._split.of(s)) for s in SPLITS}
-        self._dataset = FinetuneWindows(
-            ShardRows(self._index.manifest), self.block_size, self.label_kind,
-            self._index.subject_names, self._index.subject_codes, self._index.labels,
-        )
 
     @property
-    def manifest(self) -> Manifest:
-        self.setup()
-        assert self._index is not None
-        return self._index.manifest
+    def window(self) -> int:
+        return self.block_size
 
-    @property
-    def split(self) -> SubjectSplit:
-        """Subjects of each split (for leak checks and cross-validation)."""
-        self.setup()
-        assert self._split is not None
-        return self._split
+    def _open(self) -> tuple[_Index, bool]:
+        index = _open_index(self.shard_dir, self.modality, self.vocab_size, (self.label_kind,),
+                            self.window, "block_size", with_labels=self.label_kind == "sequence")
+        return index, self.stratify
 
-    def rows(self, split: str) -> np.ndarray:
-        """Global row indices of ``split``."""
-        self.setup()
-        return self._rows[split]
+    def _make_dataset(self, index: _Index) -> Dataset:
+        return FinetuneWindows(ShardRows(index.manifest), self.block_size, self.label_kind,
+                               index.subject_names, index.subject_codes, index.labels)
 
-    def _loader(self, split: str) -> DataLoader | list:
-        self.setup()
-        rows = self._rows[split]
-        if split != "train" and len(rows) == 0:
-            return []
-        rank, world = _rank_world(self)
-        train = split == "train"
-        sampler = WindowSampler(
-            rows, self.manifest.meta.segment_length, self.block_size, seed=self.seed,
-            shuffle=train, offsets="random" if train else "last", rank=rank, world_size=world,
-        )
-        assert self._dataset is not None
-        cls = ResumableDataLoader if train else DataLoader
-        return cls(self._dataset, sampler=sampler, **_loader_kwargs(self))
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train")  # type: ignore[return-value]
-
-    def val_dataloader(self) -> DataLoader | list:
-        return self._loader("val")
-
-    def test_dataloader(self) -> DataLoader | list:
-        return self._loader("test")
+    def _sampler_options(self, train: bool) -> dict[str, Any]:
+        return {"offsets": "random" if train else "last"}

@@ -34,9 +34,9 @@ from heartgpt.data.shards import (
     ShardError,
     ShardMeta,
     ShardWriter,
-    write_json_atomic,
 )
 from heartgpt.data.tokenizer import LEVELS, get_modality, resample, sliding_windows, tokenize_window
+from heartgpt.files import write_json_atomic
 
 # Reasons a record or segment is skipped (the summary counts them).
 UNREADABLE = "unreadable"

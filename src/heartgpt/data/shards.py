@@ -21,7 +21,6 @@ files and the same sha256 in the manifest.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections import Counter
@@ -34,6 +33,7 @@ import h5py
 import numpy as np
 
 import heartgpt
+from heartgpt.files import sha256_file, write_json_atomic
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -171,33 +171,6 @@ def _label_counts(label: np.ndarray | None) -> dict[str, int] | None:
         return None  # regression targets: counting values makes no sense
     values, counts = np.unique(label.astype(np.int64), return_counts=True)
     return {str(int(v)): int(n) for v, n in zip(values, counts, strict=True)}
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` (its folder made if needed) through a temporary file beside
-    it, fsync and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + PARTIAL_SUFFIX)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as sorted, indented JSON through a temporary file and a rename."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 # --------------------------------------------------------------------------------- writing

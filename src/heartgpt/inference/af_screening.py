@@ -1,7 +1,5 @@
 """Screen a recording of any length for atrial fibrillation with a fine-tuned HeartGPT model.
 
-``python -m heartgpt.screen_af rec.csv --checkpoint PPGPT_AF_1k_iters.zip --sample-rate 125``
-
 The recording is resampled to the modality rate (ECG 100 Hz, PPG 50 Hz) and cut into windows
 of ``block_size`` (500) samples every ``stride`` samples (default 50, the shift of the paper's
 AF data: 0.5 s of ECG, 1 s of PPG); when the last window does not end at the recording's end

@@ -1,7 +1,5 @@
 """Detect heart beats in a finger-PPG recording of any length with the HeartGPT beat model.
 
-``python -m heartgpt.detect_beats rec.csv --checkpoint PPGPT_beat_5k_iters.zip``
-
 The procedure of the released beat-detection GUI: windows of ``block_size`` (500) samples every
 ``shift`` (100) samples, each tokenised on its own, run through the beat model in batches of up
 to 150; the per-token sigmoid outputs are overlap-averaged ("stitched", float64) into a

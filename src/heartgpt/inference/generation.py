@@ -1,8 +1,7 @@
 """Generate ECG/PPG continuations with a pre-trained HeartGPT model.
 
-``python -m heartgpt.generate context.csv --checkpoint PPGPT_500k_iters.zip --new-tokens 500``
-reads a context (any length, any sampling rate: resampled to the modality rate, the last
-``block_size`` samples tokenised), samples continuations and writes them as CSV plus a PNG.
+A context of any length and sampling rate is tokenised as the released GUIs do (resampled to
+the modality rate, the last ``block_size`` samples); continuations are sampled after it.
 
 Two modes:
 

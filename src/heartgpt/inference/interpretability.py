@@ -1,7 +1,5 @@
 """Look inside a HeartGPT model: attention, homonym tokens, attention shift, exports.
 
-``python -m heartgpt.interpret {attention,homonyms,shift,export} context.csv --checkpoint C``
-
 * :func:`trace_tokens` runs :meth:`GPT.inspect` on one context: logits, the residual stream at
   every depth (embedding + each block's output, before ``ln_f``) and every head's post-softmax
   attention, as numpy arrays (:class:`Trace`); :func:`save_trace` writes them to ``.npz``.

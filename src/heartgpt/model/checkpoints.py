@@ -13,7 +13,6 @@ import io
 import json
 import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 
 from heartgpt import __version__
 from heartgpt.errors import InputError
+from heartgpt.files import atomic_path
 from heartgpt.model import GPT, GPTConfig
 
 # The fine-tuned releases wrap their 1-unit head in a Sequential(Linear, Sigmoid).
@@ -208,11 +208,6 @@ def load_released(path: str | os.PathLike) -> LoadedModel:
     return LoadedModel(model, modality, _guess_released_task(path, head), str(path))
 
 
-def _atomic_target(path: Path) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-
-
 def save_safetensors(
     model: GPT, path: str | os.PathLike, modality: str | None = None, task: str = "pretrain"
 ) -> Path:
@@ -228,15 +223,19 @@ def save_safetensors(
         "heartgpt_version": __version__,
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     return path
+
+
+def _model_of(config: dict, weights: dict[str, torch.Tensor], path: Path) -> GPT:
+    """A :class:`GPT` of the stored ``config`` holding ``weights`` (all of them), in eval mode."""
+    model = GPT(GPTConfig.from_dict(config))
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(path, f"weights do not match the stored config: {e}") from e
+    return model.eval()
 
 
 def load_safetensors(path: str | os.PathLike) -> LoadedModel:
@@ -254,13 +253,7 @@ def load_safetensors(path: str | os.PathLike) -> LoadedModel:
     if metadata.get("format") != SAFETENSORS_FORMAT:
         raise CheckpointError(path, f"not a heartgpt safetensors export "
                               f"(format={metadata.get('format')!r})")
-    config = GPTConfig.from_dict(json.loads(metadata["config"]))
-    model = GPT(config)
-    try:
-        model.load_state_dict(tensors, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(path, f"weights do not match the stored config: {e}") from e
-    model.eval()
+    model = _model_of(json.loads(metadata["config"]), tensors, path)
     return LoadedModel(model, metadata.get("modality") or None, metadata.get("task", "pretrain"),
                        str(path))
 
@@ -283,16 +276,10 @@ def load_lightning(path: str | os.PathLike) -> LoadedModel:
     if not isinstance(hparams, dict) or "model_config" not in hparams or "state_dict" not in ckpt:
         raise CheckpointError(path, "not a heartgpt Lightning checkpoint "
                               "(no 'state_dict' or no 'model_config' hyper-parameter)")
-    config = GPTConfig.from_dict(hparams["model_config"])
     weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
                if k.startswith("model.")}
     weights = {k.removeprefix("_orig_mod."): v for k, v in weights.items()}  # torch.compile
-    model = GPT(config)
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(path, f"weights do not match the stored config: {e}") from e
-    model.eval()
+    model = _model_of(hparams["model_config"], weights, path)
     return LoadedModel(model, hparams.get("modality"), hparams.get("task", "pretrain"), str(path))
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from heartgpt.data.shards import sha256_file
+from heartgpt.files import sha256_file
 from heartgpt.model.checkpoints import init_from_pretrained
 from heartgpt.training.optim import build_optimizer, build_scheduler
 

@@ -36,6 +36,7 @@ from torchmetrics.classification import (
 )
 
 from heartgpt.data.tokenizer import get_modality
+from heartgpt.files import atomic_path
 from heartgpt.inference.beat_metrics import BeatDetectionScores
 from heartgpt.model import GPT, GPTConfig
 from heartgpt.training.base import GPTLightningModule, plain
@@ -219,12 +220,8 @@ class FinetuneModule(GPTLightningModule):
             rows = [r for part in gathered for r in part]
         if not self.trainer.is_global_zero or not rows:
             return
-        out_dir = Path(self.trainer.default_root_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / "test_predictions.csv"
-        tmp = path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
+        path = Path(self.trainer.default_root_dir) / "test_predictions.csv"
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(sorted(rows, key=lambda r: r["row"]))
-        tmp.replace(path)

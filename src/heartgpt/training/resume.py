@@ -53,7 +53,7 @@ def unfinished_runs(*roots: str | Path, newer_than: Path | None = None) -> list[
 @rank_zero_only
 def mark_finished(output_dir: str | Path, info: dict[str, Any]) -> None:
     """Write ``<run dir>/finished.json`` (rank 0 only): this run completed its training."""
-    from heartgpt.data.shards import write_json_atomic
+    from heartgpt.files import write_json_atomic
 
     write_json_atomic(Path(output_dir) / FINISHED_FILE, info)
 
