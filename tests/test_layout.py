@@ -74,7 +74,7 @@ def test_load_model_by_bare_released_name(weights_dir, monkeypatch, tmp_path):
 def test_config_tree_is_the_top_level_conf_folder():
     from heartgpt.conf import CONF_DIR
 
-    assert CONF_DIR == (REPO / "conf").resolve()
+    assert (REPO / "conf").resolve() == CONF_DIR
     assert not (REPO / "src" / "heartgpt" / "conf").exists()  # no symlink, no copy
 
 
