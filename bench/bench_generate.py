@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     expected = new * bd["cached_token_inference_mode"] + (n_reencode + 1) * bd["cached_reencode"]
     cached_note = (
         f"cached mode: {ms['cached_token_inference_mode']:.2f} ms per one-token step "
-        f"(GPT._decode_one under torch.inference_mode; {ms['cached_token']:.2f} ms under "
+        f"(GPT.forward_cached under torch.inference_mode; {ms['cached_token']:.2f} ms under "
         f"no_grad) and {ms['cached_reencode']:.1f} ms per re-encode (~{n_reencode} of them "
         f"plus the prefill): about {expected:.2f} s expected, the one-token steps "
         f"{100 * new * bd['cached_token_inference_mode'] / expected:.0f}% of it, the rest "

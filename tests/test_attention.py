@@ -1,4 +1,5 @@
-"""Chunked causal attention with dropout: exact math, correct gradients, real dropout."""
+"""Attention: the chunked dropout kernel (exact math, correct gradients, real dropout) and
+``attend``, which picks the kernel."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heartgpt.model import GPT, GPTConfig
-from heartgpt.model.attention import _ChunkedDropoutAttention, chunked_dropout_attention
+from heartgpt.model import GPT, GPTConfig, attention
+from heartgpt.model.attention import _ChunkedDropoutAttention, attend, chunked_dropout_attention
 
 
 def qkv(B=2, nh=3, T=37, hs=8, dtype=torch.float64):
@@ -77,3 +78,56 @@ def test_model_trains_with_chunked_attention():
     loss = F.cross_entropy(model(idx).flatten(0, 1), idx.flatten())
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def _explicit(q, k, v, scale):
+    """Reference: softmax(q k^T scale + offset causal mask) v; the queries are the last keys."""
+    Tq, Tk = q.size(2), k.size(2)
+    mask = torch.full((Tq, Tk), float("-inf"), dtype=q.dtype).triu(Tk - Tq + 1)
+    w = torch.softmax(q @ k.transpose(-2, -1) * scale + mask, -1)
+    return w @ v, w
+
+
+@pytest.mark.parametrize(("Tq", "Tk"), [(37, 37), (5, 37), (1, 37), (1, 1)])
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_attend_every_kernel_computes_offset_causal_attention(Tq, Tk, need_weights):
+    """Full causal, new positions over a cache, one query: each kernel attend picks agrees."""
+    q, k, v = qkv(T=Tk)
+    q = q[:, :, Tk - Tq :]  # the last Tq positions
+    y, w = attend(q, k, v, scale=0.3, need_weights=need_weights)
+    ref_y, ref_w = _explicit(q, k, v, 0.3)
+    torch.testing.assert_close(y, ref_y, atol=1e-12, rtol=1e-12)
+    if need_weights:
+        torch.testing.assert_close(w, ref_w, atol=1e-12, rtol=1e-12)
+    else:
+        assert w is None
+
+
+def test_attend_picks_the_chunked_kernel_for_cpu_dropout(monkeypatch):
+    q, k, v = qkv()
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args[3:5])  # (scale, dropout_p)
+        return chunked_dropout_attention(*args, **kwargs)
+
+    monkeypatch.setattr(attention, "chunked_dropout_attention", spy)
+    torch.manual_seed(0)
+    y, w = attend(q, k, v, scale=0.125, dropout_p=0.2)
+    torch.manual_seed(0)
+    assert torch.equal(y, chunked_dropout_attention(q, k, v, 0.125, 0.2)) and w is None
+    attend(q, k, v, scale=0.125)  # no dropout: SDPA
+    attend(q, k, v, scale=0.125, dropout_p=0.2, need_weights=True)  # weights: explicit
+    assert calls == [(0.125, 0.2)]
+
+
+def test_attend_with_weights_drops_out_the_weights_it_returns_undropped():
+    q, k, v = qkv(B=1, nh=1, T=6, hs=4)
+    v_eye = torch.eye(6, dtype=torch.float64)[None, None]  # out[i, j] = dropped weight w_ij
+    torch.manual_seed(0)
+    out, w = attend(q, k, v_eye, scale=0.5, dropout_p=0.5, need_weights=True)
+    torch.testing.assert_close(w, _explicit(q, k, v_eye, 0.5)[1])
+    ratio = out / w
+    kept = ratio > 0
+    assert 0 < kept.sum() < torch.count_nonzero(w)  # some weights dropped, some kept
+    torch.testing.assert_close(ratio[kept], torch.full_like(ratio[kept], 2.0))

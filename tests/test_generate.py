@@ -147,3 +147,14 @@ def test_released_greedy_and_cached_logits(name, weights, weights_dir, reference
     for mode in ("exact", "cached"):  # cached with stride 1 re-encodes as exact mode does
         greedy = generate_tokens(model, ref["tokens"], 32, top_k=1, mode=mode, stride=1)
         np.testing.assert_array_equal(greedy[0], ref["greedy_next32"])
+
+
+def test_one_token_steps_from_an_empty_cache_equal_forward():
+    """Every position decoded as its own one-token step (the path generate_cached takes)."""
+    model = tiny()
+    idx = torch.randint(0, 101, (2, 64))
+    cache = KVCache(model.config, 2)
+    with torch.inference_mode():
+        steps = torch.cat([model.forward_cached(idx[:, t : t + 1], cache) for t in range(64)], 1)
+        full = model(idx)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)

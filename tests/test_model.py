@@ -105,3 +105,65 @@ def test_generate_refuses_task_head_and_bad_temperature():
         tiny(out_features=1).generate(torch.zeros(1, 4, dtype=torch.long), 2)
     with pytest.raises(ValueError, match="temperature"):
         tiny().generate(torch.zeros(1, 4, dtype=torch.long), 2, temperature=0)
+
+
+def test_state_dict_keys_are_the_released_layout():
+    model = GPT(GPTConfig(**{**TINY, "n_layer": 1}))
+    block = ["ln1.weight", "ln1.bias", "attn.qkv.weight", "attn.proj.weight", "attn.proj.bias",
+             "ln2.weight", "ln2.bias", "mlp.fc.weight", "mlp.fc.bias", "mlp.proj.weight",
+             "mlp.proj.bias"]
+    assert list(model.state_dict()) == [
+        "token_embedding.weight", "position_embedding.weight", *(f"blocks.0.{k}" for k in block),
+        "ln_f.weight", "ln_f.bias", "head.weight", "head.bias"]
+
+
+def test_inspect_hidden_states_are_the_forward_pass():
+    model = tiny()
+    idx = torch.randint(0, 101, (2, 20))
+    with torch.no_grad():
+        trace = model.inspect(idx)
+        torch.testing.assert_close(trace.hidden_states[0], model.embed(idx), atol=0, rtol=0)
+        torch.testing.assert_close(model.ln_f(trace.hidden_states[-1]), model.hidden(idx),
+                                   atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("need_weights", [False, True])
+def test_block_over_a_cache_in_chunks_equals_one_pass(need_weights):
+    """A block fed positions in pieces through its KV cache gives the one-pass outputs and
+    attention-weight rows (padded with the keys it has not seen)."""
+    model = tiny()
+    block, cfg = model.blocks[1], model.config
+    x = torch.randn(2, 30, cfg.n_embd)
+    k = torch.zeros(2, cfg.n_head, cfg.block_size, cfg.head_size)
+    v = torch.zeros_like(k)
+    with torch.no_grad():
+        full, full_att = block(x, need_weights=True)  # (2, 30, C), (2, nh, 30, 30)
+        for a, b in [(0, 7), (7, 8), (8, 20), (20, 21), (21, 30)]:
+            y, att = block(x[:, a:b], (k, v), a, need_weights)
+            torch.testing.assert_close(y, full[:, a:b], atol=1e-5, rtol=1e-5)
+            if need_weights:
+                assert att.shape == (2, cfg.n_head, b - a, b)
+                torch.testing.assert_close(att, full_att[:, :, a:b, :b], atol=1e-6, rtol=1e-5)
+            else:
+                assert att is None
+
+
+def test_training_attention_kernels(monkeypatch):
+    """CPU training with dropout takes the chunked kernel; eval and inspect do not."""
+    from heartgpt.model import attention
+
+    calls = []
+    chunked = attention.chunked_dropout_attention
+
+    def spy(q, k, v, scale, dropout_p, *args, **kwargs):
+        calls.append(dropout_p)
+        return chunked(q, k, v, scale, dropout_p, *args, **kwargs)
+
+    monkeypatch.setattr(attention, "chunked_dropout_attention", spy)
+    model = tiny(dropout=0.2).train()
+    idx = torch.randint(0, 101, (2, 16))
+    model(idx)
+    assert calls == [0.2, 0.2]  # one per layer
+    model.inspect(idx)  # explicit weights, dropout on them
+    model.eval()(idx)
+    assert calls == [0.2, 0.2]

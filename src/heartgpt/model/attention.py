@@ -1,9 +1,14 @@
-"""Causal attention with dropout on the attention weights, without a full T x T tensor.
+"""Causal attention: :func:`attend` picks the kernel; the chunked dropout kernel for CPU training.
 
-``F.scaled_dot_product_attention`` has no fused CPU kernel that supports ``dropout_p > 0``: with
-the released models' attention dropout of 0.2 it falls back to the math path, which
-materialises (and keeps for backward) several (B, nh, T, T) tensors per layer. That is where
-the released implementation's memory goes (about 14 GB at batch 64, context 500).
+:func:`attend` is the one place the model's attention kernel is chosen, by what is asked for
+and the device: the explicit softmax when the weights are wanted, one query without a mask
+(cached decoding), :func:`chunked_dropout_attention` for CPU training with dropout, and
+``F.scaled_dot_product_attention`` (causal, or with an offset causal mask) otherwise.
+
+Why a chunked kernel: ``F.scaled_dot_product_attention`` has no fused CPU kernel that supports
+``dropout_p > 0``: with the released models' attention dropout of 0.2 it falls back to the
+math path, which materialises (and keeps for backward) several (B, nh, T, T) tensors per layer.
+That is where the released implementation's memory goes (about 14 GB at batch 64, context 500).
 
 :func:`chunked_dropout_attention` computes the same function -- softmax weights, a Bernoulli
 mask on them scaled by 1 / (1 - p), times V -- one block of query rows at a time, and keeps
@@ -16,6 +21,7 @@ never computed. Memory per layer is O(B nh T hs) instead of O(B nh T^2).
 from __future__ import annotations
 
 import torch
+from torch.nn import functional as F
 
 _DEFAULT_BLOCK = 32  # query rows per block; 8-32 measured fastest on a 2-core CPU (B=64, T=500)
 
@@ -110,3 +116,46 @@ def chunked_dropout_attention(
     """
     seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
     return _ChunkedDropoutAttention.apply(q, k, v, scale, dropout_p, block, seed)
+
+
+def attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    dropout_p: float = 0.0,
+    need_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Causal attention of the queries over the keys: (output (B, nh, Tq, hs), weights or None).
+
+    ``q`` (B, nh, Tq, hs) are the last ``Tq`` of the ``Tk`` positions of ``k``, ``v``
+    (B, nh, Tk, hs), so query ``i`` sees keys ``0 .. Tk - Tq + i`` (``Tk == Tq``: plain causal
+    attention; ``Tk > Tq``: new positions over a KV cache). Scores are multiplied by ``scale``;
+    dropout ``dropout_p`` is applied to the softmax weights. With ``need_weights`` the weights
+    are materialised and returned (B, nh, Tq, Tk), before dropout; otherwise the second item
+    is ``None`` and a kernel that never holds them is used where one exists.
+    """
+    Tq, Tk = q.size(2), k.size(2)
+    start = Tk - Tq  # position of the first query
+    if need_weights:  # explicit: the (B, nh, Tq, Tk) weights are the point
+        att = (q @ k.transpose(-2, -1)) * scale  # (B, nh, Tq, Tk)
+        causal = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(start)
+        att = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)  # (B, nh, Tq, Tk)
+        y = F.dropout(att, dropout_p, training=dropout_p > 0) @ v  # (B, nh, Tq, hs)
+        return y, att
+    if Tq == 1:  # one new position (cached decoding) sees every key: no mask
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, scale=scale)
+    elif start > 0:  # new positions over cached ones: query i sees keys 0..start+i
+        mask = torch.ones(Tq, Tk, dtype=torch.bool, device=q.device).tril(start)  # (Tq, Tk)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale
+        )
+    elif dropout_p > 0 and not q.is_cuda:
+        # No fused CPU SDPA kernel supports dropout; its math fallback keeps T x T tensors.
+        y = chunked_dropout_attention(q, k, v, scale, dropout_p)
+    else:
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout_p, is_causal=True, scale=scale
+        )
+    return y, None  # y: (B, nh, Tq, hs)

@@ -2,9 +2,18 @@
 
 Architecture of the released HeartGPT (Davies, Monsen, Mandic 2024): token + learned absolute
 position embeddings, pre-LayerNorm blocks of causal multi-head self-attention and a 4x ReLU MLP,
-a final LayerNorm and a linear head. Attention uses one fused QKV projection and
-``scaled_dot_product_attention``; the released models scale scores by ``n_embd ** -0.5`` rather
-than ``head_size ** -0.5``, which ``GPTConfig.attn_scale`` expresses.
+a final LayerNorm and a linear head. Attention uses one fused QKV projection and the kernel
+:func:`heartgpt.model.attention.attend` picks; the released models scale scores by ``n_embd ** -0.5``
+rather than ``head_size ** -0.5``, which ``GPTConfig.attn_scale`` expresses.
+
+The block arithmetic is written once, in ``Block.forward`` / ``CausalSelfAttention.forward`` /
+``MLP.forward``, and one loop over the blocks (``GPT._run``) serves training, ``inspect``
+(hidden states and attention weights) and cached decoding (``forward_cached``: a per-layer KV
+cache, as in litgpt). Inside the model, submodules are called through ``.forward``, not
+``module(x)``: a one-token decoding step is ~100 tiny operations, and ``nn.Module.__call__``
+(hook dispatch) and no-op dropouts made it ~30 % slower. Forward hooks on submodules do not fire;
+:meth:`GPT.inspect` gives the internals. Dropout modules are skipped outside training, where
+they are the identity.
 
 Plain PyTorch: no Lightning here.
 """
@@ -18,7 +27,7 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
-from heartgpt.model.attention import chunked_dropout_attention
+from heartgpt.model.attention import attend
 
 
 @dataclass
@@ -107,6 +116,8 @@ class KVCache:
 
 
 class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention; the kernel is :func:`heartgpt.model.attention.attend`'s pick."""
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.n_head = config.n_head
@@ -114,63 +125,38 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=False)
         self.proj = nn.Linear(config.n_embd, config.n_embd)
-        self.attn_dropout = nn.Dropout(config.dropout)
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def _split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        return q, k, v
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+        start: int = 0,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Attend ``x`` (B, T, C) at positions ``start .. start + T - 1``: ((B, T, C), weights).
 
-    def _merge_heads(self, y: torch.Tensor) -> torch.Tensor:
-        B, nh, T, hs = y.shape
-        return y.transpose(1, 2).contiguous().view(B, T, nh * hs)  # (B, T, C)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._split_heads(x)
-        dropout_p = self.dropout if self.training else 0.0
-        if dropout_p > 0 and not q.is_cuda:
-            # No fused CPU SDPA kernel supports dropout; its math fallback keeps T x T tensors.
-            y = chunked_dropout_attention(q, k, v, self.scale, dropout_p)  # (B, nh, T, hs)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, dropout_p=dropout_p, is_causal=True, scale=self.scale
-            )  # (B, nh, T, hs)
-        return self.resid_dropout(self.proj(self._merge_heads(y)))  # (B, T, C)
-
-    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Explicit (materialised) attention that also returns the weights (B, nh, T, T)."""
-        q, k, v = self._split_heads(x)
-        T = x.size(1)
-        att = (q @ k.transpose(-2, -1)) * self.scale  # (B, nh, T, T)
-        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
-        att = att.masked_fill(~causal, float("-inf")).softmax(dim=-1)  # (B, nh, T, T)
-        y = self.attn_dropout(att) @ v  # (B, nh, T, hs)
-        return self.resid_dropout(self.proj(self._merge_heads(y))), att
-
-    def forward_cached(
-        self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, start: int
-    ) -> torch.Tensor:
-        """Attend new positions ``start..start+T-1`` over the cached ones; no dropout.
-
-        ``cache_k``/``cache_v`` (B, nh, block_size, hs) receive this call's keys and values.
+        ``cache``: this layer's key and value buffers (B, nh, block_size, hs) holding positions
+        ``0 .. start - 1``; this call's keys and values are written at ``start ..`` and the
+        queries attend over all of them. Without a cache the tokens are positions ``0 ..``
+        (``start`` is unused). The weights (B, nh, T, start + T) are returned with
+        ``need_weights``, else ``None``.
         """
-        q, k, v = self._split_heads(x)  # (B, nh, T, hs)
-        end = start + x.size(1)
-        cache_k[:, :, start:end] = k
-        cache_v[:, :, start:end] = v
-        keys, values = cache_k[:, :, :end], cache_v[:, :, :end]  # (B, nh, end, hs)
-        mask = None
-        if start > 0 and x.size(1) > 1:  # new query i sees keys 0..start+i
-            mask = torch.ones(x.size(1), end, dtype=torch.bool, device=x.device).tril(start)
-        y = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask, is_causal=start == 0 and x.size(1) > 1,
-            scale=self.scale,
-        )  # (B, nh, T, hs)
-        return self.proj(self._merge_heads(y))  # (B, T, C)
+        B, T, C = x.shape
+        qkv = self.qkv.forward(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B,T,3,nh,hs)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
+        if cache is not None:
+            cache_k, cache_v = cache
+            end = start + T
+            cache_k[:, :, start:end] = k
+            cache_v[:, :, start:end] = v
+            k, v = cache_k[:, :, :end], cache_v[:, :, :end]  # (B, nh, end, hs)
+        y, att = attend(
+            q, k, v, scale=self.scale, dropout_p=self.dropout if self.training else 0.0,
+            need_weights=need_weights,
+        )  # (B, nh, T, hs), (B, nh, T, end) or None
+        y = self.proj.forward(y.transpose(1, 2).reshape(B, T, C))  # (B, T, C): heads merged
+        return (self.resid_dropout(y) if self.training else y), att
 
 
 class MLP(nn.Module):
@@ -181,10 +167,13 @@ class MLP(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.relu(self.fc(x))))  # (B, T, C)
+        x = self.proj.forward(F.relu(self.fc.forward(x)))  # (B, T, 4C) -> (B, T, C)
+        return self.dropout(x) if self.training else x
 
 
 class Block(nn.Module):
+    """Pre-LayerNorm transformer block: ``x + attn(ln1(x))``, then ``x + mlp(ln2(x))``."""
+
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(config.n_embd)
@@ -192,20 +181,17 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln1(x))  # (B, T, C)
-        return x + self.mlp(self.ln2(x))  # (B, T, C)
-
-    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a, att = self.attn.forward_with_weights(self.ln1(x))
+    def forward(
+        self,
+        x: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+        start: int = 0,
+        need_weights: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, T, C) -> ((B, T, C), attention weights or None); arguments as the attention's."""
+        a, att = self.attn.forward(self.ln1.forward(x), cache, start, need_weights)
         x = x + a  # (B, T, C)
-        return x + self.mlp(self.ln2(x)), att
-
-    def forward_cached(
-        self, x: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, start: int
-    ) -> torch.Tensor:
-        x = x + self.attn.forward_cached(self.ln1(x), cache_k, cache_v, start)  # (B, T, C)
-        return x + self.mlp(self.ln2(x))  # (B, T, C)
+        return x + self.mlp.forward(self.ln2.forward(x)), att  # (B, T, C)
 
 
 def default_stride(block_size: int) -> int:
@@ -254,36 +240,54 @@ class GPT(nn.Module):
     def num_params(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
-    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+    def embed(self, idx: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Token + position embeddings (B, T, C) of ``idx`` (B, T) at ``start .. start + T - 1``."""
         B, T = idx.shape
-        if self.config.block_size < T:
-            raise ValueError(f"sequence length {T} exceeds block_size {self.config.block_size}")
-        pos = torch.arange(T, device=idx.device)  # (T,)
-        return self.token_embedding(idx) + self.position_embedding(pos)  # (B, T, C)
+        if self.config.block_size < start + T:
+            raise ValueError(
+                f"sequence length {start + T} exceeds block_size {self.config.block_size}"
+            )
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        return self.token_embedding.forward(idx) + self.position_embedding.forward(pos)  # (B,T,C)
+
+    def _run(
+        self, idx: torch.Tensor, cache: KVCache | None = None, trace: bool = False
+    ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+        """The one pass through the model, for ``forward``, ``inspect`` and ``forward_cached``.
+
+        Returns the final normalised hidden states (B, T, C) and, with ``trace``, the residual
+        stream [embeddings, each block's output] (each (B, T, C)) and each block's attention
+        weights (B, nh, T, start + T); without ``trace`` the lists are empty. With a ``cache``
+        the tokens follow the cached ones and their keys and values are appended to it.
+        """
+        start = 0 if cache is None else cache.length
+        x = self.embed(idx, start)  # (B, T, C)
+        hidden, attn = ([x], []) if trace else ([], [])
+        for layer, block in enumerate(self.blocks):
+            kv = None if cache is None else (cache.k[layer], cache.v[layer])
+            x, att = block.forward(x, kv, start, need_weights=trace)  # (B, T, C), weights or None
+            if trace:
+                hidden.append(x)
+                attn.append(att)
+        if cache is not None:
+            cache.length = start + idx.size(1)
+        return self.ln_f.forward(x), hidden, attn
 
     def hidden(self, idx: torch.Tensor) -> torch.Tensor:
         """Final normalised hidden states (B, T, C), the input of the head."""
-        x = self.embed(idx)  # (B, T, C)
-        for block in self.blocks:
-            x = block(x)  # (B, T, C)
-        return self.ln_f(x)  # (B, T, C)
+        return self._run(idx)[0]
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.head(self.hidden(idx))  # (B, T, n_out)
+        return self.head.forward(self.hidden(idx))  # (B, T, n_out)
 
     def inspect(self, idx: torch.Tensor) -> GPTTrace:
         """Forward pass that also returns every block's input/output and attention weights.
 
-        Uses the explicit attention path (T x T weights are materialised), so call it only
+        Uses the explicit attention kernel (T x T weights are materialised), so call it only
         when the internals are wanted; ``forward`` is unaffected.
         """
-        x = self.embed(idx)  # (B, T, C)
-        hidden, attn = [x], []
-        for block in self.blocks:
-            x, att = block.forward_with_weights(x)  # (B, T, C), (B, nh, T, T)
-            hidden.append(x)
-            attn.append(att)
-        logits = self.head(self.ln_f(x))  # (B, T, n_out)
+        x, hidden, attn = self._run(idx, trace=True)
+        logits = self.head.forward(x)  # (B, T, n_out)
         return GPTTrace(logits, torch.stack(hidden), torch.stack(attn))
 
     @torch.no_grad()
@@ -319,48 +323,12 @@ class GPT(nn.Module):
 
         The new tokens take positions ``cache.length .. cache.length + T - 1``; their keys and
         values are appended to ``cache``. Equal to ``forward`` of all the tokens seen since the
-        cache was (re)started, at the new positions; inference only (no dropout).
+        cache was (re)started, at the new positions; for inference (call it in eval mode).
         """
-        B, T = idx.shape
-        start = cache.length
+        start, T = cache.length, idx.size(1)
         if start + T > cache.capacity:
             raise ValueError(f"{start} cached + {T} new tokens exceed block_size {cache.capacity}")
-        if T == 1:
-            return self._decode_one(idx, cache).unsqueeze(1)  # (B, 1, n_out)
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-        x = self.token_embedding(idx) + self.position_embedding(pos)  # (B, T, C)
-        for layer, block in enumerate(self.blocks):
-            x = block.forward_cached(x, cache.k[layer], cache.v[layer], start)  # (B, T, C)
-        cache.length = start + T
-        return self.head(self.ln_f(x))  # (B, T, n_out)
-
-    def _decode_one(self, idx: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        """:meth:`forward_cached` of one token per row: ``idx`` (B, 1) -> (B, n_out).
-
-        The blocks' ``forward_cached`` arithmetic written as functional calls on the weights:
-        a one-token step is ~100 tiny operations, so module-call overhead (hooks, no-op
-        dropouts, head transposes) was a large part of its time.
-        """
-        cfg, pos = self.config, cache.length
-        B, C, nh, hs = idx.size(0), cfg.n_embd, cfg.n_head, cfg.head_size
-        x = self.token_embedding.weight[idx] + self.position_embedding.weight[pos]  # (B, 1, C)
-        for layer, b in enumerate(self.blocks):
-            h = F.layer_norm(x, (C,), b.ln1.weight, b.ln1.bias)
-            # (B, 1, 3C) -> q, k, v (B, nh, 1, hs): with one position no transpose is needed
-            q, k, v = F.linear(h, b.attn.qkv.weight).view(B, 3, nh, 1, hs).unbind(1)
-            cache.k[layer, :, :, pos : pos + 1] = k
-            cache.v[layer, :, :, pos : pos + 1] = v
-            y = F.scaled_dot_product_attention(
-                q, cache.k[layer, :, :, : pos + 1], cache.v[layer, :, :, : pos + 1],
-                scale=cfg.scale,
-            )  # (B, nh, 1, hs)
-            x = x + F.linear(y.view(B, 1, C), b.attn.proj.weight, b.attn.proj.bias)
-            h = F.layer_norm(x, (C,), b.ln2.weight, b.ln2.bias)
-            h = F.relu(F.linear(h, b.mlp.fc.weight, b.mlp.fc.bias))  # (B, 1, 4C)
-            x = x + F.linear(h, b.mlp.proj.weight, b.mlp.proj.bias)  # (B, 1, C)
-        cache.length = pos + 1
-        x = F.layer_norm(x[:, 0], (C,), self.ln_f.weight, self.ln_f.bias)  # (B, C)
-        return F.linear(x, self.head.weight, self.head.bias)  # (B, n_out)
+        return self.head.forward(self._run(idx, cache)[0])  # (B, T, n_out)
 
     @torch.inference_mode()
     def generate_cached(
@@ -408,5 +376,5 @@ class GPT(nn.Module):
                 window = out[:, t + 1 - (bs - stride + 1) : t + 1]  # (B, bs - stride + 1)
                 logits = self.forward_cached(window, cache)[:, -1, :]
             else:
-                logits = self._decode_one(idx_next, cache)  # (B, V)
+                logits = self.forward_cached(idx_next, cache)[:, -1, :]  # (B, V)
         return out
