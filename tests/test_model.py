@@ -134,12 +134,11 @@ def test_block_over_a_cache_in_chunks_equals_one_pass(need_weights):
     model = tiny()
     block, cfg = model.blocks[1], model.config
     x = torch.randn(2, 30, cfg.n_embd)
-    k = torch.zeros(2, cfg.n_head, cfg.block_size, cfg.head_size)
-    v = torch.zeros_like(k)
+    kv = torch.zeros(2, 2, cfg.n_head, cfg.block_size, cfg.head_size)  # keys, values
     with torch.no_grad():
         full, full_att = block(x, need_weights=True)  # (2, 30, C), (2, nh, 30, 30)
         for a, b in [(0, 7), (7, 8), (8, 20), (20, 21), (21, 30)]:
-            y, att = block(x[:, a:b], (k, v), a, need_weights)
+            y, att = block(x[:, a:b], kv, a, need_weights)
             torch.testing.assert_close(y, full[:, a:b], atol=1e-5, rtol=1e-5)
             if need_weights:
                 assert att.shape == (2, cfg.n_head, b - a, b)

@@ -101,14 +101,22 @@ class KVCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
-        shape = (config.n_layer, batch_size, config.n_head, config.block_size, config.head_size)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, block_size, hs)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)  # (L, B, nh, block_size, hs)
+        shape = (config.n_layer, 2, batch_size, config.n_head, config.block_size, config.head_size)
+        # keys [:, 0] and values [:, 1] in one tensor: a decoding step writes both with one copy
+        self.kv = torch.zeros(shape, device=device, dtype=dtype)  # (L, 2, B, nh, block_size, hs)
         self.length = 0
 
     @property
+    def k(self) -> torch.Tensor:
+        return self.kv[:, 0]  # (L, B, nh, block_size, hs)
+
+    @property
+    def v(self) -> torch.Tensor:
+        return self.kv[:, 1]  # (L, B, nh, block_size, hs)
+
+    @property
     def capacity(self) -> int:
-        return self.k.size(3)
+        return self.kv.size(4)
 
     def reset(self) -> None:
         """Forget every position (the buffers are reused)."""
@@ -130,13 +138,13 @@ class CausalSelfAttention(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: torch.Tensor | None = None,
         start: int = 0,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Attend ``x`` (B, T, C) at positions ``start .. start + T - 1``: ((B, T, C), weights).
 
-        ``cache``: this layer's key and value buffers (B, nh, block_size, hs) holding positions
+        ``cache``: this layer's keys and values (2, B, nh, block_size, hs) holding positions
         ``0 .. start - 1``; this call's keys and values are written at ``start ..`` and the
         queries attend over all of them. Without a cache the tokens are positions ``0 ..``
         (``start`` is unused). The weights (B, nh, T, start + T) are returned with
@@ -144,13 +152,12 @@ class CausalSelfAttention(nn.Module):
         """
         B, T, C = x.shape
         qkv = self.qkv.forward(x).view(B, T, 3, self.n_head, C // self.n_head)  # (B,T,3,nh,hs)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x (B, nh, T, hs)
+        qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, nh, T, hs)
+        q, k, v = qkv.unbind(0)  # 3 x (B, nh, T, hs)
         if cache is not None:
-            cache_k, cache_v = cache
             end = start + T
-            cache_k[:, :, start:end] = k
-            cache_v[:, :, start:end] = v
-            k, v = cache_k[:, :, :end], cache_v[:, :, :end]  # (B, nh, end, hs)
+            cache[:, :, :, start:end] = qkv[1:]  # this call's keys and values
+            k, v = cache[:, :, :, :end].unbind(0)  # 2 x (B, nh, end, hs)
         y, att = attend(
             q, k, v, scale=self.scale, dropout_p=self.dropout if self.training else 0.0,
             need_weights=need_weights,
@@ -184,7 +191,7 @@ class Block(nn.Module):
     def forward(
         self,
         x: torch.Tensor,
-        cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache: torch.Tensor | None = None,
         start: int = 0,
         need_weights: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -247,8 +254,9 @@ class GPT(nn.Module):
             raise ValueError(
                 f"sequence length {start + T} exceeds block_size {self.config.block_size}"
             )
-        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
-        return self.token_embedding.forward(idx) + self.position_embedding.forward(pos)  # (B,T,C)
+        # rows start..start+T-1 of the position table: a slice, not an arange + lookup
+        pos = self.position_embedding.weight[start : start + T]  # (T, C)
+        return self.token_embedding.forward(idx) + pos  # (B, T, C)
 
     def _run(
         self, idx: torch.Tensor, cache: KVCache | None = None, trace: bool = False
@@ -264,7 +272,7 @@ class GPT(nn.Module):
         x = self.embed(idx, start)  # (B, T, C)
         hidden, attn = ([x], []) if trace else ([], [])
         for layer, block in enumerate(self.blocks):
-            kv = None if cache is None else (cache.k[layer], cache.v[layer])
+            kv = None if cache is None else cache.kv[layer]  # (2, B, nh, block_size, hs)
             x, att = block.forward(x, kv, start, need_weights=trace)  # (B, T, C), weights or None
             if trace:
                 hidden.append(x)

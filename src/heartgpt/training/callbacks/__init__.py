@@ -1,6 +1,6 @@
 """Lightning callbacks of heartgpt (configured in ``conf/callbacks/`` and ``conf/freeze/``)."""
 
-from heartgpt.training.callbacks.attention import AttentionMapLogger
+from heartgpt.training.callbacks.attention_maps import AttentionMapLogger
 from heartgpt.training.callbacks.freeze import Freeze, GradualUnfreeze
 from heartgpt.training.callbacks.preemption import Preempted, Preemption
 from heartgpt.training.callbacks.progress import (
