@@ -95,6 +95,81 @@ def test_detect_beats(files, tmp_path, capsys):
     assert (tmp_path / "good_beats.png").exists()
 
 
+@pytest.mark.parametrize("seconds", [6, 80])  # the two-row figure, and overview + zoom
+def test_screen_af_with_infinite_and_nan_runs(files, tmp_path, capsys, seconds):
+    """+-inf and NaN runs: those windows are skipped, the figure draws the finite samples."""
+    x = np.abs((np.arange(50 * seconds) % 32) - 16.0)
+    x[40:45], x[150:152], x[200:230], x[-3:] = np.inf, -np.inf, np.nan, np.inf
+    rec = tmp_path / "inf.csv"
+    rec.write_text("\n".join(str(v) for v in x))  # "inf", "-inf", "nan"
+    out = ok(capsys, screen_af.main([str(rec), "-c", files["af"], "--stride", "16",
+                                     "-o", str(tmp_path)]))
+    assert "skipped" in out and "P(AF)" in out
+    summary = json.loads((tmp_path / "inf_af.json").read_text())
+    assert 0 < summary["n_skipped"] < summary["n_windows"]
+    assert len((tmp_path / "inf_af.csv").read_text().splitlines()) == summary["n_windows"] + 1
+    assert (tmp_path / "inf_af.png").stat().st_size > 0
+
+
+def test_screen_af_tail(files, tmp_path, capsys):
+    """300 samples, windows of 64 every 16: 0..224, and (align) one more ending at the end."""
+    ok(capsys, screen_af.main([files["good"], "-c", files["af"], "--stride", "16",
+                               "-o", str(tmp_path)]))
+    align = json.loads((tmp_path / "good_af.json").read_text())
+    rows = (tmp_path / "good_af.csv").read_text().splitlines()
+    assert rows[0].endswith(",overlaps_previous") and rows[-1].startswith("15,236,300,")
+    assert [r[-1] for r in rows[1:]] == ["0"] * 15 + ["1"]
+    assert (align["tail"], align["tail_window"], align["averaged_windows"]) == ("align", 15, "0-15")
+    out = ok(capsys, screen_af.main([files["good"], "-c", files["af"], "--stride", "16",
+                                     "--tail", "drop", "-o", str(tmp_path)]))
+    assert "mean of 15 windows)" in out and "last 12 samples in no window" in out
+    drop = json.loads((tmp_path / "good_af.json").read_text())
+    assert (drop["n_windows"], drop["tail_window"], drop["uncovered_end_samples"]) == (15, None, 12)
+    assert drop["averaged_windows"] == "0-14"
+    assert drop["recording_af_prob"] == pytest.approx(
+        np.mean([w["af_prob"] for w in align["windows"][:15]]))
+
+
+def test_detect_beats_json_summary(files, tmp_path, capsys):
+    x = np.abs((np.arange(600) % 32) - 16.0)
+    x[300:305] = np.nan  # windows holding it are skipped
+    rec = tmp_path / "gap.csv"
+    rec.write_text("\n".join(str(v) for v in x))
+    out = ok(capsys, detect_beats.main([str(rec), "-c", files["beats"], "--shift", "16",
+                                        "-o", str(tmp_path)]))
+    s = json.loads((tmp_path / "gap_beats.json").read_text())
+    assert str(tmp_path / "gap_beats.json") in out
+    assert s["recording"] == str(rec) and s["checkpoint"] == files["beats"]
+    rows = (tmp_path / "gap_beats.csv").read_text().splitlines()[1:]
+    assert s["n_beats"] == len(rows) and f"{s['n_beats']} beats" in out
+    assert s["quality"] in out
+    if s["n_beats"]:
+        assert f"median confidence {s['median_confidence']:.4f}" in out
+    assert s["duration_s"] == pytest.approx(12.0) and s["windows_skipped"] > 0
+    assert f"skipped {s['windows_skipped']} window(s)" in out
+    hr = s["heart_rate"]
+    assert hr["n_intervals"] + hr["intervals_excluded"] == max(len(rows) - 1, 0)
+    if hr["n_intervals"]:
+        assert hr["median_bpm"] > 0 and hr["mean_bpm"] > 0
+
+
+@pytest.mark.parametrize(("tool", "drawer", "png"), [("screen_af", "plot_af", "good_af.png"),
+                                                    ("detect_beats", "plot_beats",
+                                                     "good_beats.png")])
+def test_a_figure_that_cannot_be_drawn_names_its_file(files, tmp_path, capsys, monkeypatch,
+                                                      tool, drawer, png):
+    from heartgpt.inference import plots
+
+    def broken(*args, **kwargs):
+        raise ValueError("Axis limits cannot be NaN or Inf")
+
+    monkeypatch.setattr(plots, drawer, broken)
+    one_error(capsys, run(tool, files, "good", out=str(tmp_path)),
+              f"{png}: cannot draw the figure: Axis limits cannot be NaN or Inf")
+    assert (tmp_path / png.replace(".png", ".csv")).exists()  # the results stay written
+    assert (tmp_path / png.replace(".png", ".json")).exists()
+
+
 def test_interpret(files, tmp_path, capsys):
     o = ["-o", str(tmp_path)]
     ok(capsys, interpret.main(["attention", files["good"], "-c", files["lm"], "--layers", "1",
@@ -116,7 +191,8 @@ def test_interpret(files, tmp_path, capsys):
 DEFAULT_OUT = [  # (tool, argv before the options, checkpoint, files written)
     ("generate", [], "lm", ["good_generated.csv", "good_generated.png"]),
     ("screen_af", ["--stride", "16"], "af", ["good_af.csv", "good_af.json", "good_af.png"]),
-    ("detect_beats", ["--shift", "16"], "beats", ["good_beats.csv", "good_beats.png"]),
+    ("detect_beats", ["--shift", "16"], "beats",
+     ["good_beats.csv", "good_beats.json", "good_beats.png"]),
     ("interpret", ["export"], "lm", ["good_trace.npz"]),
     ("interpret", ["attention", "--layers", "0"], "lm",
      ["good_attention_layer0.png", "good_attention_aggregate.png", "good_attention_folded.png"]),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -13,8 +15,10 @@ from heartgpt.inference.beat_detection import (
     beat_confidence_stream,
     beat_outputs,
     detect_beats,
+    heart_rate,
     quality_category,
     write_beats_csv,
+    write_beats_json,
 )
 from heartgpt.model import GPT
 from heartgpt.model.checkpoints import load_model
@@ -166,3 +170,39 @@ def test_quality_category_and_csv(tiny, tmp_path):
     rows = write_beats_csv(tmp_path / "b.csv", beats, input_rate=125.0).read_text().splitlines()
     assert rows[0] == "beat,sample,input_sample,time_s,confidence,quality"
     assert len(rows) == len(beats.peaks) + 1
+
+
+def test_heart_rate_from_inter_beat_intervals():
+    peaks = np.array([0, 50, 100, 160, 400, 450])  # at 50 Hz: intervals 1, 1, 1.2, 4.8, 1 s
+    conf = np.zeros(500)
+    conf[200:300] = np.nan  # no usable window here: the 4.8-s interval may hide beats
+    hr = heart_rate(peaks, 50.0, conf)
+    assert hr["n_intervals"] == 4 and hr["intervals_excluded"] == 1
+    assert hr["median_bpm"] == pytest.approx(60.0)
+    assert hr["mean_bpm"] == pytest.approx(60 / 1.05)
+    every = heart_rate(peaks, 50.0)  # without the confidence every interval counts
+    assert every["n_intervals"] == 5 and every["mean_bpm"] == pytest.approx(60 / 1.8)
+    assert heart_rate(np.array([7]), 50.0) == {"median_bpm": None, "mean_bpm": None,
+                                               "n_intervals": 0, "intervals_excluded": 0}
+
+
+def test_beats_json_summary(tiny, tmp_path):
+    x = ppg_like(600, seed=3)
+    x[300:310] = np.nan  # some windows skipped
+    beats = detect_beats(tiny, x, 50.0, shift=16)
+    assert beats.skipped
+    path = write_beats_json(tmp_path / "b.json", beats, "in/rec.csv", "ckpt.safetensors")
+
+    def no_nan(name: str) -> None:
+        raise AssertionError(f"{name} in the JSON")
+
+    s = json.loads(path.read_text(), parse_constant=no_nan)  # strict JSON: no NaN / Infinity
+    assert s["recording"] == "in/rec.csv" and s["checkpoint"] == "ckpt.safetensors"
+    assert s["n_beats"] == len(beats.peaks) and s["quality"] == beats.category
+    assert s["median_confidence"] == pytest.approx(beats.median_height)
+    assert s["duration_s"] == pytest.approx(12.0) and s["sample_rate_hz"] == 50.0
+    assert s["windows_skipped"] == len(beats.skipped) and s["n_windows"] == beats.n_windows
+    assert s["skipped"][0]["start_sample"] == next(iter(beats.skipped))
+    assert s["heart_rate"] == heart_rate(beats.peaks, 50.0, beats.confidence)
+    assert set(s["heart_rate"]) == {"median_bpm", "mean_bpm", "n_intervals",
+                                    "intervals_excluded"}

@@ -8,7 +8,14 @@ from matplotlib.figure import Figure
 
 from heartgpt.inference.beat_detection import Beats, beats_title
 from heartgpt.inference.interpretability import attention_figures, attention_shift, trace_tokens
-from heartgpt.inference.plots import duration_text, plot_attention_shift, plot_beats
+from heartgpt.inference.plots import (
+    ZOOM_SECONDS,
+    duration_text,
+    plot_af,
+    plot_attention_shift,
+    plot_beats,
+    save_figure,
+)
 from tiny import tiny_gpt
 
 
@@ -68,8 +75,13 @@ def test_beats_legend_counts_the_view_and_the_title_the_recording():
                      title=title)
     assert legend_texts(fig) == ["beats (15 in this 30-s view)"]
     assert fig.get_suptitle() == title
+    # the whole of a long recording would be a solid band: an overview and the first 30 s
     whole = plot_beats(beats.signal, beats.confidence, beats.peaks, beats.sample_rate)
-    assert legend_texts(whole) == ["beats (150 in the whole 300-s recording)"]
+    assert legend_texts(whole) == ["beats (15 in this 30-s view)"]
+    assert [ax.get_label() for ax in whole.axes][:2] == ["overview", "zoom"]
+    short = beats_of(40.0)  # up to a minute the whole recording is readable
+    whole = plot_beats(short.signal, short.confidence, short.peaks, short.sample_rate)
+    assert legend_texts(whole) == ["beats (20 in the whole 40-s recording)"]
 
 
 def test_beats_view_past_the_end_counts_what_is_shown():
@@ -81,3 +93,71 @@ def test_beats_view_past_the_end_counts_what_is_shown():
 
 def test_duration_text():
     assert [duration_text(s) for s in (300.0, 30, 8.52, 0.04)] == ["300", "30", "8.5", "0.04"]
+
+
+# ------------------------------------------------------------------------------- long, non-finite
+def named_axis(fig: Figure, label: str):
+    """The one axis of ``fig`` named ``label`` (``ax.set_label``)."""
+    found = [ax for ax in fig.axes if ax.get_label() == label]
+    assert len(found) == 1, [ax.get_label() for ax in fig.axes]
+    return found[0]
+
+
+def af_windows(n: int, window: int = 500, stride: int = 50) -> tuple[np.ndarray, np.ndarray]:
+    starts = np.arange(0, n - window + 1, stride)  # (W,)
+    return starts, np.linspace(0.0, 1.0, len(starts))
+
+
+def x_span(ax) -> float:
+    lo, hi = ax.get_xlim()
+    return hi - lo
+
+
+def test_ten_minutes_of_af_get_an_overview_and_a_readable_zoom():
+    rate = 50.0
+    signal = beats_of(600.0, rate).signal  # (30000,)
+    starts, probs = af_windows(len(signal))
+    fig = plot_af(signal, rate, starts, 500, probs)
+    overview, zoom = named_axis(fig, "overview"), named_axis(fig, "zoom")
+    assert overview.get_xlim()[0] <= 0 and overview.get_xlim()[1] >= 600
+    assert x_span(named_axis(fig, "probability")) >= 600  # every window's P(AF)
+    assert x_span(zoom) <= ZOOM_SECONDS + 1e-9 and zoom.get_xlim()[0] <= 0
+    later = plot_af(signal, rate, starts, 500, probs, zoom_start=int(120 * rate),
+                    zoom_length=int(10 * rate))
+    assert named_axis(later, "zoom").get_xlim() == pytest.approx((120, 130), abs=0.02)
+    starts, probs = af_windows(1500)
+    short = plot_af(signal[:1500], rate, starts, 500, probs)  # 30 s: the two-row figure
+    assert not [ax for ax in short.axes if ax.get_label() == "overview"]
+    assert x_span(named_axis(short, "signal")) == pytest.approx(30.0)
+
+
+def test_ten_minutes_of_beats_get_an_overview_and_a_readable_zoom():
+    beats = beats_of(600.0)
+    fig = plot_beats(beats.signal, beats.confidence, beats.peaks, beats.sample_rate)
+    overview, zoom = named_axis(fig, "overview"), named_axis(fig, "zoom")
+    assert overview.get_xlim()[0] <= 0 and overview.get_xlim()[1] >= 600
+    assert x_span(zoom) <= ZOOM_SECONDS + 1e-9
+    view = plot_beats(beats.signal, beats.confidence, beats.peaks, beats.sample_rate,
+                      start=int(100 * beats.sample_rate), length=int(20 * beats.sample_rate))
+    assert named_axis(view, "zoom").get_xlim() == pytest.approx((100, 120))
+    assert legend_texts(view) == ["beats (10 in this 20-s view)"]
+
+
+def with_non_finite_runs(x: np.ndarray) -> np.ndarray:
+    x = x.copy()
+    x[100:150], x[300:320], x[700:800], x[-5:] = np.inf, -np.inf, np.nan, np.inf
+    return x
+
+
+@pytest.mark.parametrize("seconds", [20.0, 120.0])
+def test_non_finite_samples_are_gaps_in_the_figures(tmp_path, seconds):
+    beats = beats_of(seconds)
+    x = with_non_finite_runs(beats.signal)
+    starts, probs = af_windows(len(x))
+    probs[starts < 800] = np.nan  # the windows holding bad samples were skipped
+    figs = {"af": plot_af(x, beats.sample_rate, starts, 500, probs),
+            "beats": plot_beats(x, beats.confidence, beats.peaks, beats.sample_rate)}
+    for name, fig in figs.items():
+        for ax in fig.axes:
+            assert np.isfinite(ax.get_ylim()).all() and np.isfinite(ax.get_xlim()).all(), name
+        assert save_figure(fig, tmp_path / f"{name}.png").stat().st_size > 0

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from heartgpt.data.readers import read_signal
-from heartgpt.inference.af_screening import af_probabilities, screen_af, window_starts, write_csv
+from heartgpt.inference.af_screening import (
+    af_probabilities,
+    index_ranges,
+    screen_af,
+    window_starts,
+    write_csv,
+)
 from heartgpt.model import GPT
 from heartgpt.model.checkpoints import load_model
 from tiny import tiny_gpt
@@ -47,6 +53,37 @@ def test_window_starts_cover_the_end():
     np.testing.assert_array_equal(window_starts(620, 500, 50), [0, 50, 100, 120])
     with pytest.raises(ValueError, match="too short"):
         window_starts(499, 500, 50)
+    np.testing.assert_array_equal(window_starts(620, 500, 50, "drop"), [0, 50, 100])
+    np.testing.assert_array_equal(window_starts(500, 500, 50, "drop"), [0])  # the GUI's window
+    with pytest.raises(ValueError, match="tail"):
+        window_starts(620, 500, 50, "pad")
+
+
+def test_index_ranges():
+    assert index_ranges(np.array([0, 1, 2, 5, 7, 8])) == "0-2, 5, 7-8"
+    assert index_ranges(np.array([3])) == "3" and index_ranges(np.array([], int)) == ""
+
+
+def test_the_tail_window_is_flagged_and_the_summary_names_what_it_averages(tiny, tmp_path):
+    x = ppg_like(300)  # windows of 64 every 20: 0..220, and 236 ending at the last sample
+    align = screen_af(tiny, x, 50.0, "ppg", stride=20)
+    assert align.overlaps_previous.tolist() == [False] * 12 + [True]
+    d = align.to_dict()
+    assert (d["tail"], d["tail_window"], d["tail_window_averaged"]) == ("align", 12, True)
+    assert (d["averaged_windows"], d["n_averaged"], d["uncovered_end_samples"]) == ("0-12", 13, 0)
+    assert [w["overlaps_previous"] for w in d["windows"]] == [False] * 12 + [True]
+    assert "incl. the end-aligned tail #12" in align.averaged_text()
+    rows = write_csv(tmp_path / "af.csv", align).read_text().splitlines()
+    assert rows[0].endswith(",status,overlaps_previous")
+    assert [r.rsplit(",", 1)[1] for r in rows[1:]] == ["0"] * 12 + ["1"]
+    drop = screen_af(tiny, x, 50.0, "ppg", stride=20, tail="drop")
+    np.testing.assert_array_equal(drop.starts, align.starts[:12])
+    np.testing.assert_allclose(drop.probs, align.probs[:12], atol=1e-6)
+    assert drop.recording_prob == pytest.approx(align.probs[:12].mean())  # equal weights
+    d = drop.to_dict()
+    assert (d["tail"], d["tail_window"], d["uncovered_end_samples"]) == ("drop", None, 16)
+    assert d["averaged_windows"] == "0-11" and not drop.overlaps_previous.any()
+    assert drop.averaged_text() == "mean of 12 windows"
 
 
 def test_windows_are_tokenised_on_their_own(tiny):
@@ -82,6 +119,7 @@ def test_unusable_windows_are_skipped_and_reported(tiny, tmp_path):
     d = result.to_dict()
     json.dumps(d)
     assert d["n_skipped"] == 5 and d["windows"][0]["af_prob"] is None
+    assert d["averaged_windows"] == "2-11" and not d["tail_window_averaged"]
     rows = write_csv(tmp_path / "af.csv", result).read_text().splitlines()
     assert rows[0].startswith("window,start_sample") and "skipped" in rows[1]
     with pytest.raises(ValueError, match="no usable window"):

@@ -14,11 +14,15 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from heartgpt.errors import InputError, error_line
 from heartgpt.model.checkpoints import WEIGHTS_ENV
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 OUTPUTS_DIR = "outputs"  # <cwd>/outputs: the tools' results (<tool>/) and training runs
 RECORDING_HELP = "recording (.csv / .txt one column, or .npy)"
@@ -35,6 +39,21 @@ def run_tool(body: Callable[[], None]) -> int:
         print(f"error: {error_line(e)}", file=sys.stderr)
         return 1
     return 0
+
+
+def save_plot(path: str | os.PathLike, draw: Callable[[], Figure]) -> Path:
+    """Draw a figure and save it as ``path`` (PNG); a failure of either names the file.
+
+    Raises:
+        InputError: ``<path>: cannot draw the figure: <problem>`` for a ``ValueError``,
+            ``OverflowError`` or ``RuntimeError`` of matplotlib (e.g. limits that are not finite).
+    """
+    from heartgpt.inference.plots import save_figure
+
+    try:
+        return save_figure(draw(), path)
+    except (ValueError, OverflowError, RuntimeError) as e:
+        raise InputError(path, f"cannot draw the figure: {e}") from e
 
 
 def output_path(out_dir: str | os.PathLike, input_path: str | os.PathLike, suffix: str) -> Path:

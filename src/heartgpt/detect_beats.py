@@ -1,8 +1,10 @@
 """``python -m heartgpt.detect_beats rec.csv --checkpoint PPGPT_beat_5k_iters.zip``: the beats
 of a finger-PPG recording of any length, their confidence and the signal quality.
 
-Writes ``<stem>_beats.csv`` (and ``--save-confidence``: the per-sample confidence) and a PNG
-under ``outputs/detect_beats/``. The procedure (the released GUI's, streamed in bounded
+Writes ``<stem>_beats.csv`` (one row a beat), ``<stem>_beats.json`` (beat count, median
+confidence, quality, heart rate, windows skipped), with ``--save-confidence`` the per-sample
+confidence, and a PNG (over a minute: an overview and the ``--plot-start``/``--plot-seconds``
+zoom) under ``outputs/detect_beats/``. The procedure (the released GUI's, streamed in bounded
 memory) is :mod:`heartgpt.inference.beat_detection`.
 """
 
@@ -19,6 +21,7 @@ from heartgpt.cli import (
     positive_float,
     positive_int,
     run_tool,
+    save_plot,
     tool_parser,
 )
 from heartgpt.data.readers import read_signal
@@ -30,6 +33,7 @@ from heartgpt.inference.beat_detection import (
     beats_title,
     detect_beats,
     write_beats_csv,
+    write_beats_json,
 )
 from heartgpt.inference.loading import load_tool_model
 
@@ -37,7 +41,8 @@ from heartgpt.inference.loading import load_tool_model
 def build_parser() -> argparse.ArgumentParser:
     p = tool_parser("detect_beats", "beat fine-tuned checkpoint",
                     "Beat detection and signal quality of a finger-PPG recording; writes "
-                    "<stem>_beats.csv and <stem>_beats.png under outputs/detect_beats/.")
+                    "<stem>_beats.csv, <stem>_beats.json and <stem>_beats.png under "
+                    "outputs/detect_beats/.")
     p.add_argument("--tail", choices=TAILS, default="align",
                    help="align: last window ends at the last sample (default); release: "
                         "zero-padded tail windows as the released GUI")
@@ -49,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the per-sample confidence as <stem>_beat_confidence.csv")
     p.add_argument("--plot-start", type=non_negative_float, default=0.0, help="plot from this second (0)")
     p.add_argument("--plot-seconds", type=non_negative_float, default=30.0,
-                   help="seconds shown in the PNG (30; 0: all)")
+                   help="seconds shown in the PNG (30; 0: all, or over a minute an overview "
+                        "and the first 30 s)")
     return p
 
 
@@ -71,22 +77,24 @@ def main(argv: list[str] | None = None) -> int:
                                  chunk_size=max(1, int(args.chunk_seconds * mod.sample_rate)))
         csv_path = write_beats_csv(output_path(args.out_dir, args.recording, "_beats.csv"),
                                    beats, rate)
+        json_path = write_beats_json(output_path(args.out_dir, args.recording, "_beats.json"),
+                                     beats, args.recording, args.checkpoint)
         if args.save_confidence:
             np.savetxt(output_path(args.out_dir, args.recording, "_beat_confidence.csv"),
                        beats.confidence, fmt="%.8f", header="confidence", comments="")
-        from heartgpt.inference.plots import plot_beats, save_figure
+        from heartgpt.inference.plots import plot_beats
 
         start = int(args.plot_start * beats.sample_rate)
         length = int(args.plot_seconds * beats.sample_rate) or None
-        fig = plot_beats(beats.signal, beats.confidence, beats.peaks, beats.sample_rate,
-                         start=start, length=length,
-                         title=beats_title(Path(args.recording).name, beats))
-        png = save_figure(fig, output_path(args.out_dir, args.recording, "_beats.png"))
+        png = save_plot(output_path(args.out_dir, args.recording, "_beats.png"),
+                        lambda: plot_beats(beats.signal, beats.confidence, beats.peaks,
+                                           beats.sample_rate, start=start, length=length,
+                                           title=beats_title(Path(args.recording).name, beats)))
         if beats.skipped:
             print(f"skipped {len(beats.skipped)} window(s) that cannot be tokenised, e.g. at "
                   f"sample {next(iter(beats.skipped))}: {next(iter(beats.skipped.values()))}")
         print(f"{len(beats.peaks)} beats, median confidence {beats.median_height:.4f} "
-              f"({beats.category}) -> {csv_path}, {png}")
+              f"({beats.category}) -> {csv_path}, {json_path}, {png}")
 
     return run_tool(body)
 

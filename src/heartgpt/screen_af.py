@@ -2,7 +2,8 @@
 the AF probability of every window of a recording and of the whole recording.
 
 Writes ``<stem>_af.csv``, ``<stem>_af.json`` and a PNG under ``outputs/screen_af/``. The
-windowing and the recording-level summary are :mod:`heartgpt.inference.af_screening`.
+windowing (``--tail``: the end of the recording) and the recording-level summary are
+:mod:`heartgpt.inference.af_screening`; recordings over a minute get an overview and a 30-s zoom.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from heartgpt.cli import (
     positive_int,
     probability,
     run_tool,
+    save_plot,
     tool_parser,
 )
 from heartgpt.data.readers import read_signal
@@ -23,15 +25,13 @@ from heartgpt.errors import about
 from heartgpt.inference.af_screening import (
     BATCH_SIZE,
     DEFAULT_STRIDE,
+    DEFAULT_TAIL,
     DEFAULT_THRESHOLD,
+    TAILS,
     screen_af,
     write_csv,
 )
 from heartgpt.inference.loading import load_tool_model
-
-
-def _windows(n: int) -> str:
-    return f"{n} window" if n == 1 else f"{n} windows"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "<stem>_af.json and <stem>_af.png under outputs/screen_af/.")
     p.add_argument("--stride", type=positive_int, default=DEFAULT_STRIDE,
                    help=f"samples at the modality rate between windows ({DEFAULT_STRIDE})")
+    p.add_argument("--tail", choices=TAILS, default=DEFAULT_TAIL,
+                   help="align: one more window ending at the last sample, so every sample is "
+                        "covered (flagged overlaps_previous; default); drop: only windows on "
+                        "the stride grid, the last < stride samples unscreened")
     p.add_argument("--threshold", type=probability, default=DEFAULT_THRESHOLD)
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
     return p
@@ -56,25 +60,27 @@ def main(argv: list[str] | None = None) -> int:
         with about(args.recording):
             result = screen_af(loaded.model, signal, args.sample_rate or mod.sample_rate, mod,
                                stride=args.stride, threshold=args.threshold,
-                               batch_size=args.batch_size)
+                               batch_size=args.batch_size, tail=args.tail)
         csv_path = write_csv(output_path(args.out_dir, args.recording, "_af.csv"), result)
         json_path = output_path(args.out_dir, args.recording, "_af.json")
         json_path.write_text(json.dumps({"recording": str(args.recording),
                                          "checkpoint": str(args.checkpoint),
                                          **result.to_dict()}, indent=1))
-        from heartgpt.inference.plots import plot_af, save_figure
+        from heartgpt.inference.plots import plot_af
 
-        fig = plot_af(result.signal, result.sample_rate, result.starts, result.window,
-                      result.probs, result.threshold,
-                      title=f"{Path(args.recording).name}: P(AF) = {result.recording_prob:.3f} "
-                            f"(mean of {_windows(int(result.usable.sum()))}), "
-                            f"{100 * result.fraction_above:.0f}% of windows >= {result.threshold}")
-        png = save_figure(fig, output_path(args.out_dir, args.recording, "_af.png"))
+        png = save_plot(output_path(args.out_dir, args.recording, "_af.png"), lambda: plot_af(
+            result.signal, result.sample_rate, result.starts, result.window, result.probs,
+            result.threshold,
+            title=f"{Path(args.recording).name}: P(AF) = {result.recording_prob:.3f} "
+                  f"({result.averaged_text()}), "
+                  f"{100 * result.fraction_above:.0f}% of windows >= {result.threshold}"))
         if result.skipped:
             print(f"skipped {len(result.skipped)} of {len(result.starts)} windows: "
                   + "; ".join(f"#{i} {why}" for i, why in list(result.skipped.items())[:3])
                   + (" ..." if len(result.skipped) > 3 else ""))
-        print(f"P(AF) = {result.recording_prob:.4f} (mean of {_windows(int(result.usable.sum()))}), "
+        if result.uncovered_end:
+            print(f"--tail drop: the last {result.uncovered_end} samples in no window")
+        print(f"P(AF) = {result.recording_prob:.4f} ({result.averaged_text()}), "
               f"{100 * result.fraction_above:.1f}% of windows >= {result.threshold} -> "
               f"{csv_path}, {json_path}, {png}")
 

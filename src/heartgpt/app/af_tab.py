@@ -60,9 +60,7 @@ def af_run(
     with about(signal.name):
         res = screen_af(loaded.model, signal.samples, rate, mod, stride=stride,
                         threshold=threshold)
-    n_ok = int(res.usable.sum())
-    windows = f"{n_ok} window" if n_ok == 1 else f"{n_ok} windows"
-    title = (f"{signal.name}: P(AF) = {res.recording_prob:.3f} (mean of {windows}), "
+    title = (f"{signal.name}: P(AF) = {res.recording_prob:.3f} ({res.averaged_text()}), "
              f"{100 * res.fraction_above:.0f}% of windows >= {threshold}")
     png = save_figure(plot_af(res.signal, res.sample_rate, res.starts, res.window, res.probs,
                               threshold, title=title), output_file(out_dir, signal, "_af.png"))
@@ -71,8 +69,8 @@ def af_run(
     json_path.write_text(json.dumps({"recording": signal.name,
                                      "checkpoint": Path(checkpoint).name, **res.to_dict()},
                                     indent=1))
-    status = (f"{signal.name}: P(AF) = {res.recording_prob:.4f} (mean of {windows} of "
-              f"{res.window} samples), "
+    status = (f"{signal.name}: P(AF) = {res.recording_prob:.4f} ({res.averaged_text()}; "
+              f"{res.window} samples each), "
               f"{100 * res.fraction_above:.1f}% of windows >= {threshold}; "
               f"{len(res.skipped)} window(s) skipped.")
     files = [csv_path, json_path, png]

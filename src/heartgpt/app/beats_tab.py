@@ -22,6 +22,7 @@ from heartgpt.inference.beat_detection import (
     detect_beats,
     quality_category,
     write_beats_csv,
+    write_beats_json,
 )
 from heartgpt.inference.plots import plot_beats, save_figure
 from heartgpt.model import GPT
@@ -52,6 +53,8 @@ def beats_run(
                              chunk_size=max(1, int(CHUNK_SECONDS * mod.sample_rate)),
                              progress=progress)
     csv_path = write_beats_csv(output_file(out_dir, signal, "_beats.csv"), beats, rate)
+    json_path = write_beats_json(output_file(out_dir, signal, "_beats.json"), beats, signal.name,
+                                 Path(checkpoint).name)
     npz = output_file(out_dir, signal, "_beat_confidence.npz")
     np.savez_compressed(npz, confidence=beats.confidence, peaks=beats.peaks,
                         heights=beats.heights, sample_rate=beats.sample_rate)
@@ -69,7 +72,7 @@ def beats_run(
               f"{beats.n_windows} windows every {shift} samples, {len(beats.skipped)} skipped.")
     if len(beats.peaks) > TABLE_ROWS:
         status += f" The table lists the first {TABLE_ROWS} beats; the CSV has all."
-    return escape(status), png, rows, [csv_path, npz, png]
+    return escape(status), png, rows, [csv_path, json_path, npz, png]
 
 
 def build(ctx: AppContext) -> None:
@@ -93,7 +96,7 @@ def build(ctx: AppContext) -> None:
             table = gr.Dataframe(headers=["beat", "time_s", "confidence", "quality"],
                                  label="per-beat confidence", interactive=False,
                                  max_height=300, elem_id="beats-table")
-            files = files_output("downloads (CSV, .npz, PNG)", "beats-files")
+            files = files_output("downloads (CSV, JSON, .npz, PNG)", "beats-files")
 
     def detect(signal: Signal, checkpoint: str, out_dir: Path, tail_value: str,
                shift_value: float | None, start: float | None, seconds: float | None, *,

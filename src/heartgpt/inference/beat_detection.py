@@ -33,6 +33,8 @@ chunk of signal and one batch of windows, so hours of recording stream in bounde
 from __future__ import annotations
 
 import csv
+import json
+import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -294,6 +296,60 @@ def detect_beats(
                          f"(first: {first})")
     peaks, heights = find_beats(conf)
     return Beats(x, mod.sample_rate, conf, peaks, heights, counter[0], skipped, tail)
+
+
+# ------------------------------------------------------------------------------- summary
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def heart_rate(peaks: np.ndarray, sample_rate: float, confidence: np.ndarray | None = None
+               ) -> dict:
+    """Heart rate from the inter-beat intervals of beat indices ``peaks`` (P,).
+
+    ``median_bpm`` is ``60 / median(IBI)`` and ``mean_bpm`` ``60 / mean(IBI)`` (beats per
+    minute over the beats' span). Intervals that span samples with no confidence (NaN in
+    ``confidence``: only skipped windows cover them, so beats there cannot be found) are left
+    out and counted in ``intervals_excluded``. ``None`` for the rates when no interval is left.
+    """
+    peaks = np.asarray(peaks, dtype=np.int64)
+    keep = np.ones(max(len(peaks) - 1, 0), dtype=bool)  # (P-1,) one per interval
+    if confidence is not None and len(keep):
+        gaps = np.concatenate([[0], np.cumsum(np.isnan(confidence))])  # (n+1,) NaNs before i
+        keep = gaps[peaks[1:]] == gaps[peaks[:-1] + 1]  # no NaN strictly between the two beats
+    ibi = np.diff(peaks)[keep] / sample_rate  # (I,) seconds
+    return {
+        "median_bpm": _finite_or_none(60 / np.median(ibi)) if len(ibi) else None,
+        "mean_bpm": _finite_or_none(60 / ibi.mean()) if len(ibi) else None,
+        "n_intervals": len(ibi),
+        "intervals_excluded": int((~keep).sum()),
+    }
+
+
+def beats_summary(beats: Beats) -> dict:
+    """JSON-able recording-level summary: beats, confidence, quality, heart rate, windows."""
+    return {
+        "n_beats": len(beats.peaks),
+        "median_confidence": _finite_or_none(beats.median_height),
+        "quality": beats.category,
+        "heart_rate": heart_rate(beats.peaks, beats.sample_rate, beats.confidence),
+        "duration_s": beats.seconds,
+        "sample_rate_hz": beats.sample_rate,
+        "tail": beats.tail,
+        "n_windows": beats.n_windows,
+        "windows_skipped": len(beats.skipped),
+        "skipped": [{"start_sample": int(start), "reason": why}
+                    for start, why in list(beats.skipped.items())[:20]],  # the first 20
+    }
+
+
+def write_beats_json(path: str | Path, beats: Beats, recording: str | os.PathLike,
+                     checkpoint: str | os.PathLike) -> Path:
+    """``<stem>_beats.json``: the input and checkpoint paths and :func:`beats_summary`."""
+    path = Path(path)
+    path.write_text(json.dumps({"recording": str(recording), "checkpoint": str(checkpoint),
+                                **beats_summary(beats)}, indent=1))
+    return path
 
 
 # ------------------------------------------------------------------------------- CLI

@@ -17,11 +17,16 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.axes import Axes
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
+from matplotlib.image import AxesImage
 
 DPI = 100
 _SIGNAL = "0.15"  # colour of the raw signal / context
+LONG_SECONDS = 60.0  # longer recordings: an overview of the whole and a zoom
+ZOOM_SECONDS = 30.0  # the zoom of a long recording when no length is given
+OVERVIEW_BINS = 2000  # the overview draws the min/max of at most this many bins
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: int = DPI) -> Path:
@@ -79,40 +84,98 @@ def plot_generation(
     return fig
 
 
+# ------------------------------------------------------------------------------- long signals
+def finite_or_nan(x: np.ndarray) -> np.ndarray:
+    """(n,) float64 copy with +-inf as NaN: matplotlib draws both as gaps."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(np.isfinite(x), x, np.nan)
+
+
+def finite_limits(x: np.ndarray, margin: float = 0.02) -> tuple[float, float]:
+    """y limits from the finite samples of ``x``, ``margin`` of the range added on each side;
+    a flat signal gets +-0.5 around its value, one with no finite sample (0, 1)."""
+    x = np.asarray(x, dtype=np.float64)
+    finite = x[np.isfinite(x)]
+    if not len(finite):
+        return 0.0, 1.0
+    lo, hi = float(finite.min()), float(finite.max())
+    if hi - lo <= 1e-12 * max(abs(lo), abs(hi), 1.0):
+        return lo - 0.5, hi + 0.5
+    pad = margin * (hi - lo)
+    return lo - pad, hi + pad
+
+
+def envelope(x: np.ndarray, bins: int = OVERVIEW_BINS) -> tuple[np.ndarray, np.ndarray, int]:
+    """Min and max of the finite samples in each of at most ``bins`` consecutive bins:
+    ``(lo (B,), hi (B,), samples per bin)``; NaN for a bin with no finite sample."""
+    x = finite_or_nan(x)
+    per_bin = max(1, -(-len(x) // bins))
+    padded = np.pad(x, (0, -len(x) % per_bin), constant_values=np.nan).reshape(-1, per_bin)
+    return np.fmin.reduce(padded, axis=1), np.fmax.reduce(padded, axis=1), per_bin  # NaN-aware
+
+
+def is_long(n_samples: int, sample_rate: float) -> bool:
+    """Whether a recording gets an overview and a zoom (longer than :data:`LONG_SECONDS`)."""
+    return n_samples / sample_rate > LONG_SECONDS
+
+
+def _zoom_span(n: int, sample_rate: float, start: int, length: int | None) -> tuple[int, int]:
+    """Samples [start, end) of the zoom: ``length`` samples, or :data:`ZOOM_SECONDS`."""
+    length = round(ZOOM_SECONDS * sample_rate) if length is None else length
+    return start, min(n, start + length)
+
+
+def _draw_overview(ax: Axes, signal: np.ndarray, sample_rate: float, span: tuple[int, int]
+                   ) -> None:
+    """The whole signal as a min/max envelope, the zoom's span shaded."""
+    lo, hi, per_bin = envelope(signal)
+    t = (np.arange(len(lo)) * per_bin + (per_bin - 1) / 2) / sample_rate  # (B,) bin centres
+    ax.fill_between(t, lo, hi, color=_SIGNAL, lw=0.6, step="mid")
+    ax.axvspan(span[0] / sample_rate, span[1] / sample_rate, color="C0", alpha=0.2, lw=0)
+    ax.set_xlim(0, len(signal) / sample_rate)
+    ax.set_ylim(*finite_limits(signal))
+    ax.set_ylabel("whole\nrecording")
+    ax.set_title(f"overview of the {duration_text(len(signal) / sample_rate)} s (shaded: the "
+                 f"zoom below, {duration_text(span[0] / sample_rate)}-"
+                 f"{duration_text(span[1] / sample_rate)} s)", fontsize=8, loc="left")
+    ax.set_label("overview")
+
+
 # ------------------------------------------------------------------------------- AF screening
-def plot_af(
-    signal: np.ndarray,
-    sample_rate: float,
-    starts: np.ndarray,
-    window: int,
-    probs: np.ndarray,
-    threshold: float = 0.5,
-    title: str = "",
-) -> Figure:
-    """The signal shaded by AF probability (mean over the windows covering each sample), and
-    the probability of every window at its centre; skipped windows (NaN) are marked grey."""
-    n = len(signal)
+def _af_per_sample(n: int, starts: np.ndarray, window: int, probs: np.ndarray) -> np.ndarray:
+    """(n,) mean probability of the usable windows covering each sample; NaN where none."""
     acc, cnt = np.zeros(n), np.zeros(n)
     for s, p in zip(starts, probs, strict=True):
         if np.isfinite(p):
             acc[s : s + window] += p
             cnt[s : s + window] += 1
     with np.errstate(invalid="ignore", divide="ignore"):
-        per_sample = acc / cnt  # NaN where no usable window
-    t = _seconds(n, sample_rate)
-    fig = _figure(figsize=(10, 4.2))
-    ax, axp = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    finite = np.isfinite(signal)
-    lo, hi = (np.nanmin(signal), np.nanmax(signal)) if finite.any() else (0.0, 1.0)
-    shade = np.ma.masked_invalid(per_sample)[None, :]
+        return acc / cnt
+
+
+def _draw_shaded_signal(ax: Axes, signal: np.ndarray, per_sample: np.ndarray,
+                        sample_rate: float, start: int, end: int, step: int = 1,
+                        line: bool = True) -> AxesImage:
+    """Samples [start, end) of the signal (``line``) over a band coloured by the per-sample AF
+    probability (every ``step``-th sample); returns the image for a colour bar."""
+    t = _seconds(end - start, sample_rate, start)
+    lo, hi = finite_limits(signal[start:end])
     cmap = colormaps["RdYlGn_r"].with_extremes(bad="0.85")  # no usable window
     half = 0.5 / sample_rate
-    im = ax.imshow(shade, aspect="auto", cmap=cmap, vmin=0, vmax=1, alpha=0.45,
-                   extent=(t[0] - half, t[-1] + half, lo, hi), interpolation="nearest")
-    ax.plot(t, signal, color=_SIGNAL, lw=0.6)
-    ax.set_ylim(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))
+    im = ax.imshow(np.ma.masked_invalid(per_sample[start:end:step])[None, :], aspect="auto",
+                   cmap=cmap, vmin=0, vmax=1, alpha=0.45, interpolation="nearest",
+                   extent=(t[0] - half, t[-1] + half, lo, hi))
+    if line:
+        ax.plot(t, finite_or_nan(signal[start:end]), color=_SIGNAL, lw=0.6)
+    ax.set_xlim(t[0] - half, t[-1] + half)
+    ax.set_ylim(lo, hi)
     ax.set_ylabel("signal")
-    fig.colorbar(im, ax=ax, label="AF probability", pad=0.01)
+    return im
+
+
+def _draw_window_probs(axp: Axes, starts: np.ndarray, window: int, probs: np.ndarray,
+                       threshold: float, sample_rate: float) -> None:
+    """The probability of every window at its centre; skipped windows as grey crosses."""
     centres = (np.asarray(starts) + window / 2) / sample_rate
     ok = np.isfinite(probs)
     axp.plot(centres[ok], probs[ok], ".-", color="C3", ms=3, lw=0.8)
@@ -122,6 +185,63 @@ def plot_af(
     axp.axhline(threshold, color="0.4", ls="--", lw=0.8)
     axp.set_ylim(-0.03, 1.03)
     axp.set_ylabel("P(AF) per\nwindow")
+    axp.set_label("probability")
+
+
+def plot_af(
+    signal: np.ndarray,
+    sample_rate: float,
+    starts: np.ndarray,
+    window: int,
+    probs: np.ndarray,
+    threshold: float = 0.5,
+    title: str = "",
+    zoom_start: int = 0,
+    zoom_length: int | None = None,
+) -> Figure:
+    """The signal shaded by AF probability (mean over the windows covering each sample), and
+    the probability of every window at its centre; skipped windows (NaN) are marked grey.
+
+    Non-finite samples are drawn as gaps and the limits come from the finite ones. A recording
+    longer than :data:`LONG_SECONDS` gets three rows: an ``overview`` axis (the whole signal's
+    envelope, shaded by probability), the ``probability`` of every window over the whole
+    recording, and a ``zoom`` axis on samples [zoom_start, zoom_start + zoom_length) (default:
+    the first :data:`ZOOM_SECONDS`); the axes are named so (``ax.get_label()``).
+    """
+    n = len(signal)
+    per_sample = _af_per_sample(n, starts, window, probs)  # (n,)
+    if not is_long(n, sample_rate):
+        return _plot_af_short(signal, sample_rate, starts, window, probs, per_sample, threshold,
+                              title)
+    fig = _figure(figsize=(10, 6.4))
+    ax_over, axp, ax_zoom = fig.subplots(3, 1, gridspec_kw={"height_ratios": [1.4, 1, 2]})
+    axp.sharex(ax_over)
+    span = _zoom_span(n, sample_rate, zoom_start, zoom_length)
+    step = max(1, n // OVERVIEW_BINS)
+    im = _draw_shaded_signal(ax_over, signal, per_sample, sample_rate, 0, n, step=step,
+                             line=False)  # the envelope draws the signal
+    _draw_overview(ax_over, signal, sample_rate, span)
+    _draw_window_probs(axp, starts, window, probs, threshold, sample_rate)
+    _draw_shaded_signal(ax_zoom, signal, per_sample, sample_rate, *span)
+    ax_zoom.set_label("zoom")
+    ax_zoom.set_title(f"zoom: {duration_text(span[0] / sample_rate)}-"
+                      f"{duration_text(span[1] / sample_rate)} s", fontsize=8, loc="left")
+    ax_zoom.set_xlabel("time (s)")
+    fig.colorbar(im, ax=[ax_over, axp, ax_zoom], label="AF probability", pad=0.01)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _plot_af_short(signal: np.ndarray, sample_rate: float, starts: np.ndarray, window: int,
+                   probs: np.ndarray, per_sample: np.ndarray, threshold: float, title: str
+                   ) -> Figure:
+    """:func:`plot_af` of a recording up to :data:`LONG_SECONDS`: signal and probabilities."""
+    fig = _figure(figsize=(10, 4.2))
+    ax, axp = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    im = _draw_shaded_signal(ax, signal, per_sample, sample_rate, 0, len(signal))
+    ax.set_label("signal")
+    fig.colorbar(im, ax=ax, label="AF probability", pad=0.01)
+    _draw_window_probs(axp, starts, window, probs, threshold, sample_rate)
     axp.set_xlabel("time (s)")
     fig.colorbar(im, ax=axp, pad=0.01).remove()  # keep both axes the same width
     fig.suptitle(title, fontsize=10)
@@ -142,14 +262,37 @@ def plot_beats(
     """Signal with detected beats, and the beat confidence, over samples [start, start+length).
 
     The legend counts the beats in this view (``beats (30 in this 30-s view)``); the title,
-    the caller's, is the place for the whole recording's count.
+    the caller's, is the place for the whole recording's count. Non-finite samples are gaps.
+    A recording longer than :data:`LONG_SECONDS` gets an ``overview`` axis (the whole signal's
+    envelope, the view shaded) above the view, the ``zoom``; ``length=None`` there means the
+    first :data:`ZOOM_SECONDS` from ``start`` (the whole recording would be a solid band).
     """
-    end = len(signal) if length is None else min(len(signal), start + length)
+    n = len(signal)
+    sig = finite_or_nan(signal)  # (n,)
+    if not is_long(n, sample_rate):
+        fig = _figure(figsize=(10, 4.2))
+        ax, axc = fig.subplots(2, 1, sharex=True)
+        end = n if length is None else min(n, start + length)
+        ax.set_label("signal")
+    else:
+        fig = _figure(figsize=(10, 5.8))
+        ax_over, ax, axc = fig.subplots(3, 1, gridspec_kw={"height_ratios": [1, 2, 1.6]})
+        axc.sharex(ax)
+        start, end = _zoom_span(n, sample_rate, start, length)
+        _draw_overview(ax_over, sig, sample_rate, (start, end))
+        ax.set_label("zoom")
+    _draw_beats_view(ax, axc, sig, confidence, peaks, sample_rate, start, end, thresholds)
+    fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def _draw_beats_view(ax: Axes, axc: Axes, signal: np.ndarray, confidence: np.ndarray,
+                     peaks: np.ndarray, sample_rate: float, start: int, end: int,
+                     thresholds: Sequence[float]) -> None:
+    """Signal and beats on ``ax``, confidence on ``axc``, over samples [start, end)."""
     sl = slice(start, end)
     t = _seconds(end - start, sample_rate, start)
     pk = peaks[(peaks >= start) & (peaks < end)]
-    fig = _figure(figsize=(10, 4.2))
-    ax, axc = fig.subplots(2, 1, sharex=True)
     ax.plot(t, signal[sl], color=_SIGNAL, lw=0.7)
     view = duration_text((end - start) / sample_rate)
     where = (f"in the whole {view}-s recording" if (start, end) == (0, len(signal))
@@ -163,11 +306,11 @@ def plot_beats(
     for th, name in zip(thresholds, ("Low | Medium", "Medium | High"), strict=True):
         axc.axhline(th, color="0.5", ls=":", lw=0.8)
         axc.text(t[0], th, f" {name}", fontsize=7, va="bottom", color="0.35")
+    axc.set_xlim(start / sample_rate, end / sample_rate)
     axc.set_ylim(-0.02, 1.02)
     axc.set_ylabel("beat confidence")
     axc.set_xlabel("time (s)")
-    fig.suptitle(title, fontsize=10)
-    return fig
+    axc.set_label("confidence")
 
 
 # ------------------------------------------------------------------------------- attention
