@@ -87,6 +87,16 @@ PLAN: dict[str, Step] = {
     "python -m heartgpt.train -m experiment=demo_af data.folds=5 data.fold=0,1,2,3,4":
         run(*TINY, *SHORT),
     "python -m heartgpt.cv --summarize outputs/af_ecg/multiruns/<time>": run(),
+    "python -m heartgpt.eval checkpoint=ECGPT_560k_iters.zip data.shard_dir=data/demo/ecg/pretrain":
+        run("data.num_workers=0"),
+    "python -m heartgpt.eval task=af checkpoint=ECGPT_AF_1k_iters.zip "
+    "data.shard_dir=data/demo/ecg/af": run("data.num_workers=0"),
+    "python -m heartgpt.eval task=af checkpoint=ECGPT_AF_1k_iters.zip "
+    "data.shard_dir=data/demo/ecg/af data.split=test data.folds=5 data.fold=2":
+        run("data.num_workers=0"),
+    "python -m heartgpt.eval checkpoint=ECGPT_560k_iters.zip data.shard_dir=data/demo/ecg/pretrain "
+    "data.batch_size=8 trainer=ddp_cpu trainer.devices=2":
+        compose("2 processes: tests/test_eval.py runs them"),
     "python -m heartgpt.train -m hydra/launcher=slurm experiment=paper_ecg_pretrain trainer=ddp "
     "trainer.num_nodes=2 trainer.devices=4 hydra.launcher.partition=<partition> "
     "hydra.launcher.timeout_min=2880 ckpt_path=last": compose("needs a SLURM cluster"),

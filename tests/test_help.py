@@ -1,4 +1,4 @@
-"""`--help` of the two Hydra commands: each its own short help (conf/hydra/help/), naming the
+"""`--help` of the Hydra commands: each its own short help (conf/hydra/help/), naming the
 config groups that command composes and where the documentation is, not Hydra's generic page."""
 
 from __future__ import annotations
@@ -69,3 +69,19 @@ def test_prepare_help_names_only_its_own_groups(prepare_help):
     assert set(_group_lines(prepare_help)) == {"modality", "paths"}
     for group in TRAINING_ONLY:
         assert not re.search(rf"\b{group}\b", prepare_help), group
+
+
+@pytest.fixture(scope="module")
+def eval_help() -> str:
+    return _help("heartgpt.eval")
+
+
+def test_eval_help_names_its_groups_and_their_options(eval_help):
+    assert "python -m heartgpt.eval checkpoint=" in eval_help
+    assert "--cfg job" in eval_help and "docs/training.md" in eval_help
+    lines = _group_lines(eval_help)
+    assert set(lines) == {"modality", "task", "data", "trainer", "logger", "paths", "model"}
+    for group, line in lines.items():
+        options = {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
+        assert options <= set(re.findall(r"[\w]+", line)), (group, options)
+    assert "data.split" in eval_help or "split (all" in eval_help

@@ -33,11 +33,12 @@ def build_tiny_demo(data_dir: Path) -> Path:
 
 
 def compose_train(overrides: list[str], data_dir: Path | None = None,
-                  output_dir: Path | None = None, log_dir: Path | None = None) -> DictConfig:
-    """``conf/train.yaml`` with ``overrides``, its ``paths`` pointed at the given folders."""
+                  output_dir: Path | None = None, log_dir: Path | None = None,
+                  config_name: str = "train") -> DictConfig:
+    """``conf/<config_name>.yaml`` with ``overrides``, its ``paths`` pointed at the given folders."""
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     HydraConfig().set_config(cfg)
     with open_dict(cfg):
         for key, value in (("data_dir", data_dir), ("output_dir", output_dir), ("log_dir", log_dir)):
@@ -45,6 +46,12 @@ def compose_train(overrides: list[str], data_dir: Path | None = None,
                 cfg.paths[key] = str(value)
         del cfg["hydra"]
     return cfg
+
+
+def compose_eval(overrides: list[str], data_dir: Path | None = None,
+                 output_dir: Path | None = None, log_dir: Path | None = None) -> DictConfig:
+    """``conf/eval.yaml`` with ``overrides``, its ``paths`` pointed at the given folders."""
+    return compose_train(overrides, data_dir, output_dir, log_dir, config_name="eval")
 
 
 def read_metrics_csv(output_dir: Path) -> list[dict[str, str]]:
@@ -107,9 +114,10 @@ def wandb_history(run_file: Path, timeout: float = 60.0) -> list[dict]:
             for r in records if r.WhichOneof("record_type") == "history"]
 
 
-def run_module(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """``python -m heartgpt.train <args>`` in ``cwd`` (W&B offline, no GPU)."""
+def run_module(args: list[str], cwd: Path, timeout: int = 600,
+               module: str = "heartgpt.train") -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` in ``cwd`` (W&B offline, no GPU)."""
     env = {**os.environ, "WANDB_MODE": "offline", "CUDA_VISIBLE_DEVICES": "", "MPLBACKEND": "Agg",
            "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "heartgpt.train", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -140,7 +140,7 @@ def summarize(cv_dir: str | Path) -> dict:
         pooled["acc"] = float(binary_accuracy(probs, labels))
         summary["pooled"] = pooled
     numeric = {k for f in per_fold for k, v in f.items()
-               if isinstance(v, int | float) and k not in ("fold", "windows")}
+               if isinstance(v, int | float) and k not in ("fold", "windows", "test/windows")}
     # mean over the folds where a metric is defined; `defined_folds` says over how many
     summary["mean"] = {k: float(np.mean([f[k] for f in per_fold if f.get(k) is not None]))
                        for k in sorted(numeric)}

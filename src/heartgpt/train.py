@@ -41,10 +41,11 @@ RESOLVED_CONFIG = "config.yaml"  # <run dir>/config.yaml: the run's config as it
 INITIAL_WEIGHTS_KEYS = ("pretrained", "init_from")  # module.<key>: the weights a run starts from
 
 
-def compose_config(overrides: list[str] | None = None) -> DictConfig:
-    """``conf/train.yaml`` composed with ``overrides``, as ``python -m heartgpt.train`` would,
-    for use from Python (notebooks, :mod:`heartgpt.cv`): the run directory is a new
-    ``<log_dir>/<run_name>/runs/<date_time>`` relative to the current directory."""
+def compose_config(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+    """``conf/<config_name>.yaml`` (``train``, or ``eval``: :mod:`heartgpt.eval`) composed with
+    ``overrides`` as its command would, for use from Python (notebooks, :mod:`heartgpt.cv`): the
+    run directory is a new ``<log_dir>/<run_name>/runs/<date_time>`` relative to the current
+    directory."""
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
@@ -52,7 +53,7 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_module(CONF_MODULE, version_base="1.3"):
         check_overrides(overrides or [], TRAIN_RENAMES)
-        cfg = compose("train", overrides=list(overrides or []), return_hydra_config=True)
+        cfg = compose(config_name, overrides=list(overrides or []), return_hydra_config=True)
         check_config(cfg, TRAIN_RENAMES)
     runtime = cfg.hydra.runtime
     with read_write(runtime), open_dict(runtime):

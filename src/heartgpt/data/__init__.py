@@ -29,6 +29,7 @@ _EXPORTS = {
     "num_folds": "splits",
     "split_subjects": "splits",
     # datamodules
+    "EvalSampler": "datamodules",
     "FinetuneDataModule": "datamodules",
     "PretrainDataModule": "datamodules",
     "ResumableDataLoader": "datamodules",

@@ -8,7 +8,10 @@ Design (see ``data/README.md``):
   datasets only read what a key names, so batches are identical for any ``num_workers``.
 - Each rank takes its own slice of every epoch (the DataModule handles DDP itself; run the
   Trainer with ``use_distributed_sampler=False``). Train drops the last ``< world_size`` keys so
-  every rank has as many batches; val/test pad by repeating keys (``row`` lets you de-duplicate).
+  every rank has as many batches; val pads by repeating keys (``row`` lets you de-duplicate).
+  The test loader (evaluation: ``split`` says which rows; ``python -m heartgpt.eval`` scores
+  ``all``) uses an :class:`EvalSampler`: every window once over all ranks, in the batches one
+  process would make, so the metrics do not depend on the number of devices.
 - h5py files are opened lazily in the process that reads them (reopened after a fork) and rows
   are read on demand, so memory does not grow with the data set.
 - The train loader is :class:`ResumableDataLoader`: Lightning (>= 2.3) saves its
@@ -40,6 +43,7 @@ from heartgpt.data.splits import SubjectSplit, split_subjects
 from heartgpt.data.tokenizer import get_modality
 
 SPLITS = ("train", "val", "test")
+EVAL_SPLITS = ("all", *SPLITS)  # the rows the test (evaluation) loader may serve
 _FIXED_STREAM = 2**31 - 1  # rng stream of the fixed (val/test) pre-training offsets
 
 
@@ -206,8 +210,8 @@ class WindowSampler(Sampler):
     def __len__(self) -> int:
         return self._num_keys() // self.world_size
 
-    def keys(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, offsets) of this rank for ``epoch``."""
+    def global_keys(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, offsets) of all ranks for ``epoch``, in order, before padding or sharding."""
         rng = np.random.default_rng([self.seed, epoch])
         rows = self.rows[rng.permutation(len(self.rows))] if self.shuffle else self.rows
         span = self.segment_length - self.window + 1
@@ -217,6 +221,11 @@ class WindowSampler(Sampler):
             offs = np.random.default_rng([self.seed, _FIXED_STREAM]).integers(0, span, len(rows))
         else:
             offs = rng.integers(0, span, len(rows))
+        return rows, offs
+
+    def keys(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, offsets) of this rank for ``epoch``."""
+        rows, offs = self.global_keys(epoch)
         total = self._num_keys()
         if total > len(rows):  # pad (val/test) by wrapping around
             idx = np.arange(total) % max(1, len(rows))
@@ -229,6 +238,47 @@ class WindowSampler(Sampler):
         start, self.start = self.start, 0
         for i in range(start, len(rows)):
             yield int(rows[i]), int(offs[i])
+
+
+class EvalSampler(WindowSampler):
+    """The keys of an evaluation: every window of ``rows`` exactly once over all ranks.
+
+    The global order (that of ``rows``; offsets drawn as :class:`WindowSampler` draws them) is
+    cut into batches of ``batch_size`` and rank ``r`` takes batches ``r, r + world_size, ...``:
+    each window is computed in the batch it would be in on one process, and nothing is padded
+    or repeated (a rank may get one batch more than another). With fewer batches than ranks the
+    keys are cut into ``world_size`` contiguous runs instead. Needs at least ``world_size``
+    keys: an idle rank would hang the metrics' sync.
+    """
+
+    def __init__(self, rows: np.ndarray, segment_length: int, window: int, *, seed: int,
+                 offsets: str, batch_size: int, rank: int = 0, world_size: int = 1,
+                 repeats: int = 1) -> None:
+        super().__init__(rows, segment_length, window, seed=seed, shuffle=False, offsets=offsets,
+                         rank=rank, world_size=world_size, repeats=repeats)
+        if len(self.rows) < world_size:
+            raise ValueError(f"{len(self.rows)} window(s) cannot be spread over {world_size} "
+                             "processes without leaving one idle: evaluate on fewer devices")
+        self.batch_size = int(batch_size)
+
+    def _indices(self) -> np.ndarray:
+        """Positions in the global order of this rank's keys."""
+        n, w = len(self.rows), self.world_size
+        everything = np.arange(n, dtype=np.int64)
+        if -(-n // self.batch_size) >= w:
+            batches = [everything[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+        else:
+            batches = np.array_split(everything, w)
+        mine = batches[self.rank :: w]
+        return np.concatenate(mine) if mine else everything[:0]
+
+    def __len__(self) -> int:
+        return len(self._indices())
+
+    def keys(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        rows, offs = self.global_keys(epoch)
+        idx = self._indices()
+        return rows[idx], offs[idx]
 
 
 class ResumableDataLoader(DataLoader):
@@ -390,6 +440,9 @@ class ShardDataModule(L.LightningDataModule):
         num_workers, pin_memory (None: when CUDA is available), persistent_workers,
         prefetch_factor: DataLoader settings.
         verify_checksums: hash every shard against the manifest once in ``prepare_data``.
+        split: the rows the test loader serves: 'test' (training's ``test=true``), 'val',
+            'train' or 'all' (every row of the shard set, what ``python -m heartgpt.eval``
+            scores by default).
     """
 
     def __init__(
@@ -409,9 +462,13 @@ class ShardDataModule(L.LightningDataModule):
         persistent_workers: bool,
         prefetch_factor: int | None,
         verify_checksums: bool,
+        split: str = "test",
     ) -> None:
         super().__init__()
+        if split not in EVAL_SPLITS:
+            raise ValueError(f"split must be one of {EVAL_SPLITS}, got {split!r}")
         self.shard_dir = str(shard_dir)
+        self.eval_split = split  # (`split` is the subject split, below)
         self.modality = get_modality(modality).name
         self.block_size = block_size
         self.batch_size = batch_size
@@ -453,9 +510,15 @@ class ShardDataModule(L.LightningDataModule):
         if self._index is not None:
             return
         index, stratify = self._open()
-        self._split = _split(index, self.seed, self.val_fraction, self.test_fraction,
-                             self.folds, self.fold, stratify=stratify)
-        self._rows = {s: index.rows_of(self._split.of(s)) for s in SPLITS}
+        try:
+            self._split = _split(index, self.seed, self.val_fraction, self.test_fraction,
+                                 self.folds, self.fold, stratify=stratify)
+            self._rows = {s: index.rows_of(self._split.of(s)) for s in SPLITS}
+        except ValueError:
+            if self.eval_split != "all":
+                raise
+            self._split, self._rows = None, {}  # e.g. one subject: nothing to split, all to score
+        self._rows["all"] = np.arange(len(index.subject_codes), dtype=np.int64)
         self._dataset = self._make_dataset(index)
         self._index = index
 
@@ -469,25 +532,35 @@ class ShardDataModule(L.LightningDataModule):
     def split(self) -> SubjectSplit:
         """Subjects of each split (for leak checks and cross-validation)."""
         self.setup()
-        assert self._split is not None
+        if self._split is None:
+            raise ValueError(f"{self.shard_dir}: its subjects cannot be split with these "
+                             "settings (split=all, which scores every row, needs no split)")
         return self._split
 
     def rows(self, split: str) -> np.ndarray:
-        """Global row indices of ``split``."""
+        """Global row indices of ``split`` (``all``: every row)."""
+        if split != "all":
+            _ = self.split  # raises when the subjects could not be split
         self.setup()
         return self._rows[split]
 
-    def _loader(self, split: str) -> DataLoader | list:
-        self.setup()
-        rows = self._rows[split]
-        if split != "train" and len(rows) == 0:
+    def _loader(self, split: str, evaluate: bool = False) -> DataLoader | list:
+        """Windows of ``split``: training (shuffled, random offsets), validation (fixed
+        windows, padded across ranks) or, with ``evaluate``, an :class:`EvalSampler`'s."""
+        rows = self.rows(split)
+        train = split == "train" and not evaluate
+        if not train and len(rows) == 0:
             return []  # Lightning skips an empty list of loaders
         rank, world = _rank_world(self)
-        train = split == "train"
-        sampler = WindowSampler(
-            rows, self.manifest.meta.segment_length, self.window, seed=self.seed, shuffle=train,
-            rank=rank, world_size=world, **self._sampler_options(train),
-        )
+        length = self.manifest.meta.segment_length
+        sampler: WindowSampler
+        if evaluate:
+            sampler = EvalSampler(rows, length, self.window, seed=self.seed,
+                                  batch_size=self.batch_size, rank=rank, world_size=world,
+                                  **self._sampler_options(False))
+        else:
+            sampler = WindowSampler(rows, length, self.window, seed=self.seed, shuffle=train,
+                                    rank=rank, world_size=world, **self._sampler_options(train))
         assert self._dataset is not None
         cls = ResumableDataLoader if train else DataLoader
         return cls(self._dataset, sampler=sampler, **_loader_kwargs(self))
@@ -499,7 +572,8 @@ class ShardDataModule(L.LightningDataModule):
         return self._loader("val")
 
     def test_dataloader(self) -> DataLoader | list:
-        return self._loader("test")
+        """The windows of ``split`` (default 'test'), each once over all ranks."""
+        return self._loader(self.eval_split, evaluate=True)
 
 
 # --------------------------------------------------------------------------------- pre-training
@@ -532,10 +606,11 @@ class PretrainDataModule(ShardDataModule):
         persistent_workers: bool = False,
         prefetch_factor: int | None = None,
         verify_checksums: bool = True,
+        split: str = "test",
     ) -> None:
         super().__init__(shard_dir, modality, block_size, batch_size, seed, val_fraction,
                          test_fraction, folds, fold, vocab_size, num_workers, pin_memory,
-                         persistent_workers, prefetch_factor, verify_checksums)
+                         persistent_workers, prefetch_factor, verify_checksums, split)
         self.save_hyperparameters(logger=False)
         self.windows_per_segment = windows_per_segment
 
@@ -590,12 +665,13 @@ class FinetuneDataModule(ShardDataModule):
         persistent_workers: bool = False,
         prefetch_factor: int | None = None,
         verify_checksums: bool = True,
+        split: str = "test",
     ) -> None:
         if label_kind not in ("sequence", "token"):
             raise ValueError(f"label_kind must be 'sequence' or 'token', got {label_kind!r}")
         super().__init__(shard_dir, modality, block_size, batch_size, seed, val_fraction,
                          test_fraction, folds, fold, vocab_size, num_workers, pin_memory,
-                         persistent_workers, prefetch_factor, verify_checksums)
+                         persistent_workers, prefetch_factor, verify_checksums, split)
         self.save_hyperparameters(logger=False)
         self.label_kind = label_kind
         self.stratify = stratify

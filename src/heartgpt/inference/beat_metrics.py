@@ -24,18 +24,43 @@ def match_beats(detected: np.ndarray, annotated: np.ndarray, tolerance: int) -> 
     """
     detected = np.unique(np.asarray(detected, dtype=np.int64))
     annotated = np.unique(np.asarray(annotated, dtype=np.int64))
+    tp = len(pair_beats(detected, annotated, tolerance))
+    return tp, int(detected.size) - tp, int(annotated.size) - tp
+
+
+def pair_beats(detected: np.ndarray, annotated: np.ndarray, tolerance: int) -> dict[int, int]:
+    """``{detected index: annotated index}`` of the pairs :func:`match_beats` counts."""
+    detected = np.unique(np.asarray(detected, dtype=np.int64))
+    annotated = np.unique(np.asarray(annotated, dtype=np.int64))
     if detected.size == 0 or annotated.size == 0:
-        return 0, int(detected.size), int(annotated.size)
+        return {}
     dist = np.abs(detected[:, None] - annotated[None, :])  # (n_detected, n_annotated)
     det_idx, ann_idx = np.nonzero(dist <= tolerance)
     order = np.argsort(dist[det_idx, ann_idx], kind="stable")
+    pairs: dict[int, int] = {}
     used_det, used_ann = set(), set()
     for d, a in zip(det_idx[order], ann_idx[order], strict=True):
         if d not in used_det and a not in used_ann:
             used_det.add(d)
             used_ann.add(a)
-    tp = len(used_det)
-    return tp, int(detected.size) - tp, int(annotated.size) - tp
+            pairs[int(detected[d])] = int(annotated[a])
+    return pairs
+
+
+def beat_rows(probs: np.ndarray, targets: np.ndarray, peak_finder: Callable[[np.ndarray], np.ndarray],
+              tolerance: int) -> list[dict]:
+    """One row per detected and per annotated beat of a window: ``position``, ``kind``
+    (detected | annotated), ``prob`` there and ``matched`` (the position of its partner within
+    ``tolerance``, or -1), as :class:`BeatDetectionScores` counts them."""
+    detected = np.unique(np.asarray(peak_finder(probs), dtype=np.int64))
+    annotated = beats_from_targets(targets)
+    pairs = pair_beats(detected, annotated, tolerance)
+    partner = {a: d for d, a in pairs.items()}
+    rows = [{"position": int(d), "kind": "detected", "prob": float(probs[d]),
+             "matched": pairs.get(int(d), -1)} for d in detected]
+    rows += [{"position": int(a), "kind": "annotated", "prob": float(probs[a]),
+              "matched": partner.get(int(a), -1)} for a in annotated]
+    return sorted(rows, key=lambda r: (r["position"], r["kind"]))
 
 
 def beats_from_targets(targets: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 from torch.nn import functional as F
-from torchmetrics import MeanMetric, MetricCollection
+from torchmetrics import MeanMetric, MetricCollection, SumMetric
 from torchmetrics.classification import (
     BinaryAccuracy,
     BinaryAUROC,
@@ -37,11 +37,12 @@ from torchmetrics.classification import (
 
 from heartgpt.data.tokenizer import get_modality
 from heartgpt.files import atomic_path
-from heartgpt.inference.beat_metrics import BeatDetectionScores
+from heartgpt.inference.beat_metrics import BeatDetectionScores, beat_rows
 from heartgpt.model import GPT, GPTConfig
 from heartgpt.training.base import GPTLightningModule, plain
 
 STAGES = ("train", "val", "test")
+PREDICTIONS = "test_predictions.csv"  # in the run dir: every tested window's prediction
 HEADS = ("sequence", "token")  # one output per window | one per position
 POOLINGS = ("last", "mean")
 
@@ -73,7 +74,14 @@ class FinetuneModule(GPTLightningModule):
             beats (``peak_max_width_ms`` None: no width limit).
         seed: base of the per-batch dropout seeds.
         compile: ``torch.compile`` the network.
+
+    Testing writes ``predictions_file`` (every window's probability, or beat count and mean
+    probability) into the run directory and, for token heads when ``beats_file`` is set, one row
+    per detected and per annotated beat (:func:`heartgpt.inference.beat_metrics.beat_rows`).
     """
+
+    predictions_file: str = PREDICTIONS
+    beats_file: str | None = None
 
     def __init__(
         self,
@@ -123,7 +131,12 @@ class FinetuneModule(GPTLightningModule):
         distance = max(1, round(peak_distance_ms * rate / 1000))
         max_width = None if peak_max_width_ms is None else round(peak_max_width_ms * rate / 1000)
         for stage in STAGES:
-            setattr(self, f"{stage}_loss", MeanMetric())
+            # evaluation sums in float64, over windows each computed in the same batch on any
+            # number of devices (heartgpt.data.EvalSampler): 1 and N processes agree exactly
+            loss = MeanMetric() if stage == "train" else MeanMetric().set_dtype(torch.float64)
+            setattr(self, f"{stage}_loss", loss)
+            if stage != "train":
+                setattr(self, f"{stage}_windows", SumMetric())
             if head == "sequence":
                 setattr(self, f"{stage}_metrics", _sequence_metrics())
             else:
@@ -134,6 +147,7 @@ class FinetuneModule(GPTLightningModule):
                         tolerance=rate_tol, height=peak_height, distance=distance,
                         max_width=max_width))
         self._test_rows: list[dict[str, Any]] = []
+        self._test_beats: list[dict[str, Any]] = []
 
     def initial_weights(self) -> str | None:
         return self.hparams.pretrained
@@ -162,6 +176,9 @@ class FinetuneModule(GPTLightningModule):
             stage_loss = getattr(self, f"{stage}_loss")
             stage_loss.update(loss.detach(), weight=target.numel())
             self.log(f"{stage}/loss", stage_loss, on_epoch=True, prog_bar=True)
+            windows = getattr(self, f"{stage}_windows")
+            windows.update(float(target.shape[0]))
+            self.log(f"{stage}/windows", windows, on_epoch=True)
             if self.hparams.head == "token":
                 getattr(self, f"{stage}_beats").update(probs, target)
         if stage == "test":
@@ -175,10 +192,15 @@ class FinetuneModule(GPTLightningModule):
                 self._test_rows.append({"row": row, "subject": subject,
                                         "label": int(target[i].item()),
                                         "prob": float(probs[i].item())})
-            else:
-                self._test_rows.append({"row": row, "subject": subject,
-                                        "positives": int(target[i].sum().item()),
-                                        "mean_prob": float(probs[i].mean().item())})
+                continue
+            self._test_rows.append({"row": row, "subject": subject,
+                                    "positives": int(target[i].sum().item()),
+                                    "mean_prob": float(probs[i].mean().item())})
+            if self.beats_file:
+                scores = self.test_beats
+                found = beat_rows(probs[i].float().cpu().numpy(), target[i].cpu().numpy(),
+                                  scores.peak_finder, scores.tolerance)
+                self._test_beats.extend({"row": row, "subject": subject, **b} for b in found)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")
@@ -205,23 +227,25 @@ class FinetuneModule(GPTLightningModule):
         self._log_epoch("val")
 
     def on_test_epoch_start(self) -> None:
-        self._test_rows = []
+        self._test_rows, self._test_beats = [], []
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
-        self._write_predictions()
+        self._write_rows(self._test_rows, self.predictions_file, ("row",))
+        if self.beats_file and self.hparams.head == "token":
+            self._write_rows(self._test_beats, self.beats_file, ("row", "position", "kind"))
 
-    def _write_predictions(self) -> None:
-        """Every held-out window's prediction, for pooling across cross-validation folds."""
-        rows = self._test_rows
+    def _write_rows(self, rows: list[dict[str, Any]], name: str, order: tuple[str, ...]) -> None:
+        """``<run dir>/<name>``: the rows of every rank (each window once, see
+        :class:`heartgpt.data.EvalSampler`), sorted by ``order``; written by rank 0."""
         if self.trainer.world_size > 1:
             gathered: list[list[dict]] = [None] * self.trainer.world_size  # type: ignore[list-item]
             torch.distributed.all_gather_object(gathered, rows)
             rows = [r for part in gathered for r in part]
         if not self.trainer.is_global_zero or not rows:
             return
-        path = Path(self.trainer.default_root_dir) / "test_predictions.csv"
+        path = Path(self.trainer.default_root_dir) / name
         with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
-            writer.writerows(sorted(rows, key=lambda r: r["row"]))
+            writer.writerows(sorted(rows, key=lambda r: tuple(r[k] for k in order)))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchmetrics import MeanMetric
+from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 from torchmetrics.text import Perplexity
 
@@ -78,11 +78,18 @@ class PretrainModule(GPTLightningModule):
 
         V = config.vocab_size
         for stage in STAGES:  # self.train_metrics, self.val_metrics, self.test_metrics
-            setattr(self, f"{stage}_metrics", nn.ModuleDict({
+            metrics = nn.ModuleDict({
                 "loss": MeanMetric(),
                 "ppl": Perplexity(),
                 "acc": MulticlassAccuracy(V, average="micro", validate_args=False),
-            }))
+            })
+            if stage != "train":
+                # evaluation sums in float64, over windows each computed in the same batch on
+                # any number of devices (heartgpt.data.EvalSampler): 1 and N processes agree
+                metrics["loss"].set_dtype(torch.float64)
+                metrics["ppl"].set_dtype(torch.float64)
+                metrics["windows"] = SumMetric()
+            setattr(self, f"{stage}_metrics", metrics)
 
     def initial_weights(self) -> str | None:
         return self.hparams.init_from
@@ -108,6 +115,8 @@ class PretrainModule(GPTLightningModule):
             m["acc"].update(detached.flatten(0, 1), y.flatten())
             m["loss"].update(loss.detach(), weight=y.numel())
             self.log(f"{stage}/loss", m["loss"], on_step=False, on_epoch=True, prog_bar=True)
+            m["windows"].update(float(x.shape[0]))
+            self.log(f"{stage}/windows", m["windows"], on_step=False, on_epoch=True)
         self.log(f"{stage}/ppl", m["ppl"], on_step=on_step, on_epoch=not on_step)
         self.log(f"{stage}/acc", m["acc"], on_step=on_step, on_epoch=not on_step)
         return loss

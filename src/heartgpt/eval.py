@@ -1,0 +1,64 @@
+"""``python -m heartgpt.eval``: score a checkpoint on a shard set (Hydra config ``conf/eval.yaml``).
+
+    python -m heartgpt.eval checkpoint=ECGPT_560k_iters.zip data.shard_dir=data/shards/ecg/unlabelled
+    python -m heartgpt.eval task=af checkpoint=<our .ckpt> data.split=test trainer=ddp
+
+:func:`heartgpt.training.evaluation.evaluate` is the whole job for a composed config
+(:func:`compose_config`, from Python); :func:`main` is the Hydra entry point, the counterpart of
+:mod:`heartgpt.train` sharing its config groups.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} before Hydra composes)
+from heartgpt.data.shards import ShardError
+from heartgpt.errors import InputError, error_line
+from heartgpt.train import CONF_MODULE, route_lightning_logs
+from heartgpt.train import compose_config as _compose
+from heartgpt.training.console import quiet_known_noise
+from heartgpt.training.evaluation import evaluate
+from heartgpt.training.renamed_keys import (
+    TRAIN_RENAMES,
+    RenamedKeyError,
+    check_config,
+    check_overrides,
+)
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """``conf/eval.yaml`` composed with ``overrides``, as ``python -m heartgpt.eval`` would."""
+    return _compose(overrides, config_name="eval")
+
+
+@hydra.main(config_path=f"pkg://{CONF_MODULE}", config_name="eval", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> dict[str, Any]:
+    """Hydra entry point; a checkpoint or shard set that cannot be scored is one error line."""
+    route_lightning_logs()
+    quiet_known_noise()
+    check_config(cfg, TRAIN_RENAMES)
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise SystemExit("error: give checkpoint=<file>: one of our .ckpt, a .safetensors export "
+                         "or a released .zip/.pth (a bare name is looked up in paths.weights_dir)")
+    try:
+        return evaluate(cfg)
+    except (InputError, ShardError, FileNotFoundError) as e:  # a checkpoint, shards, no file
+        raise SystemExit(f"error: {error_line(e)}") from None
+
+
+def main() -> dict[str, Any] | None:
+    """``python -m heartgpt.eval``: stops with one line on a config key heartgpt 0.1 used."""
+    try:
+        check_overrides(sys.argv[1:], TRAIN_RENAMES)
+    except RenamedKeyError as e:
+        raise SystemExit(f"error: {e}") from None
+    return hydra_main()
+
+
+if __name__ == "__main__":
+    main()

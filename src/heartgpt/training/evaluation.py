@@ -1,0 +1,196 @@
+"""Scoring a checkpoint on a shard set: the work of ``python -m heartgpt.eval``.
+
+The task's own LightningModule scores (``cfg.module``: its ``test_step`` and torchmetrics), built
+with the network of the checkpoint (its :class:`~heartgpt.model.GPTConfig` wins over
+``cfg.model``) and holding its weights, after checking that the checkpoint fits the task: the
+modality and vocabulary of the data, a language-model head for ``task=pretrain``, a 1-output
+head of the same fine-tuned task for ``af`` / ``beats``. ``trainer.test`` then runs over the
+DataModule's ``split`` (``all`` by default) with :class:`~heartgpt.data.datamodules.EvalSampler`:
+each window once over all devices, in the batch it would be in on one, and the sums in float64,
+so 1 and N processes give the same metrics (exactly, when the split fills a batch per process).
+
+Writes, beside the run's ``config.yaml``: ``eval_metrics.json``, and for fine-tuned tasks
+``eval_predictions.csv`` (a row per window) and for ``beats`` ``eval_beats.csv`` (a row per
+detected and per annotated beat).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from heartgpt.files import sha256_file, write_json_atomic
+from heartgpt.model.checkpoints import (
+    CheckpointError,
+    LoadedModel,
+    check_vocab,
+    find_weights,
+    load_model,
+)
+
+log = logging.getLogger(__name__)
+EVAL_METRICS = "eval_metrics.json"
+PREDICTIONS = "eval_predictions.csv"
+BEATS = "eval_beats.csv"
+FINETUNED_TASKS = ("af", "beats")
+_CARRIED_HPARAMS = ("pooling",)  # fine-tuning settings a .ckpt knows better than the config
+
+
+def task_of(cfg: DictConfig) -> str:
+    """The task a config scores: ``module.task`` of the fine-tuning tasks, else 'pretrain'."""
+    return str(cfg.module.get("task") or "pretrain")
+
+
+def check_checkpoint(loaded: LoadedModel, cfg: DictConfig) -> None:
+    """Refuse, naming the file, a checkpoint that cannot be scored by ``cfg``'s task on its
+    data: another modality or vocabulary, the wrong head, another fine-tuned task."""
+    source, modality, task = loaded.source, cfg.modality.name, task_of(cfg)
+    if loaded.modality is not None and loaded.modality != modality:
+        raise CheckpointError(source, f"a {loaded.modality.upper()} checkpoint cannot score "
+                              f"{modality.upper()} data (modality={modality}); give "
+                              f"modality={loaded.modality} and shards of that modality")
+    check_vocab(loaded, cfg.modality.vocab_size, what=f"modality={modality}")
+    outputs = loaded.model.config.out_features
+    if task == "pretrain" and outputs is not None:
+        hint = loaded.task if loaded.task in FINETUNED_TASKS else "af or task=beats"
+        raise CheckpointError(source, f"has a {outputs}-output fine-tuned head, not the "
+                              f"language-model head task=pretrain scores: use task={hint}")
+    if task != "pretrain" and outputs != 1:
+        raise CheckpointError(source, f"is a pre-trained language model ({loaded.model.config.n_out}"
+                              f"-way head), not a fine-tuned 1-output {task} model: fine-tune it "
+                              f"first (python -m heartgpt.train task={task} module.pretrained=...)")
+    if task != "pretrain" and loaded.task in FINETUNED_TASKS and loaded.task != task:
+        raise CheckpointError(source, f"is a fine-tuned {loaded.task} model: evaluate it with "
+                              f"task={loaded.task}, not task={task}")
+
+
+def checkpoint_hparams(path: Path) -> dict[str, Any]:
+    """The hyper-parameters of one of our Lightning ``.ckpt`` files ({} for other files)."""
+    if path.suffix != ".ckpt":
+        return {}
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    return dict(ckpt.get("hyper_parameters") or {})
+
+
+def pin_checkpoint(cfg: DictConfig) -> LoadedModel:
+    """Load and check ``cfg.checkpoint``; pin it in ``cfg`` (absolute path, sha256) and put its
+    network config in ``cfg.model`` (so ``data.block_size`` and ``module.model_config`` follow
+    it), and its ``pooling`` in ``cfg.module`` when it is one of our ``.ckpt`` files."""
+    path = find_weights(cfg.checkpoint, cfg.paths.get("weights_dir")).resolve()
+    loaded = load_model(path)
+    check_checkpoint(loaded, cfg)
+    hparams = checkpoint_hparams(path)
+    with open_dict(cfg):
+        cfg.checkpoint = str(path)
+        cfg.checkpoint_sha256 = sha256_file(path)
+        cfg.model = OmegaConf.create(loaded.model.config.to_dict())
+        for key in _CARRIED_HPARAMS:
+            if key in hparams and key in cfg.module and hparams[key] != cfg.module[key]:
+                log.info("module.%s=%s, as %s was trained", key, hparams[key], path.name)
+                cfg.module[key] = hparams[key]
+    log.info("checkpoint: %s (sha256 %s)", path, cfg.checkpoint_sha256)
+    return loaded
+
+
+def build_module(cfg: DictConfig, loaded: LoadedModel) -> L.LightningModule:
+    """The task's LightningModule (``cfg.module``) holding the checkpoint's weights, writing its
+    predictions under the evaluation's file names."""
+    from heartgpt.train import INITIAL_WEIGHTS_KEYS
+    from heartgpt.training.finetune import FinetuneModule
+
+    no_initial = {key: None for key in INITIAL_WEIGHTS_KEYS if key in cfg.module}
+    module = instantiate(cfg.module, _convert_="all", **no_initial)
+    module.model.load_state_dict(loaded.model.state_dict(), strict=True)
+    if isinstance(module, FinetuneModule):
+        module.predictions_file, module.beats_file = PREDICTIONS, BEATS
+    return module
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Score ``cfg.checkpoint`` on ``cfg.data``'s ``split``; return what ``eval_metrics.json``
+    holds (written by rank 0, with a summary table on the console)."""
+    from heartgpt.train import ensure_demo_shards, instantiate_all, save_resolved_config
+
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    loaded = pin_checkpoint(cfg)
+    ensure_demo_shards(cfg)
+    datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
+    module = build_module(cfg, loaded)
+    loggers = instantiate_all(cfg.get("logger"))
+    callbacks = instantiate_all(cfg.get("callbacks"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     _convert_="all")
+    save_resolved_config(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(resolved)
+    try:
+        results = trainer.test(module, datamodule=datamodule, verbose=False)
+    finally:
+        if any(isinstance(lg, WandbLogger) for lg in trainer.loggers) and trainer.is_global_zero:
+            import wandb
+
+            wandb.finish()
+    report = eval_report(cfg, results[0] if results else {}, trainer.world_size)
+    if trainer.is_global_zero:
+        write_json_atomic(Path(cfg.paths.output_dir) / EVAL_METRICS, report)
+        print_summary(report, Path(cfg.paths.output_dir))
+    return report
+
+
+def eval_report(cfg: DictConfig, logged: dict[str, float], devices: int) -> dict[str, Any]:
+    """What ``eval_metrics.json`` holds: the metrics (``test/`` prefix dropped; one that the
+    labels leave undefined, e.g. the AUROC of one class, is null with its reason) and what
+    was scored: checkpoint, shards, split, windows, devices, output files."""
+    from heartgpt.cv import null_undefined, read_predictions
+
+    out = Path(cfg.paths.output_dir)
+    metrics = {k.removeprefix("test/"): float(v) for k, v in logged.items()}
+    windows = round(metrics.pop("windows", 0.0))
+    files = {name: (out / name).is_file() for name in (PREDICTIONS, BEATS)}
+    if files[PREDICTIONS]:
+        metrics = null_undefined(metrics, read_predictions(out / PREDICTIONS))
+    data = cfg.data
+    return {
+        "task": task_of(cfg), "checkpoint": cfg.checkpoint,
+        "checkpoint_sha256": cfg.get("checkpoint_sha256"), "modality": cfg.modality.name,
+        "shard_dir": str(Path(data.shard_dir).resolve()), "split": data.get("split", "test"),
+        "folds": data.get("folds") if data.get("split") != "all" else None,
+        "fold": data.get("fold") if data.get("split") != "all" else None,
+        "windows": windows, "devices": devices, "metrics": metrics,
+        "files": [name for name, present in files.items() if present],
+    }
+
+
+def print_summary(report: dict[str, Any], out: Path) -> None:
+    """One table of the metrics, then where the files are."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"eval {report['task']}: {Path(report['checkpoint']).name} on "
+                  f"{report['shard_dir']} (split {report['split']}, {report['windows']} windows, "
+                  f"{report['devices']} device(s))", markup=False, soft_wrap=True)
+    table = Table()
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in report["metrics"].items():
+        if name == "undefined":
+            continue
+        table.add_row(name, "undefined" if value is None else f"{value:.4f}")
+    console.print(table)
+    reasons: dict[str, list[str]] = {}
+    for name, reason in report["metrics"].get("undefined", {}).items():
+        reasons.setdefault(reason, []).append(name)
+    for reason, names in reasons.items():
+        console.print(f"  {', '.join(names)} {reason}", markup=False, soft_wrap=True)
+    for name in (EVAL_METRICS, *report["files"]):
+        console.print(f"-> {out / name}", markup=False, soft_wrap=True)
