@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import hydra
@@ -25,9 +24,8 @@ from heartgpt.training.console import quiet_known_noise
 from heartgpt.training.evaluation import evaluate
 from heartgpt.training.renamed_keys import (
     TRAIN_RENAMES,
-    RenamedKeyError,
     check_config,
-    check_overrides,
+    run_checked,
 )
 
 
@@ -53,11 +51,7 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any]:
 
 def main() -> dict[str, Any] | None:
     """``python -m heartgpt.eval``: stops with one line on a config key heartgpt 0.1 used."""
-    try:
-        check_overrides(sys.argv[1:], TRAIN_RENAMES)
-    except RenamedKeyError as e:
-        raise SystemExit(f"error: {e}") from None
-    return hydra_main()
+    return run_checked(hydra_main, TRAIN_RENAMES)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ The work is done in :mod:`heartgpt.data`; this module maps the Hydra config
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 import hydra
@@ -27,9 +26,8 @@ from heartgpt.data.shards import ShardError
 from heartgpt.data.tokenizer import get_modality
 from heartgpt.training.renamed_keys import (
     PREPARE_RENAMES,
-    RenamedKeyError,
     check_config,
-    check_overrides,
+    run_checked,
 )
 
 
@@ -154,11 +152,7 @@ def hydra_main(cfg: DictConfig) -> None:
 
 def main() -> None:
     """``python -m heartgpt.prepare``: stops with one line on a config key heartgpt 0.1 used."""
-    try:
-        check_overrides(sys.argv[1:], PREPARE_RENAMES)
-    except RenamedKeyError as e:
-        raise SystemExit(f"error: {e}") from None
-    hydra_main()
+    run_checked(hydra_main, PREPARE_RENAMES)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ with :func:`compose_config`); :func:`main` is the Hydra entry point. The overrid
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +27,9 @@ from heartgpt.model.checkpoints import find_weights
 from heartgpt.training.console import quiet_known_noise
 from heartgpt.training.renamed_keys import (
     TRAIN_RENAMES,
-    RenamedKeyError,
     check_config,
     check_overrides,
+    run_checked,
 )
 from heartgpt.training.resume import mark_finished, resolve_ckpt_path, save_wandb_id, wandb_id_for
 
@@ -129,6 +128,19 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
             if isinstance(node, DictConfig) and "_target_" in node]
 
 
+def start_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list[Logger]
+                  ) -> L.Trainer:
+    """The run's Trainer from ``cfg.trainer``; writes the resolved ``config.yaml`` and gives the
+    loggers the resolved config as hyper-parameters."""
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     _convert_="all")
+    save_resolved_config(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(resolved)
+    return trainer
+
+
 def continue_wandb_run(cfg: DictConfig, ckpt_path: str | None) -> None:
     """Point ``logger.wandb.id`` at the W&B run of the run directory being resumed (if unset)."""
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
@@ -165,13 +177,8 @@ def train(cfg: DictConfig) -> float | None:
         callbacks.append(instantiate(cfg.freeze, _convert_="all"))
     if not loggers:  # nothing to log learning rates to (LearningRateMonitor would refuse)
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                     _convert_="all")
-
-    save_resolved_config(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    trainer = start_trainer(cfg, callbacks, loggers)
     for lg in trainer.loggers:
-        lg.log_hyperparams(resolved)
         if isinstance(lg, WandbLogger):
             save_wandb_id(cfg.paths.output_dir, lg.version)
     try:
@@ -278,11 +285,7 @@ def hydra_main(cfg: DictConfig) -> float | None:
 
 def main() -> float | None:
     """``python -m heartgpt.train``: stops with one line on a config key heartgpt 0.1 used."""
-    try:
-        check_overrides(sys.argv[1:], TRAIN_RENAMES)
-    except RenamedKeyError as e:
-        raise SystemExit(f"error: {e}") from None
-    return hydra_main()
+    return run_checked(hydra_main, TRAIN_RENAMES)
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ def build_module(cfg: DictConfig, loaded: LoadedModel) -> L.LightningModule:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.checkpoint`` on ``cfg.data``'s ``split``; return what ``eval_metrics.json``
     holds (written by rank 0, with a summary table on the console)."""
-    from heartgpt.train import ensure_demo_shards, instantiate_all, save_resolved_config
+    from heartgpt.train import ensure_demo_shards, instantiate_all, start_trainer
 
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
@@ -124,14 +124,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     ensure_demo_shards(cfg)
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
     module = build_module(cfg, loaded)
-    loggers = instantiate_all(cfg.get("logger"))
-    callbacks = instantiate_all(cfg.get("callbacks"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                     _convert_="all")
-    save_resolved_config(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    for lg in trainer.loggers:
-        lg.log_hyperparams(resolved)
+    trainer = start_trainer(cfg, instantiate_all(cfg.get("callbacks")),
+                            instantiate_all(cfg.get("logger")))
     try:
         results = trainer.test(module, datamodule=datamodule, verbose=False)
     finally:

@@ -9,7 +9,9 @@ config file -- stops the run before anything happens, naming the new key.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -22,6 +24,9 @@ TRAIN_RENAMES: tuple[tuple[str, str], ...] = (
 )
 PREPARE_RENAMES: tuple[tuple[str, str], ...] = (("task_type", "label_kind"),)
 _PREPARE_VALUES = {"pretrain": "unlabelled"}  # task_type=pretrain is label_kind=unlabelled
+
+
+T = TypeVar("T")
 
 
 class RenamedKeyError(ValueError):
@@ -74,3 +79,13 @@ def check_config(cfg: DictConfig, renames: Iterable[tuple[str, str]]) -> None:
         new = _renamed(key, renames)
         if new is not None:
             raise RenamedKeyError(_message(key, new))
+
+
+def run_checked(hydra_main: Callable[[], T], renames: Iterable[tuple[str, str]]) -> T:
+    """Run a Hydra entry point after checking the command line for old keys: one error line
+    (``error: config key ... was renamed ...``) and exit status 1 instead of Hydra's message."""
+    try:
+        check_overrides(sys.argv[1:], renames)
+    except RenamedKeyError as e:
+        raise SystemExit(f"error: {e}") from None
+    return hydra_main()
