@@ -639,7 +639,7 @@ def test_app_with_released_weights(weights_dir, example_inputs_dir, tmp_path):
         _tab(page, "AF screening")
         _upload(page, "af", ex / "example_context_ECG_AFib1.csv")
         page.click("#af-run")
-        text = _status(page, "af", "P(AF) = 0.9914 (mean of 1 window of 500 samples)")
+        text = _status(page, "af", "P(AF) = 0.9914 (mean of 1 window; 500 samples each)")
         assert "Attention shift (last 500 samples)" in text  # against ECGPT_560k, the default
         app.shot("af", "af-figure", "af-shift")
 

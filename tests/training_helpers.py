@@ -77,6 +77,8 @@ def read_wandb_records(path: Path) -> list[bytes]:
             pos += left
             continue
         length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if pos + 7 + length > len(data):  # a record still being written
+            break
         chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind == 1:  # full
@@ -98,16 +100,22 @@ def wandb_history(run_file: Path, timeout: float = 60.0) -> list[dict]:
     The W&B service may still be flushing the file when ``wandb.finish()`` returns: wait for its
     ``exit`` record.
     """
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
     deadline = time.monotonic() + timeout
     while True:
-        records = []
+        records, torn = [], False
         for raw in read_wandb_records(run_file) if Path(run_file).is_file() else []:
             rec = pb.Record()
-            rec.ParseFromString(raw)
+            try:
+                rec.ParseFromString(raw)
+            except DecodeError:  # the service is mid-write: read the file again
+                torn = True
+                break
             records.append(rec)
-        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+        done = not torn and any(r.WhichOneof("record_type") == "exit" for r in records)
+        if done or time.monotonic() > deadline:
             break
         time.sleep(0.5)
     return [{(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
