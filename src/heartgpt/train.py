@@ -8,6 +8,8 @@ with :func:`compose_config`); :func:`main` is the Hydra entry point. The overrid
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -141,6 +143,19 @@ def start_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list[Lo
     return trainer
 
 
+@contextmanager
+def closing_wandb(trainer: L.Trainer) -> Iterator[None]:
+    """Finish the W&B run (rank 0) when the block ends, an error included, so that its offline
+    files are complete and the next run in this process starts a new one."""
+    try:
+        yield
+    finally:
+        if any(isinstance(lg, WandbLogger) for lg in trainer.loggers) and trainer.is_global_zero:
+            import wandb
+
+            wandb.finish()
+
+
 def continue_wandb_run(cfg: DictConfig, ckpt_path: str | None) -> None:
     """Point ``logger.wandb.id`` at the W&B run of the run directory being resumed (if unset)."""
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
@@ -181,7 +196,7 @@ def train(cfg: DictConfig) -> float | None:
     for lg in trainer.loggers:
         if isinstance(lg, WandbLogger):
             save_wandb_id(cfg.paths.output_dir, lg.version)
-    try:
+    with closing_wandb(trainer):
         if cfg.get("train"):
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
             if completed_training(trainer):
@@ -202,11 +217,6 @@ def train(cfg: DictConfig) -> float | None:
             for lg in trainer.loggers:
                 lg.log_hyperparams({"checkpoints/best": best,
                                     "checkpoints/last": trainer.checkpoint_callback.last_model_path})
-    finally:
-        if any(isinstance(lg, WandbLogger) for lg in trainer.loggers) and trainer.is_global_zero:
-            import wandb
-
-            wandb.finish()
     if metric is None:
         log.warning("optimized_metric %r was not logged", cfg.optimized_metric)
         return None

@@ -23,7 +23,6 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from heartgpt.files import sha256_file, write_json_atomic
@@ -116,7 +115,7 @@ def build_module(cfg: DictConfig, loaded: LoadedModel) -> L.LightningModule:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.checkpoint`` on ``cfg.data``'s ``split``; return what ``eval_metrics.json``
     holds (written by rank 0, with a summary table on the console)."""
-    from heartgpt.train import ensure_demo_shards, instantiate_all, start_trainer
+    from heartgpt.train import closing_wandb, ensure_demo_shards, instantiate_all, start_trainer
 
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
@@ -126,13 +125,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = build_module(cfg, loaded)
     trainer = start_trainer(cfg, instantiate_all(cfg.get("callbacks")),
                             instantiate_all(cfg.get("logger")))
-    try:
+    with closing_wandb(trainer):
         results = trainer.test(module, datamodule=datamodule, verbose=False)
-    finally:
-        if any(isinstance(lg, WandbLogger) for lg in trainer.loggers) and trainer.is_global_zero:
-            import wandb
-
-            wandb.finish()
     report = eval_report(cfg, results[0] if results else {}, trainer.world_size)
     if trainer.is_global_zero:
         write_json_atomic(Path(cfg.paths.output_dir) / EVAL_METRICS, report)
