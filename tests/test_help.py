@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,26 +14,46 @@ import pytest
 from training_helpers import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+PREDICT_ONLY = ("mode",)
+TRAIN_GROUPS = sorted(p.name for p in CONF_DIR.iterdir()
+                      if p.is_dir() and p.name not in ("hydra", *PREDICT_ONLY))
 TRAINING_ONLY = ("freeze", "callbacks", "logger", "trainer", "experiment", "debug")
 
 
-def _help(module: str) -> str:
-    done = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True,
-                          text=True, timeout=300, cwd=REPO)
-    assert done.returncode == 0, done.stderr
-    assert "powered by Hydra" not in done.stdout  # Hydra's generic help
-    return done.stdout
+COMMANDS = ("heartgpt.train", "heartgpt.prepare", "heartgpt.eval", "heartgpt.predict")
 
 
 @pytest.fixture(scope="module")
-def train_help() -> str:
-    return _help("heartgpt.train")
+def help_text() -> Iterator[Callable[[str], str]]:
+    """``help_text(module)``: its ``--help``; every command's starts at once (each imports
+    torch and Lightning, ~10 s)."""
+    procs = {m: subprocess.Popen([sys.executable, "-m", m, "--help"], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, cwd=REPO) for m in COMMANDS}
+    texts: dict[str, str] = {}
+
+    def text(module: str) -> str:
+        if module not in texts:
+            out, err = procs[module].communicate(timeout=300)
+            assert procs[module].returncode == 0, err
+            assert "powered by Hydra" not in out  # Hydra's generic help
+            texts[module] = out
+        return texts[module]
+
+    yield text
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 @pytest.fixture(scope="module")
-def prepare_help() -> str:
-    return _help("heartgpt.prepare")
+def train_help(help_text) -> str:
+    return help_text("heartgpt.train")
+
+
+@pytest.fixture(scope="module")
+def prepare_help(help_text) -> str:
+    return help_text("heartgpt.prepare")
 
 
 def _group_lines(text: str) -> dict[str, str]:
@@ -72,8 +93,8 @@ def test_prepare_help_names_only_its_own_groups(prepare_help):
 
 
 @pytest.fixture(scope="module")
-def eval_help() -> str:
-    return _help("heartgpt.eval")
+def eval_help(help_text) -> str:
+    return help_text("heartgpt.eval")
 
 
 def test_eval_help_names_its_groups_and_their_options(eval_help):
@@ -85,3 +106,14 @@ def test_eval_help_names_its_groups_and_their_options(eval_help):
         options = {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
         assert options <= set(re.findall(r"[\w]+", line)), (group, options)
     assert "data.split" in eval_help or "split (all" in eval_help
+
+
+def test_predict_help_names_its_groups_and_their_options(help_text):
+    text = help_text("heartgpt.predict")
+    assert "python -m heartgpt.predict checkpoint=" in text and "--cfg job" in text
+    lines = _group_lines(text)
+    assert set(lines) == {"mode", "trainer", "paths"}
+    for group, line in lines.items():
+        options = {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
+        assert options <= set(re.findall(r"[\w]+", line)), (group, options)
+    assert "resumes" in text

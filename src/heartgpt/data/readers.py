@@ -402,6 +402,12 @@ def read_signal(path: str | os.PathLike, *, allow_nan: bool = False) -> np.ndarr
 # --------------------------------------------------------------------------------- entry point
 
 
+_READERS = {"csv": lambda path, channel: (read_csv(path, channel), {}), "npy": read_numpy,
+            "mat": read_mat, "wfdb": read_wfdb}
+_FORMAT_NAMES = {"csv": "a CSV/text file", "npy": "a NumPy .npy/.npz file",
+                 "mat": "a MATLAB .mat file", "wfdb": "a WFDB record"}
+
+
 def read_recording(
     rf: RecordFile,
     channel: int | str,
@@ -413,16 +419,15 @@ def read_recording(
     ``sample_rate`` is used when the file does not carry one (a rate in the file wins).
     ``dx_positive``: WFDB diagnosis codes that make the label 1 (else 0).
     """
-    if rf.format == "csv":
-        sig, meta = read_csv(rf.path, channel), {}
-    elif rf.format == "npy":
-        sig, meta = read_numpy(rf.path, channel)
-    elif rf.format == "mat":
-        sig, meta = read_mat(rf.path, channel)
-    elif rf.format == "wfdb":
-        sig, meta = read_wfdb(rf.path, channel)
-    else:
+    if rf.format not in _READERS:
         raise ValueError(f"unknown format {rf.format!r}")
+    try:
+        sig, meta = _READERS[rf.format](rf.path, channel)
+    except RecordError:
+        raise
+    except Exception as e:  # numpy, scipy and wfdb raise their own types on damaged files
+        raise RecordError(rf.path, f"cannot read as {_FORMAT_NAMES[rf.format]} "
+                                   f"({type(e).__name__}: {' '.join(str(e).split())})") from None
     fs = meta.get("fs", sample_rate)
     if fs is None:
         raise RecordError(rf.path, "the file does not carry its sampling rate; set sample_rate=<Hz>")

@@ -174,9 +174,11 @@ def af_probabilities(model: GPT, tokens: np.ndarray | torch.Tensor) -> np.ndarra
     return torch.sigmoid(out).double().cpu().numpy()
 
 
-def _tokenised_windows(
+def tokenised_windows(
     signal: np.ndarray, starts: np.ndarray, window: int, skipped: dict[int, str]
 ) -> Iterator[tuple[int, np.ndarray]]:
+    """``(index, tokens)`` of every window ``signal[s : s + window]`` that can be tokenised;
+    the others are recorded in ``skipped`` (index -> reason)."""
     for i, s in enumerate(starts):
         try:
             yield i, tokenize_window(signal[s : s + window])
@@ -218,7 +220,7 @@ def screen_af(
     skipped: dict[int, str] = {}
     batch_idx: list[int] = []
     batch: list[np.ndarray] = []
-    for i, tok in _tokenised_windows(x, starts, window, skipped):
+    for i, tok in tokenised_windows(x, starts, window, skipped):
         batch_idx.append(i)
         batch.append(tok)
         if len(batch) == batch_size:

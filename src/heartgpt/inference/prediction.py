@@ -1,0 +1,190 @@
+"""What ``python -m heartgpt.predict`` computes for one recording, in each mode.
+
+Every mode maps a model and one :class:`~heartgpt.data.readers.Recording` to a
+:class:`RecordingPrediction`: one row for the per-recording table, rows for the second table
+(a window or a beat each) and, for ``embed``, an array. The per-file tools compute the same
+thing: ``af`` is :func:`~heartgpt.inference.af_screening.screen_af` and ``beats`` is
+:func:`~heartgpt.inference.beat_detection.detect_beats`, called with the same settings, so a
+folder run and ``screen_af``/``detect_beats`` on each file agree exactly.
+
+* ``af``: AF probability per window and for the recording (a fine-tuned 1-output AF model).
+* ``beats``: a row per detected beat, with the recording's count, quality and heart rate.
+* ``loss``: the next-token cross-entropy of a pre-trained model on windows of ``block_size``
+  samples (each tokenised on its own, as the model reads a context), predicting tokens 1..T-1
+  from 0..T-2: how well the model fits the recording. The recording's ``mean_loss`` is the mean over windows
+  and ``perplexity`` its exponential.
+* ``embed``: the final-norm hidden states of each ``block_size`` window, pooled over positions
+  (``mean``, or ``last``: the position a fine-tuned head reads), for downstream probes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from heartgpt.data.readers import Recording
+from heartgpt.data.tokenizer import Modality, resample
+from heartgpt.inference.af_screening import screen_af, tokenised_windows, window_starts
+from heartgpt.inference.beat_detection import beats_summary, detect_beats, quality_category
+from heartgpt.inference.loading import eval_mode, model_device
+from heartgpt.model import GPT
+
+MODES = ("af", "beats", "loss", "embed")
+POOLS = ("mean", "last")
+# What the model must be for each mode (heartgpt.inference.loading.load_tool_model's `need`)
+# and the fine-tuned task it must not be.
+MODEL_NEED = {"af": ("binary", "beats"), "beats": ("binary", "af"), "loss": ("lm", None),
+              "embed": ("any", None)}
+
+
+@dataclass
+class RecordingPrediction:
+    """One recording's results: its table row, its window/beat rows, and (embed) an array."""
+
+    row: dict[str, Any]
+    items: list[dict[str, Any]] = field(default_factory=list)
+    array: np.ndarray | None = None  # embed: (W_usable, n_embd) float32, in the order of items
+
+
+def predict_af(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, Any]
+               ) -> RecordingPrediction:
+    """``screen_af`` of one recording: a row per window, the recording mean and burden."""
+    res = screen_af(model, rec.signal, rec.sample_rate, mod, stride=int(mode["stride"]),
+                    threshold=float(mode["threshold"]), batch_size=int(mode["batch_size"]),
+                    tail=str(mode["tail"]))
+    summary = res.summary()
+    row = {key: summary[key] for key in (
+        "recording_af_prob", "fraction_windows_above_threshold", "n_windows", "n_skipped",
+        "tail_window", "uncovered_end_samples")}
+    items = [{"window": w["window"], "start_sample": w["start_sample"],
+              "end_sample": w["end_sample"], "start_s": w["start_s"], "af_prob": w["af_prob"],
+              "status": f"skipped: {w['skipped']}" if "skipped" in w else "ok",
+              "overlaps_previous": int(w["overlaps_previous"])}
+             for w in res.to_dict()["windows"]]
+    return RecordingPrediction(row, items)
+
+
+def predict_beats(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, Any]
+                  ) -> RecordingPrediction:
+    """``detect_beats`` of one recording: a row per beat, the count, quality and heart rate."""
+    beats = detect_beats(model, rec.signal, rec.sample_rate, mod, tail=str(mode["tail"]),
+                         shift=int(mode["shift"]), batch_size=int(mode["batch_size"]),
+                         chunk_size=max(1, int(float(mode["chunk_seconds"]) * mod.sample_rate)))
+    summary = beats_summary(beats)
+    rate = summary["heart_rate"]
+    row = {"n_beats": summary["n_beats"], "median_confidence": summary["median_confidence"],
+           "quality": summary["quality"], "median_bpm": rate["median_bpm"],
+           "mean_bpm": rate["mean_bpm"], "n_windows": summary["n_windows"],
+           "n_skipped": summary["windows_skipped"]}
+    items = [{"beat": i, "sample": p, "input_sample": round(p * rec.sample_rate / beats.sample_rate),
+              "time_s": p / beats.sample_rate, "confidence": h, "quality": quality_category(h)}
+             for i, (p, h) in enumerate(zip(beats.peaks.tolist(), beats.heights.tolist(),
+                                            strict=True))]
+    return RecordingPrediction(row, items)
+
+
+def _windows(rec: Recording, mod: Modality, window: int, mode: Mapping[str, Any]
+             ) -> tuple[np.ndarray, np.ndarray, list[int], np.ndarray | None, dict[int, str]]:
+    """The recording at the modality rate, window starts, usable window indices, their tokens
+    (U, window) and the skipped windows' reasons."""
+    x = resample(np.asarray(rec.signal, dtype=np.float64), rec.sample_rate, mod.sample_rate)
+    stride = int(mode["stride"]) if mode.get("stride") is not None else window  # back to back
+    starts = window_starts(len(x), window, stride, str(mode["tail"]))
+    skipped: dict[int, str] = {}
+    usable, tokens = [], []
+    for i, tok in tokenised_windows(x, starts, window, skipped):
+        usable.append(i)
+        tokens.append(tok)
+    if not usable:
+        first = next(iter(skipped.values()))
+        raise ValueError(f"no usable window: all {len(starts)} are flat or hold NaN/inf "
+                         f"(first: {first})")
+    return x, starts, usable, np.stack(tokens), skipped
+
+
+def _batched(model: GPT, tokens: np.ndarray, batch_size: int,
+             fn: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
+    """``fn`` over ``tokens`` (U, T) in batches on the model's device, concatenated on the CPU."""
+    device = model_device(model)
+    out = []
+    with eval_mode(model):
+        for i in range(0, len(tokens), batch_size):
+            x = torch.as_tensor(tokens[i : i + batch_size], dtype=torch.long, device=device)
+            out.append(fn(x).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def _window_items(starts: np.ndarray, window: int, rate: float, skipped: dict[int, str]
+                  ) -> list[dict[str, Any]]:
+    return [{"window": i, "start_sample": s, "end_sample": s + window, "start_s": s / rate,
+             "status": f"skipped: {skipped[i]}" if i in skipped else "ok"}
+            for i, s in enumerate(starts.tolist())]
+
+
+def predict_loss(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, Any]
+                 ) -> RecordingPrediction:
+    """Next-token loss of a language model on every window of ``block_size`` samples."""
+    window = model.config.block_size
+    x, starts, usable, tokens, skipped = _windows(rec, mod, window, mode)
+
+    def loss(t: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B,) mean over the T-1 targets
+        logits = model(t[:, :-1]).float()  # (B, T-1, V)
+        ce = F.cross_entropy(logits.transpose(1, 2), t[:, 1:], reduction="none")  # (B, T-1)
+        return ce.mean(dim=1)
+
+    losses = _batched(model, tokens, int(mode["batch_size"]), loss).astype(np.float64)
+    items = _window_items(starts, window, mod.sample_rate, skipped)
+    for i, value in zip(usable, losses.tolist(), strict=True):
+        items[i]["loss"] = value
+    mean = float(losses.mean())
+    row = {"mean_loss": mean, "perplexity": float(np.exp(mean)), "n_windows": len(starts),
+           "n_skipped": len(skipped)}
+    return RecordingPrediction(row, items)
+
+
+def predict_embed(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, Any]
+                  ) -> RecordingPrediction:
+    """Pooled final-norm hidden states (``n_embd``) of every ``block_size`` window."""
+    pool = str(mode["pool"])
+    if pool not in POOLS:
+        raise ValueError(f"mode.pool must be one of {POOLS}, got {pool!r}")
+    if not hasattr(model, "hidden"):
+        raise ValueError("embed needs the PyTorch model (an exported ONNX file has no hidden "
+                         "states output): give a .ckpt, .safetensors or released checkpoint")
+    window = model.config.block_size
+    x, starts, usable, tokens, skipped = _windows(rec, mod, window, mode)
+
+    def embed(t: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, C)
+        h = model.hidden(t)  # (B, T, C)
+        return h.mean(dim=1) if pool == "mean" else h[:, -1]
+
+    vectors = _batched(model, tokens, int(mode["batch_size"]), embed).astype(np.float32)
+    items = _window_items(starts, window, mod.sample_rate, skipped)
+    for row_index, i in enumerate(usable):
+        items[i]["embedding_row"] = row_index  # within this recording; the writer offsets it
+    row = {"n_windows": len(starts), "n_skipped": len(skipped), "n_embedded": len(usable),
+           "embedding_dim": int(vectors.shape[1])}
+    return RecordingPrediction(row, items, vectors)
+
+
+PREDICTORS: dict[str, Callable[[GPT, Recording, Modality, Mapping[str, Any]],
+                               RecordingPrediction]] = {
+    "af": predict_af, "beats": predict_beats, "loss": predict_loss, "embed": predict_embed}
+
+
+def predict_recording(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, Any]
+                      ) -> RecordingPrediction:
+    """The prediction of mode ``mode["name"]`` for one recording.
+
+    Raises:
+        ValueError: unknown mode, a recording too short for one window or with no usable one.
+    """
+    name = str(mode["name"])
+    if name not in PREDICTORS:
+        raise ValueError(f"mode must be one of {MODES}, got {name!r}")
+    return PREDICTORS[name](model, rec, mod, mode)

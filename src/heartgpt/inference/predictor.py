@@ -1,0 +1,146 @@
+"""Applying a model to many recordings: the work of ``python -m heartgpt.predict``.
+
+The model is loaded once per process and checked against the mode (:data:`MODEL_NEED`).
+Lightning runs :class:`PredictionModule.predict_step` on one recording at a time from
+:class:`~heartgpt.data.recording_set.RecordingDataModule` (``trainer.devices=N``: each process
+takes every N-th recording), and :class:`PredictionWriter` stores each result as soon as it is
+done (:class:`~heartgpt.inference.prediction_store.PredictionStore`), so a killed run resumes
+where it stopped. Rank 0 then writes the tables and prints the summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import BasePredictionWriter
+from omegaconf import DictConfig, OmegaConf
+
+from heartgpt.data.recording_set import RecordingDataModule, RecordingItem
+from heartgpt.data.tokenizer import Modality
+from heartgpt.errors import InputError, error_line
+from heartgpt.files import sha256_file
+from heartgpt.inference.loading import load_tool_model
+from heartgpt.inference.prediction import MODEL_NEED, MODES, RecordingPrediction, predict_recording
+from heartgpt.inference.prediction_store import ITEM_TABLES, RECORDINGS, PredictionStore
+from heartgpt.model import GPT
+from heartgpt.model.checkpoints import find_weights
+
+log = logging.getLogger(__name__)
+
+
+class PredictionModule(L.LightningModule):
+    """``predict_step``: one :class:`RecordingItem` -> ``(item, result or error, seconds)``."""
+
+    def __init__(self, model: GPT, modality: Modality, mode: dict[str, Any]) -> None:
+        super().__init__()
+        self.model, self.modality, self.mode = model, modality, dict(mode)
+
+    def predict_step(self, batch: RecordingItem, batch_idx: int
+                     ) -> tuple[RecordingItem, RecordingPrediction | str, float]:
+        start = time.perf_counter()
+        if batch.error is not None:
+            return batch, batch.error, 0.0
+        try:
+            result: RecordingPrediction | str = predict_recording(
+                self.model, batch.recording, self.modality, self.mode)
+        except ValueError as e:  # too short, no usable window, bad settings: this file only
+            result = error_line(e)
+        return batch, result, time.perf_counter() - start
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Stores every recording's result as soon as its batch ends (the resume state)."""
+
+    def __init__(self, store: PredictionStore) -> None:
+        super().__init__(write_interval="batch")
+        self.store = store
+        self.failed = 0
+
+    def write_on_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           prediction: tuple[RecordingItem, RecordingPrediction | str, float],
+                           batch_indices: Sequence[int] | None, batch: Any, batch_idx: int,
+                           dataloader_idx: int) -> None:
+        item, result, seconds = prediction
+        rec = item.recording
+        duration = len(rec.signal) / rec.sample_rate if rec is not None else None
+        self.store.write(item.file, rec.sample_rate if rec is not None else None, duration,
+                         result, seconds)
+        if isinstance(result, str):
+            self.failed += 1
+            log.warning("skipped %s: %s", item.file.path, result)
+
+
+def run_settings(cfg: DictConfig, checkpoint: Path, modality: Modality) -> dict[str, Any]:
+    """What a result depends on: a re-run into the same folder must have the same."""
+    return {
+        "checkpoint": str(checkpoint.resolve()),
+        "checkpoint_sha256": sha256_file(checkpoint),
+        "mode": OmegaConf.to_container(cfg.mode, resolve=True),
+        "modality": modality.name,
+        "channel": cfg.channel,
+        "sample_rate": cfg.sample_rate,
+        "format": cfg.format,
+    }
+
+
+def predict(cfg: DictConfig) -> dict[str, Any] | None:
+    """Predict every recording of ``cfg.inputs`` into ``cfg.out_dir``; the summary on rank 0
+    (``None`` on the other ranks).
+
+    Raises:
+        InputError: a checkpoint unfit for the mode, inputs with no recording, an ``out_dir``
+            holding results of other settings, a recording left without a result.
+    """
+    mode = str(cfg.mode.name)
+    if mode not in MODES:
+        raise InputError("mode", f"must be one of {MODES}, got {mode!r}")
+    checkpoint = find_weights(cfg.checkpoint, cfg.paths.weights_dir)
+    need, refuse = MODEL_NEED[mode]
+    loaded, modality = load_tool_model(checkpoint, need, cfg.modality, refuse_task=refuse)
+    if cfg.sample_rate is not None and float(cfg.sample_rate) <= 0:
+        raise InputError("sample_rate", f"must be a positive rate in Hz, got {cfg.sample_rate}")
+    store = PredictionStore(cfg.out_dir, mode)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False,
+                                     callbacks=[PredictionWriter(store)])
+    if trainer.global_rank == 0:  # other processes start inside trainer.predict, after this
+        store.claim(run_settings(cfg, checkpoint, modality), overwrite=bool(cfg.overwrite))
+    data = RecordingDataModule(OmegaConf.to_container(cfg.inputs) if OmegaConf.is_list(cfg.inputs)
+                               else str(cfg.inputs), cfg.format, cfg.channel, cfg.sample_rate,
+                               skip=store.done, num_workers=int(cfg.num_workers),
+                               exclude_dirs=[cfg.out_dir, cfg.paths.log_dir])
+    module = PredictionModule(loaded.model, modality, OmegaConf.to_container(cfg.mode, resolve=True))
+    start = time.perf_counter()
+    with warnings.catch_warnings():  # an empty share means "all done", not a mistake
+        warnings.filterwarnings("ignore", message="Total length of `DataLoader` across ranks")
+        trainer.predict(module, datamodule=data, return_predictions=False)
+    trainer.strategy.barrier()
+    if trainer.global_rank != 0:
+        return None
+    summary = store.merge(data.records, data.done, time.perf_counter() - start)
+    print(summary_text(summary, store))
+    return summary
+
+
+def summary_text(summary: dict[str, Any], store: PredictionStore) -> str:
+    """The closing lines: counts, failures (the first 5), signal hours, speed, files."""
+    lines = [f"predict {summary['mode']}: {summary['recordings']} recordings, {summary['ok']} ok, "
+             f"{summary['failed']} failed, {summary['done_in_earlier_runs']} done in an earlier "
+             f"run; {summary['hours_of_signal']:.2f} h of signal"]
+    if "recordings_per_minute" in summary:
+        lines.append(f"  this run: {summary['predicted_now']} recordings in "
+                     f"{summary['wall_seconds']:.1f} s ({summary['recordings_per_minute']:.1f} "
+                     f"recordings/min, {summary['signal_hours_per_minute']:.2f} h of signal/min)")
+    for name, why in list(summary["failures"].items())[:5]:
+        lines.append(f"  failed {name}: {why}")
+    if summary["failed"] > 5:
+        lines.append(f"  ... {summary['failed'] - 5} more in {store.out_dir / RECORDINGS}")
+    lines.append(f"  -> {store.out_dir / RECORDINGS}, {store.out_dir / ITEM_TABLES[summary['mode']]}")
+    return "\n".join(lines)
