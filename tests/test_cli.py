@@ -319,10 +319,26 @@ def test_bad_option_values_are_usage_errors(files, tmp_path, capsys, tool, optio
     assert not list(tmp_path.iterdir())
 
 
-def test_plot_start_past_the_end_is_one_error_line(files, tmp_path, capsys):
-    one_error(capsys, run("detect_beats", files, "good", "--plot-start", "60", out=str(tmp_path)),
+@pytest.mark.parametrize("tool", ["detect_beats", "screen_af"])
+def test_plot_start_past_the_end_is_one_error_line(files, tmp_path, capsys, tool):
+    one_error(capsys, run(tool, files, "good", "--plot-start", "60", out=str(tmp_path)),
               "good.csv: --plot-start 60 s is past the end of the recording (6 s at 50 Hz)")
     assert not list(tmp_path.iterdir())
+
+
+def test_screen_af_zooms_where_plot_start_says(files, tmp_path, monkeypatch):
+    """Over a minute: the zoom row shows [--plot-start, + --plot-seconds)."""
+    from heartgpt.inference import plots
+
+    x = np.loadtxt(files["good"], skiprows=1)
+    long = tmp_path / "long.csv"
+    np.savetxt(long, np.tile(x, 15), fmt="%.6f")  # 90 s at 50 Hz
+    figures = []
+    monkeypatch.setattr(plots, "save_figure", lambda fig, path: figures.append(fig) or Path(path))
+    assert screen_af.main([str(long), "-c", files["af"], "--stride", "250", "--plot-start", "40",
+                           "--plot-seconds", "10", "-o", str(tmp_path)]) == 0
+    zoom = next(ax for ax in figures[0].axes if ax.get_label() == "zoom")
+    assert zoom.get_xlim() == pytest.approx((40, 50), abs=0.05)
 
 
 def test_shift_needs_a_fine_tuned_model_and_its_base(files, tmp_path, capsys):

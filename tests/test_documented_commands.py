@@ -97,6 +97,12 @@ PLAN: dict[str, Step] = {
     "python -m heartgpt.eval checkpoint=ECGPT_560k_iters.zip data.shard_dir=data/demo/ecg/pretrain "
     "data.batch_size=8 trainer=ddp_cpu trainer.devices=2":
         compose("2 processes: tests/test_eval.py runs them"),
+    "python -m heartgpt.predict checkpoint=PPGPT_AF_1k_iters.zip "
+    "inputs='../shared/example_inputs/*PPG*.csv' sample_rate=50": run(),
+    "python -m heartgpt.predict mode=beats checkpoint=PPGPT_beat_5k_iters.zip "
+    "inputs='../shared/example_inputs/*PPG*.csv' sample_rate=50": run(),
+    "python -m heartgpt.predict mode=loss checkpoint=ECGPT_560k_iters.zip "
+    "inputs='../shared/example_inputs/*ECG*.csv' sample_rate=100": run(),
     "python -m heartgpt.train -m hydra/launcher=slurm experiment=paper_ecg_pretrain trainer=ddp "
     "trainer.num_nodes=2 trainer.devices=4 hydra.launcher.partition=<partition> "
     "hydra.launcher.timeout_min=2880 ckpt_path=last": compose("needs a SLURM cluster"),

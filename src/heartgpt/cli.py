@@ -41,6 +41,24 @@ def run_tool(body: Callable[[], None]) -> int:
     return 0
 
 
+def add_plot_window(p: argparse.ArgumentParser) -> None:
+    """``--plot-start`` / ``--plot-seconds``: the part of the recording the PNG shows in
+    detail (over a minute: the zoom below the overview)."""
+    p.add_argument("--plot-start", type=non_negative_float, default=0.0,
+                   help="plot from this second (0)")
+    p.add_argument("--plot-seconds", type=non_negative_float, default=30.0,
+                   help="seconds shown in detail (30; 0: all, or over a minute an overview "
+                        "and the first 30 s)")
+
+
+def check_plot_start(recording: str | os.PathLike, plot_start: float, n_samples: int,
+                     rate: float) -> None:
+    """Refuse a ``--plot-start`` at or past the end of the recording (an empty figure)."""
+    if plot_start >= n_samples / rate:
+        raise InputError(recording, f"--plot-start {plot_start:g} s is past the end of the "
+                                    f"recording ({n_samples / rate:g} s at {rate:g} Hz)")
+
+
 def save_plot(path: str | os.PathLike, draw: Callable[[], Figure]) -> Path:
     """Draw a figure and save it as ``path`` (PNG); a failure of either names the file.
 

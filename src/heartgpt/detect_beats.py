@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from heartgpt.cli import (
-    non_negative_float,
+    add_plot_window,
+    check_plot_start,
     output_path,
     positive_float,
     positive_int,
@@ -25,7 +26,7 @@ from heartgpt.cli import (
     tool_parser,
 )
 from heartgpt.data.readers import read_signal
-from heartgpt.errors import InputError, about
+from heartgpt.errors import about
 from heartgpt.inference.beat_detection import (
     BATCH_SIZE,
     SHIFT,
@@ -52,10 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stream the recording through the model in chunks of this length")
     p.add_argument("--save-confidence", action="store_true",
                    help="also write the per-sample confidence as <stem>_beat_confidence.csv")
-    p.add_argument("--plot-start", type=non_negative_float, default=0.0, help="plot from this second (0)")
-    p.add_argument("--plot-seconds", type=non_negative_float, default=30.0,
-                   help="seconds shown in the PNG (30; 0: all, or over a minute an overview "
-                        "and the first 30 s)")
+    add_plot_window(p)
     return p
 
 
@@ -68,9 +66,7 @@ def main(argv: list[str] | None = None) -> int:
                                       device=args.device)
         signal = read_signal(args.recording, allow_nan=True)
         rate = args.sample_rate or mod.sample_rate
-        if args.plot_start >= len(signal) / rate:
-            raise InputError(args.recording, f"--plot-start {args.plot_start:g} s is past the end "
-                                            f"of the recording ({len(signal) / rate:g} s at {rate:g} Hz)")
+        check_plot_start(args.recording, args.plot_start, len(signal), rate)
         with about(args.recording):
             beats = detect_beats(loaded.model, signal, rate, mod, tail=args.tail,
                                  shift=args.shift, batch_size=args.batch_size,

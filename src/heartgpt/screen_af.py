@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 
 from heartgpt.cli import (
+    add_plot_window,
+    check_plot_start,
     output_path,
     positive_int,
     probability,
@@ -46,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the stride grid, the last < stride samples unscreened")
     p.add_argument("--threshold", type=probability, default=DEFAULT_THRESHOLD)
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
+    add_plot_window(p)
     return p
 
 
@@ -57,8 +60,10 @@ def main(argv: list[str] | None = None) -> int:
         loaded, mod = load_tool_model(args.checkpoint, "binary", args.modality,
                                       refuse_task="beats", device=args.device)
         signal = read_signal(args.recording, allow_nan=True)
+        rate = args.sample_rate or mod.sample_rate
+        check_plot_start(args.recording, args.plot_start, len(signal), rate)
         with about(args.recording):
-            result = screen_af(loaded.model, signal, args.sample_rate or mod.sample_rate, mod,
+            result = screen_af(loaded.model, signal, rate, mod,
                                stride=args.stride, threshold=args.threshold,
                                batch_size=args.batch_size, tail=args.tail)
         csv_path = write_csv(output_path(args.out_dir, args.recording, "_af.csv"), result)
@@ -70,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
 
         png = save_plot(output_path(args.out_dir, args.recording, "_af.png"), lambda: plot_af(
             result.signal, result.sample_rate, result.starts, result.window, result.probs,
-            result.threshold,
+            result.threshold, zoom_start=int(args.plot_start * result.sample_rate),
+            zoom_length=int(args.plot_seconds * result.sample_rate) or None,
             title=f"{Path(args.recording).name}: P(AF) = {result.recording_prob:.3f} "
                   f"({result.averaged_text()}), "
                   f"{100 * result.fraction_above:.0f}% of windows >= {result.threshold}"))
