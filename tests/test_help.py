@@ -85,3 +85,13 @@ def test_eval_help_names_its_groups_and_their_options(eval_help):
         options = {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
         assert options <= set(re.findall(r"[\w]+", line)), (group, options)
     assert "data.split" in eval_help or "split (all" in eval_help
+
+
+def test_export_help_names_its_group_formats_and_tolerance():
+    text = _help("heartgpt.export")
+    assert "python -m heartgpt.export checkpoint=" in text and "--cfg job" in text
+    assert set(_group_lines(text)) == {"paths"}
+    assert "torch_export" in text and "heartgpt[onnx]" in text and "1e-5" in text
+    assert "$HEARTGPT_WEIGHTS" in text  # the template's $$ came out as one dollar sign
+    for group in TRAINING_ONLY:
+        assert not re.search(rf"\b{group}\b", text), group
