@@ -20,7 +20,8 @@ TRAIN_GROUPS = sorted(p.name for p in CONF_DIR.iterdir()
 TRAINING_ONLY = ("freeze", "callbacks", "logger", "trainer", "experiment", "debug")
 
 
-COMMANDS = ("heartgpt.train", "heartgpt.prepare", "heartgpt.eval", "heartgpt.predict")
+COMMANDS = ("heartgpt.train", "heartgpt.prepare", "heartgpt.eval", "heartgpt.predict",
+            "heartgpt.export")
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +118,13 @@ def test_predict_help_names_its_groups_and_their_options(help_text):
         options = {p.stem for p in (CONF_DIR / group).glob("*.yaml")}
         assert options <= set(re.findall(r"[\w]+", line)), (group, options)
     assert "resumes" in text
+
+
+def test_export_help_names_its_group_formats_and_tolerance(help_text):
+    text = help_text("heartgpt.export")
+    assert "python -m heartgpt.export checkpoint=" in text and "--cfg job" in text
+    assert set(_group_lines(text)) == {"paths"}
+    assert "torch_export" in text and "heartgpt[onnx]" in text and "1e-5" in text
+    assert "$HEARTGPT_WEIGHTS" in text  # the template's $$ came out as one dollar sign
+    for group in TRAINING_ONLY:
+        assert not re.search(rf"\b{group}\b", text), group

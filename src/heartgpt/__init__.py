@@ -3,7 +3,7 @@
 The public API, imported lazily (``import heartgpt`` does not import torch)::
 
     import heartgpt
-    loaded = heartgpt.load_model("ECGPT_560k_iters.zip")    # released, .safetensors or .ckpt
+    loaded = heartgpt.load_model("ECGPT_560k_iters.zip")    # released, .safetensors, .ckpt, .onnx
     tokens = heartgpt.tokenize(window)                        # a window of samples -> 0..100
     logits = loaded.model(torch.as_tensor(tokens)[None])      # (1, T, vocab)
 
@@ -11,8 +11,8 @@ The package follows the data's path: :mod:`heartgpt.data` (recordings -> shards 
 DataModules), :mod:`heartgpt.model` (the network and its checkpoints), :mod:`heartgpt.training`
 (LightningModules, callbacks), :mod:`heartgpt.inference` (generation, AF screening, beat
 detection, interpretability) and :mod:`heartgpt.app`; the commands (``python -m heartgpt.train``,
-``prepare``, ``cv``, ``compare``, ``generate``, ``screen_af``, ``detect_beats``, ``interpret``)
-are the modules at the top.
+``prepare``, ``eval``, ``export``, ``cv``, ``compare``, ``generate``, ``screen_af``,
+``detect_beats``, ``interpret``) are the modules at the top.
 """
 
 from __future__ import annotations

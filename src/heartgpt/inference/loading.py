@@ -11,13 +11,15 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TypeVar
 
 import torch
 
 from heartgpt.data.tokenizer import LEVELS, Modality, get_modality
 from heartgpt.errors import InputError
-from heartgpt.model import GPT
 from heartgpt.model.checkpoints import LoadedModel, load_model
+
+M = TypeVar("M", bound=torch.nn.Module)
 
 
 def resolve_modality(loaded: LoadedModel, stated: str | None) -> Modality:
@@ -76,7 +78,7 @@ def load_tool_model(
 
 
 @contextmanager
-def eval_mode(model: GPT) -> Iterator[GPT]:
+def eval_mode(model: M) -> Iterator[M]:
     """Eval mode and no gradients for the block; restores the previous mode (for callbacks)."""
     was_training = model.training
     model.eval()
@@ -87,5 +89,10 @@ def eval_mode(model: GPT) -> Iterator[GPT]:
         model.train(was_training)
 
 
-def model_device(model: GPT) -> torch.device:
-    return next(model.parameters()).device
+def model_device(model: torch.nn.Module) -> torch.device:
+    """Where ``model``'s inputs go: its parameters' device; for a module without parameters
+    (an :class:`~heartgpt.model.export.OnnxGPT`) its declared ``device``, else the CPU."""
+    param = next(model.parameters(), None)
+    if param is not None:
+        return param.device
+    return torch.device(getattr(model, "device", "cpu"))

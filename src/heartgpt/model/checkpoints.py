@@ -16,6 +16,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +24,9 @@ from heartgpt import __version__
 from heartgpt.errors import InputError
 from heartgpt.files import atomic_path
 from heartgpt.model import GPT, GPTConfig
+
+if TYPE_CHECKING:
+    from heartgpt.model.export import OnnxGPT
 
 # The fine-tuned releases wrap their 1-unit head in a Sequential(Linear, Sigmoid).
 _RELEASED_TASK_HEAD = "lm_head.linear1.0"
@@ -39,7 +43,7 @@ class CheckpointError(InputError):
 class LoadedModel:
     """A model and what its file says about it."""
 
-    model: GPT
+    model: GPT | OnnxGPT  # OnnxGPT: an .onnx export (forward only), see heartgpt.model.export
     modality: str | None  # 'ecg' / 'ppg' where known
     task: str  # 'pretrain', or for released fine-tunes 'af' / 'beats' / 'binary'
     source: str  # path it came from
@@ -316,16 +320,31 @@ def find_weights(path: str | os.PathLike, weights_dir: str | os.PathLike | None 
 def load_model(path: str | os.PathLike, weights_dir: str | os.PathLike | None = None) -> LoadedModel:
     """Load any HeartGPT weights file.
 
-    A released ``.zip``/``.pth``, one of our Lightning ``.ckpt`` files or a ``.safetensors``
-    export; the kind is told by the suffix (``.ckpt``, ``.safetensors``, anything else released).
-    A bare name is looked up as :func:`find_weights` says.
+    A released ``.zip``/``.pth``, one of our Lightning ``.ckpt`` files, a ``.safetensors``
+    export or an ``.onnx`` export (an :class:`~heartgpt.model.export.OnnxGPT` run by ONNX
+    Runtime, which must be installed: ``pip install 'heartgpt[onnx]'``); the kind is told by
+    the suffix (``.ckpt``, ``.safetensors``, ``.onnx``, anything else released). A bare name is
+    looked up as :func:`find_weights` says.
     """
     path = find_weights(path, weights_dir)
+    if path.suffix == ".onnx":
+        from heartgpt.model.export import load_onnx  # onnxruntime stays optional
+
+        return load_onnx(path)
     if path.suffix == ".safetensors":
         return load_safetensors(path)
     if path.suffix == ".ckpt":
         return load_lightning(path)
     return load_released(path)
+
+
+def require_torch(loaded: LoadedModel, use: str) -> GPT:
+    """``loaded.model`` when it is a PyTorch :class:`GPT`; an ONNX export (forward only, no
+    trainable weights) is a :class:`CheckpointError` saying that ``use`` needs the original."""
+    if not isinstance(loaded.model, GPT):
+        raise CheckpointError(loaded.source, f"is an ONNX export: {use} needs the PyTorch "
+                              "checkpoint it was exported from")
+    return loaded.model
 
 
 def check_vocab(loaded: LoadedModel, vocab_size: int, what: str = "the data") -> None:
@@ -353,6 +372,7 @@ def init_from_pretrained(model: GPT, path: str | os.PathLike, modality: str | No
     :class:`CheckpointError` naming the file, before any training.
     """
     loaded = load_model(path)
+    require_torch(loaded, "initialising a model")
     ours, theirs = model.config, loaded.model.config
     if modality is not None and loaded.modality is not None and loaded.modality != modality:
         raise CheckpointError(path, f"a {loaded.modality.upper()} checkpoint cannot start a "

@@ -32,6 +32,7 @@ from heartgpt.model.checkpoints import (
     check_vocab,
     find_weights,
     load_model,
+    require_torch,
 )
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ def pin_checkpoint(cfg: DictConfig) -> LoadedModel:
     it), and its ``pooling`` in ``cfg.module`` when it is one of our ``.ckpt`` files."""
     path = find_weights(cfg.checkpoint, cfg.paths.get("weights_dir")).resolve()
     loaded = load_model(path)
+    require_torch(loaded, "evaluation")
     check_checkpoint(loaded, cfg)
     hparams = checkpoint_hparams(path)
     with open_dict(cfg):

@@ -1,0 +1,105 @@
+"""``python -m heartgpt.export``: a deployment export of a checkpoint (Hydra config ``conf/export.yaml``).
+
+    python -m heartgpt.export checkpoint=ECGPT_AF_1k_iters.zip              # outputs/export/ECGPT_AF_1k_iters.onnx
+    python -m heartgpt.export checkpoint=last.ckpt format=torch_export out=model.pt2
+
+Writes an ONNX file (ONNX Runtime) or a ``torch.export`` program (``.pt2``), then runs it on
+deterministic token windows and compares it with the PyTorch model
+(:func:`heartgpt.model.export.check_export`): one line with the file, its size and the largest
+differences of the probabilities and logits; a file that disagrees beyond the tolerances is
+removed and the exit status is 1. :func:`export` is the whole job for a composed config;
+:func:`main` is the Hydra entry point. The formats, the metadata and the tolerances:
+:mod:`heartgpt.model.export`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} before Hydra composes)
+from heartgpt.errors import InputError, error_line
+from heartgpt.model.checkpoints import find_weights, load_model, require_torch
+from heartgpt.model.export import (
+    FORMATS,
+    PROB_ATOL,
+    ExportCheck,
+    check_export,
+    export_onnx,
+    export_program,
+)
+
+
+def output_path(cfg: DictConfig, checkpoint: Path) -> Path:
+    """``cfg.out``, or ``<paths.log_dir>/export/<checkpoint stem>.onnx|.pt2``."""
+    if cfg.get("out"):
+        return Path(cfg.out)
+    return Path(cfg.paths.log_dir) / "export" / f"{checkpoint.stem}{FORMATS[cfg.format]}"
+
+
+def _size_text(n_bytes: int) -> str:
+    return f"{n_bytes / 1e3:.0f} kB" if n_bytes < 1e6 else f"{n_bytes / 1e6:.1f} MB"
+
+
+def export(cfg: DictConfig) -> ExportCheck:
+    """Export ``cfg.checkpoint`` as ``cfg.format`` to :func:`output_path`, check it against
+    PyTorch and print the result line; a file that fails the check is removed.
+
+    Raises:
+        InputError: an unknown format, a checkpoint that cannot be loaded or exported (an
+            ``.onnx``), or an export whose outputs differ from PyTorch's (naming the file).
+        FileNotFoundError: no such checkpoint.
+        ImportError: ``format=onnx`` without ``onnx``/``onnxscript``/``onnxruntime``.
+    """
+    fmt = cfg.format
+    if fmt not in FORMATS:
+        raise InputError(f"format={fmt}", f"unknown export format; use {' or '.join(FORMATS)}")
+    checkpoint = find_weights(cfg.checkpoint, cfg.paths.get("weights_dir")).resolve()
+    loaded = load_model(checkpoint)
+    require_torch(loaded, "exporting")
+    out = output_path(cfg, checkpoint)
+    start = time.perf_counter()
+    if fmt == "onnx":
+        export_onnx(loaded, out, opset=cfg.get("opset"))
+    else:
+        export_program(loaded, out)
+    seconds = time.perf_counter() - start
+    try:
+        check = check_export(loaded, out)
+    except BaseException:
+        out.unlink(missing_ok=True)
+        raise
+    if not check.ok:
+        out.unlink(missing_ok=True)
+        raise InputError(out, f"{check.problem()}; the file was removed")
+    shapes = ", ".join(f"{b}x{t}" for b, t in check.shapes)
+    kind = "ONNX model" if fmt == "onnx" else "torch.export program"
+    print(f"{out}: {kind} of {checkpoint.name} ({_size_text(out.stat().st_size)}, "
+          f"{seconds:.1f} s); max |difference| from PyTorch on tokens {shapes}: probabilities "
+          f"{check.prob_diff:.1e} (<= {PROB_ATOL:g}), logits {check.logit_diff:.1e} "
+          f"(<= {check.logit_tol:.1e})", flush=True)
+    return check
+
+
+@hydra.main(config_path="pkg://heartgpt.conf", config_name="export", version_base="1.3")
+def hydra_main(cfg: DictConfig) -> ExportCheck:
+    """Hydra entry point; a checkpoint that cannot be exported is one error line."""
+    if OmegaConf.is_missing(cfg, "checkpoint"):
+        raise SystemExit("error: give checkpoint=<file>: one of our .ckpt, a .safetensors export "
+                         "or a released .zip/.pth (a bare name is looked up in paths.weights_dir)")
+    try:
+        return export(cfg)
+    except (InputError, FileNotFoundError, ImportError) as e:
+        raise SystemExit(f"error: {error_line(e)}") from None
+
+
+def main() -> ExportCheck | None:
+    """``python -m heartgpt.export`` (the ``heartgpt-export`` script)."""
+    return hydra_main()
+
+
+if __name__ == "__main__":
+    main()

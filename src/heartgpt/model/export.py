@@ -1,0 +1,425 @@
+"""Deployment exports of a HeartGPT model: ONNX (run by ONNX Runtime) and ``torch.export`` (.pt2).
+
+Both take a :class:`~heartgpt.model.checkpoints.LoadedModel` (anything ``load_model`` reads) and
+trace ``GPT.forward``: int64 tokens ``tokens`` (batch, time) -> float32 ``logits``
+(batch, time, n_out), with the batch size and the sequence length (1..block_size) dynamic.
+The outputs are the head's raw logits; a user applies ``sigmoid`` (1-output fine-tunes: AF at
+the last position, beats at every one) or ``softmax`` (language models) as the PyTorch tools do.
+
+- :func:`export_onnx` writes an ``.onnx`` file whose ``metadata_props`` carry the
+  :class:`~heartgpt.model.GPTConfig` (JSON), modality, task, the source checkpoint's file name
+  and sha256 and the heartgpt version (keys ``heartgpt.*``). :func:`load_onnx` (and so
+  :func:`heartgpt.model.checkpoints.load_model` for a ``.onnx`` file) reads it back as an
+  :class:`OnnxGPT`, a drop-in for :class:`~heartgpt.model.GPT` wherever the tools call
+  ``model(x)`` (AF screening, beat detection, exact-mode generation).
+- :func:`export_program` writes a ``torch.export`` program (``.pt2``) with the same metadata
+  as the JSON extra file ``heartgpt.json``; :func:`load_program` reads it back.
+- :func:`check_export` runs an exported file on deterministic token windows and compares it with
+  the PyTorch model; ``python -m heartgpt.export`` refuses a file that fails it.
+
+Tolerances of :func:`check_export`. ONNX Runtime computes in float32 too, but with other kernels
+and another summation order (fused LayerNorm, MatMul, softmax), so the logits of the released
+base models differ from PyTorch's by about 2-5e-5 absolute, with logits up to about 10; PyTorch's
+own float32 logits differ from a float64 computation by about 4e-5, so that is float32 rounding,
+not an export error. What a user consumes are probabilities, and those must agree to
+:data:`PROB_ATOL` (1e-5, absolute); the logits are held to a relative tolerance,
+``LOGIT_RTOL * max|logit| + LOGIT_ATOL`` (1e-5 each). A ``torch.export`` program runs PyTorch's
+own kernels and agrees to float32 round-off (exactly, in practice).
+
+``onnx``, ``onnxruntime`` and ``onnxscript`` are optional (``pip install 'heartgpt[onnx]'``) and
+imported only when an ONNX file is written or read.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from heartgpt import __version__
+from heartgpt.data.tokenizer import LEVELS
+from heartgpt.files import atomic_path, sha256_file
+from heartgpt.model.checkpoints import CheckpointError, LoadedModel, require_torch
+from heartgpt.model.gpt import GPT, GPTConfig
+
+EXPORT_FORMAT = "heartgpt-export-1"
+INPUT_NAME = "tokens"  # int64 (batch, time)
+OUTPUT_NAME = "logits"  # float32 (batch, time, n_out)
+ONNX_PREFIX = "heartgpt."  # metadata_props keys of an .onnx file: heartgpt.config, ...
+PROGRAM_METADATA = "heartgpt.json"  # the extra file of a .pt2 holding the same metadata
+FORMATS = {"onnx": ".onnx", "torch_export": ".pt2"}  # export format -> file suffix
+ONNX_INSTALL_HINT = "pip install 'heartgpt[onnx]'"
+
+PROB_ATOL = 1e-5  # probabilities (sigmoid / softmax) must agree with PyTorch's to this
+LOGIT_RTOL = 1e-5  # logits: |diff| <= LOGIT_RTOL * max|logit| + LOGIT_ATOL (module docstring)
+LOGIT_ATOL = 1e-5
+
+
+# --------------------------------------------------------------------------------- metadata
+
+
+def export_metadata(loaded: LoadedModel) -> dict[str, str]:
+    """What an exported file says about itself: format, config (JSON), modality, task, source
+    file name and sha256 (empty when the source is not a file), heartgpt version."""
+    source = Path(loaded.source)
+    return {
+        "format": EXPORT_FORMAT,
+        "config": json.dumps(loaded.model.config.to_dict()),
+        "modality": loaded.modality or "",
+        "task": loaded.task,
+        "source": source.name,
+        "source_sha256": sha256_file(source) if source.is_file() else "",
+        "version": __version__,
+    }
+
+
+def _config_of(metadata: dict[str, str], path: str | os.PathLike) -> GPTConfig:
+    """The :class:`GPTConfig` stored in ``metadata``; a file without one is a CheckpointError."""
+    if metadata.get("format") != EXPORT_FORMAT or "config" not in metadata:
+        raise CheckpointError(path, "no heartgpt metadata (not written by python -m "
+                              f"heartgpt.export; format={metadata.get('format')!r})")
+    try:
+        return GPTConfig.from_dict(json.loads(metadata["config"]))
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(path, f"unreadable heartgpt config in the metadata: {e}") from e
+
+
+# --------------------------------------------------------------------------------- exporting
+
+
+def _dynamic_shapes(config: GPTConfig) -> tuple[dict[int, Any], ...]:
+    """Batch 1.. and sequence length 1..block_size, for the one argument of ``forward``."""
+    return ({0: torch.export.Dim("batch", min=1),
+             1: torch.export.Dim("time", min=1, max=config.block_size)},)
+
+
+def _example_tokens(model: nn.Module) -> torch.Tensor:
+    """(2, block_size) tokens to trace with (batch 2: a size-1 dim would be specialised)."""
+    config = model.config
+    tokens = torch.arange(2 * config.block_size).reshape(2, config.block_size)
+    return (tokens % min(config.vocab_size, LEVELS + 1)).to(_device_of(model))
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _torch_model(loaded: LoadedModel) -> GPT:
+    """The :class:`GPT` of ``loaded`` in eval mode; an :class:`OnnxGPT` cannot be re-exported."""
+    return require_torch(loaded, "exporting").eval()
+
+
+# Loggers of the exporters that report every step at INFO or skipped torchvision ops at WARNING.
+_CHATTY_LOGGERS = ("torch.onnx", "torch.export", "onnxscript", "onnx_ir")
+
+
+@contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporters' known chatter (their optimisation passes, the torchvision ops
+    they skip, pytree deprecation warnings); errors still show."""
+    loggers = [logging.getLogger(name) for name in _CHATTY_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            yield
+    finally:
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
+
+
+def require_onnx_exporter() -> None:
+    """Raise ImportError naming what to install when ONNX cannot be written here."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(f"ONNX export needs {', '.join(missing)}: {ONNX_INSTALL_HINT}")
+
+
+def export_onnx(loaded: LoadedModel, path: str | os.PathLike, opset: int | None = None) -> Path:
+    """Export ``loaded.model`` to an ONNX file at ``path`` (written atomically); returns ``path``.
+
+    Input ``tokens`` int64 (batch, time), output ``logits`` float32 (batch, time, n_out); batch
+    and time (up to ``block_size``) are dynamic. ``opset``: the ONNX opset (None: the
+    exporter's default). The metadata of :func:`export_metadata` is stored in the model's
+    ``metadata_props`` under ``heartgpt.<key>``.
+    """
+    model = _torch_model(loaded)
+    require_onnx_exporter()
+    path = Path(path)
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            model, (_example_tokens(model),), dynamo=True, input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME], dynamic_shapes=_dynamic_shapes(model.config),
+            opset_version=opset, verbose=False,
+        )
+    for key, value in export_metadata(loaded).items():
+        program.model.metadata_props[ONNX_PREFIX + key] = value
+    with atomic_path(path) as tmp:
+        program.save(tmp, external_data=False)
+    return path
+
+
+def export_program(loaded: LoadedModel, path: str | os.PathLike) -> Path:
+    """Export ``loaded.model`` with ``torch.export`` to a ``.pt2`` at ``path`` (atomically).
+
+    Same signature and dynamic shapes as :func:`export_onnx`; the metadata is the extra file
+    ``heartgpt.json``. :func:`load_program` reads it back.
+    """
+    model = _torch_model(loaded)
+    path = Path(path)
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.export.export(model, (_example_tokens(model),),
+                                      dynamic_shapes=_dynamic_shapes(model.config))
+    buffer = io.BytesIO()  # saved to memory first: torch.export wants a name ending in .pt2
+    torch.export.save(program, buffer,
+                      extra_files={PROGRAM_METADATA: json.dumps(export_metadata(loaded))})
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    return path
+
+
+def load_program(path: str | os.PathLike) -> tuple[torch.export.ExportedProgram, dict[str, str]]:
+    """A ``.pt2`` of :func:`export_program` and its metadata; call ``program.module()(tokens)``."""
+    extra = {PROGRAM_METADATA: ""}
+    try:
+        program = torch.export.load(path, extra_files=extra)
+    except Exception as e:
+        raise CheckpointError(path, f"cannot read as a torch.export program: {e}") from e
+    metadata = json.loads(extra[PROGRAM_METADATA]) if extra[PROGRAM_METADATA] else {}
+    _config_of(metadata, path)  # refuse a program without our metadata
+    return program, metadata
+
+
+# --------------------------------------------------------------------------------- running ONNX
+
+
+class OnnxGPT(nn.Module):
+    """An exported ``.onnx`` HeartGPT run by ONNX Runtime, callable like :class:`GPT`.
+
+    ``model(idx)``: int tokens (B, T), T <= ``config.block_size`` -> float32 logits
+    (B, T, n_out) on ``idx``'s device. No parameters: ``.to(device)`` moves an empty buffer that
+    says where it runs (:attr:`device`); on a CUDA device ONNX Runtime's CUDA provider is used
+    when it is installed, otherwise the CPU one. ``generate`` is :meth:`GPT.generate` (it needs
+    only ``forward``); what needs the network's internals (``inspect``, cached decoding) raises
+    :class:`CheckpointError`.
+    """
+
+    def __init__(self, path: str | os.PathLike, config: GPTConfig, session: Any = None,
+                 threads: int | None = None) -> None:
+        """``session``: an ``onnxruntime.InferenceSession`` of ``path`` already open on the CPU
+        (else one is opened); ``threads``: ONNX Runtime's intra-op threads (None: its default)."""
+        super().__init__()
+        self.path = Path(path)
+        self.config = config
+        self.threads = threads
+        self.register_buffer("_where", torch.empty(0), persistent=False)
+        self._sessions: dict[str, Any] = {}
+        if session is not None:
+            self._sessions["cpu"] = session
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (moved by ``.to()``)."""
+        return self._where.device
+
+    def session(self) -> Any:
+        """The ONNX Runtime session for :attr:`device` (opened on first use)."""
+        import onnxruntime as ort
+
+        device = self.device
+        use_cuda = (device.type == "cuda"
+                    and "CUDAExecutionProvider" in ort.get_available_providers())
+        key = f"cuda:{device.index or 0}" if use_cuda else "cpu"
+        if key not in self._sessions:
+            providers: list[Any] = ["CPUExecutionProvider"]
+            if use_cuda:
+                providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
+            self._sessions[key] = open_session(self.path, providers, self.threads)
+        return self._sessions[key]
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T, n_out) float32 of tokens ``idx`` (B, T), on ``idx``'s device."""
+        if idx.dim() != 2 or idx.size(0) < 1 or idx.size(1) < 1:
+            raise ValueError(f"expected tokens of shape (batch, time), got {tuple(idx.shape)}")
+        if idx.size(1) > self.config.block_size:
+            raise ValueError(f"sequence length {idx.size(1)} exceeds block_size "
+                             f"{self.config.block_size}")
+        tokens = idx.detach().to("cpu", torch.int64).contiguous().numpy()
+        (logits,) = self.session().run([OUTPUT_NAME], {INPUT_NAME: tokens})
+        return torch.from_numpy(logits).to(idx.device)
+
+    generate = GPT.generate  # the exact sampler: calls only forward
+
+    def _not_here(self, what: str) -> CheckpointError:
+        return CheckpointError(self.path, f"an ONNX export runs the forward pass only; {what} "
+                               "needs the PyTorch checkpoint it was exported from")
+
+    def inspect(self, idx: torch.Tensor) -> Any:
+        raise self._not_here("attention weights and hidden states (inspect)")
+
+    def forward_cached(self, idx: torch.Tensor, cache: Any) -> torch.Tensor:
+        raise self._not_here("cached decoding")
+
+    def generate_cached(self, idx: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        raise self._not_here("cached generation (use exact mode)")
+
+    def extra_repr(self) -> str:
+        return f"path={str(self.path)!r}, config={self.config}"
+
+
+def open_session(path: str | os.PathLike, providers: list[Any] | None = None,
+                 threads: int | None = None) -> Any:
+    """An ``onnxruntime.InferenceSession`` of ``path`` (CPU unless ``providers`` say otherwise).
+
+    Raises:
+        CheckpointError: onnxruntime is not installed, or the file is not an ONNX model.
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise CheckpointError(path, f"reading an ONNX model needs onnxruntime: "
+                              f"{ONNX_INSTALL_HINT}") from None
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3  # errors only
+    try:
+        return ort.InferenceSession(str(path), options,
+                                    providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:
+        raise CheckpointError(path, f"cannot read as an ONNX model: {e}") from e
+
+
+def load_onnx(path: str | os.PathLike, threads: int | None = None) -> LoadedModel:
+    """Load an ``.onnx`` of :func:`export_onnx` as an :class:`OnnxGPT` (on the CPU).
+
+    ``threads``: ONNX Runtime's intra-op threads (None: its default, every core).
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: onnxruntime missing, not an ONNX model, no heartgpt metadata, or a
+            graph that does not take ``tokens`` and give ``logits`` of the stored config.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    session = open_session(path, threads=threads)
+    stored = session.get_modelmeta().custom_metadata_map
+    metadata = {k.removeprefix(ONNX_PREFIX): v for k, v in stored.items()
+                if k.startswith(ONNX_PREFIX)}
+    config = _config_of(metadata, path)
+    inputs = [i.name for i in session.get_inputs()]
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    width = outputs.get(OUTPUT_NAME, [None])[-1]
+    if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs or width not in (config.n_out, None):
+        raise CheckpointError(path, f"graph inputs {inputs} / outputs {outputs} do not match "
+                              f"'{INPUT_NAME}' -> '{OUTPUT_NAME}' (.., {config.n_out})")
+    model = OnnxGPT(path, config, session, threads)
+    return LoadedModel(model, metadata.get("modality") or None, metadata.get("task", "pretrain"),
+                       str(path))
+
+
+# --------------------------------------------------------------------------------- checking
+
+
+def probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """What a user reads off the logits (B, T, n_out): ``sigmoid`` for a 1-output head,
+    ``softmax`` over the vocabulary for a language model."""
+    return torch.sigmoid(logits) if logits.size(-1) == 1 else F.softmax(logits, dim=-1)
+
+
+def verification_tokens(config: GPTConfig, batch: int, length: int, seed: int = 0
+                        ) -> torch.Tensor:
+    """Deterministic (batch, length) tokens: quasi-periodic waveforms (a fundamental with
+    harmonics and a drift, of random rate and phase from ``seed``), each min-max scaled to
+    0..100 (capped by the vocabulary) and rounded, as real windows are tokenised."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(length)[None, :] / 100.0  # 100 Hz
+    rate = rng.uniform(0.8, 2.5, (batch, 1)) * 2 * np.pi
+    phase = rng.uniform(0, 2 * np.pi, (batch, 1))
+    x = (np.sin(rate * t + phase) + 0.5 * np.sin(2 * rate * t + 2 * phase)
+         + 0.25 * np.sin(3 * rate * t) + rng.uniform(-0.5, 0.5, (batch, 1)) * t)
+    top = min(LEVELS, config.vocab_size - 1)
+    lo, hi = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)
+    scaled = (x - lo) / np.where(hi > lo, hi - lo, 1.0)
+    return torch.from_numpy(np.round(scaled * top).astype(np.int64))
+
+
+def verification_shapes(config: GPTConfig) -> list[tuple[int, int]]:
+    """(batch, length) of :func:`check_export`: batch 1 and 3 at ``block_size``, and a shorter
+    length (a third of it)."""
+    bs = config.block_size
+    return [(1, bs), (3, bs), (2, max(1, bs // 3))]
+
+
+@dataclass
+class ExportCheck:
+    """How an exported file's outputs compare with the PyTorch model's."""
+
+    path: Path
+    shapes: list[tuple[int, int]]  # (batch, length) of the token windows compared
+    prob_diff: float  # max |probability difference|
+    logit_diff: float  # max |logit difference|
+    logit_tol: float  # LOGIT_RTOL * max|logit| + LOGIT_ATOL
+
+    @property
+    def ok(self) -> bool:
+        return self.prob_diff <= PROB_ATOL and self.logit_diff <= self.logit_tol
+
+    def problem(self) -> str:
+        """Why :attr:`ok` is false ("" when it is true)."""
+        bad = []
+        if not self.prob_diff <= PROB_ATOL:  # NaN counts as a difference
+            bad.append(f"probabilities by {self.prob_diff:.2e} (> {PROB_ATOL:g})")
+        if not self.logit_diff <= self.logit_tol:
+            bad.append(f"logits by {self.logit_diff:.2e} (> {self.logit_tol:.2e})")
+        return "" if not bad else "outputs differ from PyTorch's: " + ", ".join(bad)
+
+
+def _runner(path: Path) -> nn.Module:
+    """The exported file as a callable: an :class:`OnnxGPT` or a ``.pt2``'s module."""
+    if path.suffix == ".pt2":
+        return load_program(path)[0].module()
+    return load_onnx(path).model
+
+
+def check_export(loaded: LoadedModel, path: str | os.PathLike,
+                 shapes: list[tuple[int, int]] | None = None) -> ExportCheck:
+    """Run the exported ``path`` (``.onnx`` or ``.pt2``) and ``loaded.model`` on
+    :func:`verification_tokens` windows of ``shapes`` (default :func:`verification_shapes`)
+    and compare logits and probabilities (tolerances: module docstring)."""
+    model = _torch_model(loaded)
+    path = Path(path)
+    shapes = shapes or verification_shapes(model.config)
+    exported = _runner(path)
+    prob_diff = logit_diff = top = 0.0
+    device = _device_of(model)
+    with torch.no_grad():
+        for seed, (batch, length) in enumerate(shapes):
+            tokens = verification_tokens(model.config, batch, length, seed).to(device)
+            want, got = model(tokens).float(), exported(tokens).float()
+            if got.shape != want.shape:
+                raise CheckpointError(path, f"outputs of shape {tuple(got.shape)} for tokens "
+                                      f"{tuple(tokens.shape)}; PyTorch: {tuple(want.shape)}")
+            logit_diff = max(logit_diff, (got - want).abs().max().item())
+            prob_diff = max(prob_diff,
+                            (probabilities(got) - probabilities(want)).abs().max().item())
+            top = max(top, want.abs().max().item())
+    return ExportCheck(path, shapes, prob_diff, logit_diff, LOGIT_RTOL * top + LOGIT_ATOL)
