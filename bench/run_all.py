@@ -18,7 +18,8 @@ from pathlib import Path
 
 from bench.common import BENCH_DIR, REPO, describe_spread, machine, write_json
 
-SCRIPTS = ("bench_train", "bench_generate", "bench_data", "bench_prepare", "bench_inference")
+SCRIPTS = ("bench_train", "bench_generate", "bench_data", "bench_prepare", "bench_inference",
+           "bench_predict")
 
 # Raw-measurement columns shown per section: (key, header, format).
 COLUMNS = {
@@ -39,6 +40,11 @@ COLUMNS = {
                   ("minutes", "minutes timed", "{:g}"), ("seconds", "seconds", "{:.2f}"),
                   ("seconds_per_hour", "s per hour", "{:.1f}"),
                   ("range", "range", "{}"), ("realtime_x", "x real time", "{:.0f}")],
+    "predict": [("mode", "mode", "{}"), ("threads", "threads", "{}"),
+                ("recordings", "recordings", "{}"), ("signal_hours", "hours", "{:.2f}"),
+                ("seconds", "seconds (median)", "{:.1f}"), ("range", "range", "{}"),
+                ("recordings_per_min", "recordings/min", "{:.1f}"),
+                ("signal_hours_per_min", "hours/min", "{:.2f}")],
 }
 
 

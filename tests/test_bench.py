@@ -15,7 +15,8 @@ import pytest
 # find their fake workloads, and should start in a fraction of a second.
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ("bench_train", "bench_generate", "bench_data", "bench_prepare", "bench_inference")
+SCRIPTS = ("bench_train", "bench_generate", "bench_data", "bench_prepare", "bench_inference",
+           "bench_predict")
 METRIC_KEYS = {"key", "what", "ours", "unit", "ref", "ratio", "target", "met", "note"}
 
 

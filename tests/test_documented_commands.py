@@ -103,6 +103,10 @@ PLAN: dict[str, Step] = {
     "inputs='../shared/example_inputs/*PPG*.csv' sample_rate=50": run(),
     "python -m heartgpt.predict mode=loss checkpoint=ECGPT_560k_iters.zip "
     "inputs='../shared/example_inputs/*ECG*.csv' sample_rate=100": run(),
+    "python -m heartgpt.export checkpoint=PPGPT_AF_1k_iters.zip": run(),
+    "python -m heartgpt.export checkpoint=PPGPT_beat_5k_iters.zip format=torch_export": run(),
+    "python -m heartgpt.predict checkpoint=outputs/export/PPGPT_AF_1k_iters.onnx "
+    "inputs='../shared/example_inputs/*PPG*.csv' sample_rate=50": run(),
     "python -m heartgpt.train -m hydra/launcher=slurm experiment=paper_ecg_pretrain trainer=ddp "
     "trainer.num_nodes=2 trainer.devices=4 hydra.launcher.partition=<partition> "
     "hydra.launcher.timeout_min=2880 ckpt_path=last": compose("needs a SLURM cluster"),

@@ -202,6 +202,13 @@ def test_a_checkpoint_that_does_not_fit_the_mode_is_one_error(tmp_path, monkeypa
         run_predict(tmp_path, f"checkpoint={lm}", f"inputs={tmp_path / 'r.npy'}")
     with pytest.raises(InputError, match="no such file or folder"):
         run_predict(tmp_path, f"checkpoint={lm}", "mode=loss", f"inputs={tmp_path / 'nothing'}")
+    with pytest.raises(InputError, match=r"mode.shift: must be at most the model's window of 64 "
+                                         r"samples, got 100"):
+        run_predict(tmp_path, f"checkpoint={tiny_checkpoint(tmp_path, task='beats')}",
+                    "mode=beats", f"inputs={tmp_path}")
+    with pytest.raises(InputError, match=r"mode.stride: must be a positive integer or null"):
+        run_predict(tmp_path, f"checkpoint={lm}", "mode=loss", f"inputs={tmp_path}",
+                    "mode.stride=0")
     with pytest.raises(InputError, match="sample_rate: must be a positive rate"):
         run_predict(tmp_path, f"checkpoint={lm}", "mode=loss", f"inputs={tmp_path}",
                     "sample_rate=0")
@@ -252,3 +259,24 @@ def test_loss_and_embed_are_what_the_model_computes(tmp_path):
         assert [n.decode() for n in f["recordings"][:]] == ["r"]
     rows = read_table(tmp_path / "embed" / "windows.csv")
     assert [int(r["embedding_row"]) for r in rows] == [0, 1, 2, 3]
+
+
+def test_an_onnx_export_predicts_what_the_pytorch_model_predicts(tmp_path):
+    """``checkpoint=<file>.onnx`` runs through onnxruntime: the same rows to 1e-5."""
+    from heartgpt.model.export import export_onnx
+
+    ckpt = tiny_checkpoint(tmp_path)
+    onnx = export_onnx(load_model(ckpt), tmp_path / "tiny_af.onnx")
+    data = tmp_path / "recordings"
+    data.mkdir()
+    for i in range(2):
+        np.save(data / f"r{i}.npy", np.sin(np.arange(400) / (3 + i)) + np.arange(400) / 500)
+    common = [f"inputs={data}", "sample_rate=50", "mode.stride=20"]
+    run_predict(tmp_path, f"checkpoint={ckpt}", "out_dir=torch", *common)
+    run_predict(tmp_path, f"checkpoint={onnx}", "out_dir=onnx", *common)
+    ours, theirs = (read_table(tmp_path / d / "windows.csv") for d in ("onnx", "torch"))
+    assert len(ours) == len(theirs) > 10
+    np.testing.assert_allclose([float(w["af_prob"]) for w in ours],
+                               [float(w["af_prob"]) for w in theirs], atol=1e-5)
+    with pytest.raises(InputError, match="is an ONNX export: mode=embed"):
+        run_predict(tmp_path, f"checkpoint={onnx}", "mode=embed", "out_dir=embed", *common[:2])

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 
 from heartgpt.data.readers import Recording
 from heartgpt.data.tokenizer import Modality, resample
+from heartgpt.errors import InputError
+from heartgpt.inference import af_screening, beat_detection
 from heartgpt.inference.af_screening import screen_af, tokenised_windows, window_starts
 from heartgpt.inference.beat_detection import beats_summary, detect_beats, quality_category
 from heartgpt.inference.loading import eval_mode, model_device
@@ -151,11 +153,6 @@ def predict_embed(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, 
                   ) -> RecordingPrediction:
     """Pooled final-norm hidden states (``n_embd``) of every ``block_size`` window."""
     pool = str(mode["pool"])
-    if pool not in POOLS:
-        raise ValueError(f"mode.pool must be one of {POOLS}, got {pool!r}")
-    if not hasattr(model, "hidden"):
-        raise ValueError("embed needs the PyTorch model (an exported ONNX file has no hidden "
-                         "states output): give a .ckpt, .safetensors or released checkpoint")
     window = model.config.block_size
     x, starts, usable, tokens, skipped = _windows(rec, mod, window, mode)
 
@@ -175,6 +172,44 @@ def predict_embed(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, 
 PREDICTORS: dict[str, Callable[[GPT, Recording, Modality, Mapping[str, Any]],
                                RecordingPrediction]] = {
     "af": predict_af, "beats": predict_beats, "loss": predict_loss, "embed": predict_embed}
+
+
+def check_mode(mode: Mapping[str, Any], block_size: int) -> None:
+    """Refuse settings that would fail (or mean something else) on every recording, naming the
+    key: ``InputError("mode.<key>", problem)``."""
+    name = str(mode.get("name"))
+    if name not in PREDICTORS:
+        raise InputError("mode", f"must be one of {MODES}, got {name!r}")
+
+    def bad(key: str, problem: str) -> InputError:
+        return InputError(f"mode.{key}", f"{problem}, got {mode.get(key)!r}")
+
+    def positive_int(key: str, optional: bool = False) -> None:
+        value = mode.get(key)
+        if value is None and optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise bad(key, "must be a positive integer" + (" or null" if optional else ""))
+
+    tails = beat_detection.TAILS if name == "beats" else af_screening.TAILS
+    if mode.get("tail") not in tails:
+        raise bad("tail", f"must be one of {tails}")
+    positive_int("batch_size")
+    if name == "beats":
+        positive_int("shift")
+        if mode["shift"] > block_size:
+            raise bad("shift", f"must be at most the model's window of {block_size} samples")
+        seconds = mode.get("chunk_seconds")
+        if not isinstance(seconds, (int, float)) or not seconds > 0:
+            raise bad("chunk_seconds", "must be a positive number of seconds")
+    else:
+        positive_int("stride", optional=name != "af")
+    if name == "af":
+        threshold = mode.get("threshold")
+        if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+            raise bad("threshold", "must be a probability in [0, 1]")
+    if name == "embed" and mode.get("pool") not in POOLS:
+        raise bad("pool", f"must be one of {POOLS}")
 
 
 def predict_recording(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, Any]

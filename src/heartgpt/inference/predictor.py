@@ -27,10 +27,16 @@ from heartgpt.data.tokenizer import Modality
 from heartgpt.errors import InputError, error_line
 from heartgpt.files import sha256_file
 from heartgpt.inference.loading import load_tool_model
-from heartgpt.inference.prediction import MODEL_NEED, MODES, RecordingPrediction, predict_recording
+from heartgpt.inference.prediction import (
+    MODEL_NEED,
+    MODES,
+    RecordingPrediction,
+    check_mode,
+    predict_recording,
+)
 from heartgpt.inference.prediction_store import ITEM_TABLES, RECORDINGS, PredictionStore
 from heartgpt.model import GPT
-from heartgpt.model.checkpoints import find_weights
+from heartgpt.model.checkpoints import find_weights, require_torch
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +110,10 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
     checkpoint = find_weights(cfg.checkpoint, cfg.paths.weights_dir)
     need, refuse = MODEL_NEED[mode]
     loaded, modality = load_tool_model(checkpoint, need, cfg.modality, refuse_task=refuse)
+    settings = OmegaConf.to_container(cfg.mode, resolve=True)
+    check_mode(settings, loaded.model.config.block_size)
+    if mode == "embed":
+        require_torch(loaded, "mode=embed (hidden states)")
     if cfg.sample_rate is not None and float(cfg.sample_rate) <= 0:
         raise InputError("sample_rate", f"must be a positive rate in Hz, got {cfg.sample_rate}")
     store = PredictionStore(cfg.out_dir, mode)
@@ -116,7 +126,7 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
                                else str(cfg.inputs), cfg.format, cfg.channel, cfg.sample_rate,
                                skip=store.done, num_workers=int(cfg.num_workers),
                                exclude_dirs=[cfg.out_dir, cfg.paths.log_dir])
-    module = PredictionModule(loaded.model, modality, OmegaConf.to_container(cfg.mode, resolve=True))
+    module = PredictionModule(loaded.model, modality, settings)
     start = time.perf_counter()
     with warnings.catch_warnings():  # an empty share means "all done", not a mistake
         warnings.filterwarnings("ignore", message="Total length of `DataLoader` across ranks")
