@@ -34,7 +34,7 @@ DOCS = ["README.md", "docs/training.md", "docs/generation.md", "docs/app.md"]
 TINY = ["model.n_layer=1", "model.n_embd=16", "model.n_head=2"]
 SHORT = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
          "data.num_workers=0", "data.batch_size=4"]
-FEWER_TOKENS = ["-n", "50"]  # generation: 50 new tokens, not 500 (exact mode is 2 min for 500 x 8)
+FEWER_TOKENS = ["-n", "20"]  # generation: 20 new tokens, not 500 (exact mode is 2 min for 500 x 8)
 
 
 @dataclass

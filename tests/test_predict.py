@@ -232,6 +232,19 @@ def test_a_file_without_its_rate_fails_alone_when_sample_rate_is_not_given(tmp_p
 # --------------------------------------------------------------------------------- loss, embed
 
 
+@pytest.mark.parametrize("mode", ["af", "beats", "loss", "embed"])
+def test_every_mode_composes_and_is_checked(mode, tmp_path):
+    from omegaconf import OmegaConf
+
+    from heartgpt.inference.prediction import check_mode
+
+    cfg = compose_config([f"mode={mode}", "checkpoint=x.zip", "inputs=.", f"paths.log_dir={tmp_path}"])
+    settings = OmegaConf.to_container(cfg.mode, resolve=True)
+    assert settings["name"] == mode
+    check_mode(settings, 500)  # the defaults fit the released models' 500-sample window
+    assert cfg.out_dir == f"{tmp_path}/predict/{mode}_x.zip"
+
+
 def test_loss_and_embed_are_what_the_model_computes(tmp_path):
     lm = tiny_checkpoint(tmp_path, task="pretrain", out_features=None)
     model = load_model(lm).model.eval()

@@ -19,7 +19,9 @@ from heartgpt.training.resume import FINISHED_FILE
 from training_helpers import CONF_DIR, compose_train
 
 NOT_OURS = {"data", "prepare"}  # the data engineer's groups
-GROUPS = sorted(p.name for p in CONF_DIR.iterdir() if p.is_dir() and p.name not in NOT_OURS | {"hydra"})
+NOT_TRAINING = {"hydra", "mode"}  # mode: predict's group (tests/test_predict.py composes it)
+GROUPS = sorted(p.name for p in CONF_DIR.iterdir()
+                if p.is_dir() and p.name not in NOT_OURS | NOT_TRAINING)
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
 EXPERIMENTS = [o for g, o in OPTIONS if g == "experiment"]
 # Declared at Lightning's defaults on purpose: overriding them then needs no "+".

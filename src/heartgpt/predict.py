@@ -17,7 +17,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} and ${stem:} first)
+import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} and ${file_name:} first)
 from heartgpt.errors import InputError, error_line
 from heartgpt.train import CONF_MODULE, route_lightning_logs
 from heartgpt.train import compose_config as _compose

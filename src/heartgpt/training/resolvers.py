@@ -6,8 +6,8 @@
   read ``hydra.sweep.dir`` (and through it ``paths.log_dir``) before any job starts.
 - ``${latest_ckpt:<dir>[,<command>]}``: the ``last.ckpt`` of the newest *finished* run under
   ``<dir>`` (what a fine-tune starts from), see :func:`latest_checkpoint`.
-- ``${stem:<path>}``: a file name without folder and extension (``predict``'s default
-  ``out_dir`` names the checkpoint it used).
+- ``${file_name:<path>}``: a file name without its folder (``predict``'s default ``out_dir``
+  names the checkpoint file it used: ``x.zip`` and its export ``x.onnx`` get separate folders).
 """
 
 from __future__ import annotations
@@ -60,15 +60,15 @@ def latest_checkpoint(runs_root: str, make_it: str | None = None) -> str:
     return str(found)
 
 
-def file_stem(path: str) -> str:
-    """``${stem:<path>}``: ``outputs/x/last.ckpt`` -> ``last``."""
-    return Path(str(path)).stem
+def file_name(path: str) -> str:
+    """``${file_name:<path>}``: ``outputs/x/last.ckpt`` -> ``last.ckpt``."""
+    return Path(str(path)).name
 
 
 def register_resolvers() -> None:
     """Register the resolvers above (idempotent)."""
     for name, fn in (("cwd", launch_dir), ("latest_ckpt", latest_checkpoint),
-                     ("stem", file_stem)):
+                     ("file_name", file_name)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
