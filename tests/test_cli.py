@@ -43,6 +43,8 @@ def files(tmp_path_factory):
                                    for i, v in enumerate(nan)))
     f["flat"] = d / "flat.csv"
     f["flat"].write_text("\n".join(["1.5"] * 300))
+    f["huge"] = d / "huge.csv"
+    f["huge"].write_text("\n".join(f"{v:.6e}" for v in (x / 8 - 1) * 1.7e308))
     f["text"] = d / "text.csv"
     f["text"].write_text("a\nb\nc\n")
     f["missing"] = d / "missing.csv"
@@ -267,6 +269,7 @@ def run(tool: str, files: dict, signal: str, *extra: str, ckpt: str | None = Non
     ("nan", "nan.csv: "),
     ("flat", "flat.csv: "),
     ("text", "text.csv: line 2: not a number"),
+    ("huge", "huge.csv: "),  # values near +-1.7e308: an IndexError traceback before
 ])
 def test_bad_recordings(files, tmp_path, capsys, tool, signal, fragment):
     err = one_error(capsys, run(tool, files, signal, out=str(tmp_path)), fragment)
@@ -274,6 +277,8 @@ def test_bad_recordings(files, tmp_path, capsys, tool, signal, fragment):
         assert "NaN" in err
     if signal == "flat":
         assert "flat" in err
+    if signal == "huge":
+        assert "too large to scale" in err
     assert not list(tmp_path.iterdir())  # nothing written
 
 

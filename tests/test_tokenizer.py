@@ -54,6 +54,7 @@ def test_long_context_keeps_last_window():
         (np.full(10, 3.3), "flat window"),
         (np.array([]), "empty"),
         (np.ones((2, 3)), "1-D"),
+        (np.array([-1.7e308, 0.0, 1.7e308]), "too large to scale"),  # max - min overflows
     ],
 )
 def test_bad_windows_raise(window, message):

@@ -76,8 +76,14 @@ def check_window(window: np.ndarray, length: int | None = None) -> np.ndarray:
         raise ValueError(
             f"window has {int(bad.sum())} NaN/inf sample(s), first at index {int(np.argmax(bad))}"
         )
-    if x.max() == x.min():
+    lo, hi = float(x.min()), float(x.max())
+    if hi == lo:
         raise ValueError(f"flat window: all {x.size} samples equal {float(x.flat[0]):g}")
+    with np.errstate(over="ignore"):
+        span = np.float64(hi) - np.float64(lo)
+    if not np.isfinite(span):  # scaling would give inf/NaN, and those round to garbage tokens
+        raise ValueError(f"values too large to scale: the window spans {lo:g} to {hi:g}, a "
+                         "range beyond float64")
     return x
 
 
