@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from heartgpt.model import GPT, GPTConfig
-from heartgpt.model.checkpoints import CheckpointError, load_model, save_safetensors
+from heartgpt.model.checkpoints import (
+    CheckpointError,
+    init_from_pretrained,
+    load_model,
+    save_safetensors,
+)
 
 
 def test_missing_file(tmp_path):
@@ -87,3 +92,18 @@ def test_released_layout_refuses_other_scale():
 
     with pytest.raises(ValueError, match="scales attention"):
         to_released_state_dict(GPT(GPTConfig(n_layer=1, attn_scale=None)))
+
+
+def test_a_fine_tune_of_another_task_cannot_start_a_fine_tune(tmp_path):
+    """A beat model as ``module.pretrained`` of an AF fine-tune is refused, naming the file."""
+    config = GPTConfig(vocab_size=102, block_size=32, n_embd=16, n_head=2, n_layer=1,
+                       out_features=1)
+    beats = save_safetensors(GPT(config), tmp_path / "beats.safetensors", modality="ppg",
+                             task="beats")
+    lm = save_safetensors(GPT(GPTConfig(**{**config.to_dict(), "out_features": None})),
+                          tmp_path / "lm.safetensors", modality="ppg")
+    with pytest.raises(CheckpointError, match="beats.safetensors: is fine-tuned for beats; it "
+                                              "cannot start task af"):
+        init_from_pretrained(GPT(config), beats, modality="ppg", task="af")
+    init_from_pretrained(GPT(config), beats, modality="ppg", task="beats")  # continuing: fine
+    init_from_pretrained(GPT(config), lm, modality="ppg", task="af")  # the paper's recipe

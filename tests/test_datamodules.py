@@ -212,6 +212,26 @@ def test_prepare_data_verifies_checksums(tmp_path):
     _pre(d, verify_checksums=False).prepare_data()
 
 
+@pytest.mark.parametrize("label_kind", ["unlabelled", "sequence"])
+def test_a_token_outside_the_vocabulary_is_refused_on_read(tmp_path, label_kind):
+    """Checksums off and a row damaged: the batch that reads it names the shard and row,
+    rather than an index error in the embedding later."""
+    import h5py
+
+    d = _write(tmp_path / "s", label_kind)
+    with h5py.File(d / "shard-00001.h5", "r+") as f:
+        f["tokens"][3, :] = 245
+    dm = (_pre(d, verify_checksums=False, val_fraction=0.0, test_fraction=0.0)
+          if label_kind == "unlabelled" else
+          _fine(d, label_kind, verify_checksums=False, val_fraction=0.0, test_fraction=0.0))
+    dm.prepare_data()
+    dm.setup("fit")
+    with pytest.raises(ShardError, match=r"shard-00001\.h5: row 3 holds token 245, outside the "
+                                         r"vocabulary 0\.\.100"):
+        for _ in dm.train_dataloader():
+            pass
+
+
 # --------------------------------------------------------------------------------- fine-tuning
 
 

@@ -9,6 +9,7 @@ import re
 
 import lightning as L
 import pytest
+import torch
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -223,7 +224,7 @@ def test_demo_finetune_starts_from_the_newest_finished_pretraining(paths, experi
                             for name in ("a", "b", "c"))
     for i, path in enumerate((older, newer, killed)):
         path.parent.mkdir(parents=True)
-        path.write_bytes(b"")
+        torch.save({"global_step": i}, path)  # a whole file: an empty one is passed over
         os.utime(path, (1_000_000 + i, 1_000_000 + i))
     with pytest.raises(Exception, match=f"no run under .*{runs} finished .*c stopped part-way"):
         _ = cfg.module.pretrained  # no finished.json anywhere: nothing is taken

@@ -56,6 +56,7 @@ class ShardRows:
     def __init__(self, manifest: Manifest) -> None:
         self.paths = [str(p) for p in manifest.paths]
         self.offsets = np.concatenate([[0], np.cumsum([s.rows for s in manifest.shards])])
+        self.vocab_size = int(manifest.meta.vocab_size)
         self._files: dict[int, Any] | None = None
         self._pid: int | None = None
 
@@ -88,6 +89,19 @@ class ShardRows:
         except OSError as e:
             raise ShardError(f"{self.paths[i]}: truncated or corrupt HDF5 file ({e})") from e
 
+    def tokens(self, row: int, start: int, stop: int) -> torch.Tensor:
+        """``tokens[row, start:stop]`` as int64, checked against the vocabulary on every read:
+        a damaged row (checksums off, bytes flipped) is a :class:`ShardError` naming the shard
+        and row here, not an index error deep in the model later."""
+        t = self.read("tokens", row, start, stop).astype(np.int64)
+        if t.size and (t.min() < 0 or t.max() >= self.vocab_size):
+            i = int(np.searchsorted(self.offsets, row, side="right")) - 1
+            bad = t[(t < 0) | (t >= self.vocab_size)]
+            raise ShardError(f"{self.paths[i]}: row {row - int(self.offsets[i])} holds token "
+                             f"{int(bad[0])}, outside the vocabulary 0..{self.vocab_size - 1}: "
+                             "the shard is damaged; re-run prepare (or verify its checksums)")
+        return torch.from_numpy(t)
+
     def close(self) -> None:
         if self._files and self._pid == os.getpid():
             for f in self._files.values():
@@ -107,7 +121,7 @@ class PretrainWindows(Dataset):
 
     def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         row, off = key
-        t = torch.from_numpy(self.rows.read("tokens", row, off, off + self.block_size + 1).astype(np.int64))
+        t = self.rows.tokens(row, off, off + self.block_size + 1)
         return t[:-1], t[1:]  # (T,), (T,)
 
 
@@ -137,7 +151,7 @@ class FinetuneWindows(Dataset):
         row, off = key
         stop = off + self.block_size
         item: dict[str, Any] = {
-            "tokens": torch.from_numpy(self.rows.read("tokens", row, off, stop).astype(np.int64)),
+            "tokens": self.rows.tokens(row, off, stop),
             "subject": self.subject_names[self.subject_codes[row]],
             "row": row,
         }

@@ -16,7 +16,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -65,13 +65,42 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 )
     else:
         data = path
-    try:
-        obj = torch.load(data, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(path, f"cannot read as a torch checkpoint: {e}") from e
+    obj = load_weights_only(path, data, "a torch checkpoint")
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(path, f"not a state dict of tensors (got {type(obj).__name__})")
     return obj
+
+
+UNSAFE_LOAD_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+def load_weights_only(source: str | os.PathLike, data: Any, what: str) -> Any:
+    """``torch.load(data, weights_only=True)`` onto the CPU: nothing but tensors and plain
+    containers is unpickled, so a crafted file cannot run code. Every checkpoint read of
+    heartgpt goes through here (Lightning's ``ckpt_path`` through
+    :class:`heartgpt.training.checkpoint_io.SafeCheckpointIO`).
+
+    Raises:
+        CheckpointError: ``$TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set (it turns unpickling of
+            arbitrary code back on for loaders that do not ask explicitly; heartgpt refuses to
+            run with it); the file is empty, damaged or holds other objects ("cannot read as
+            ``what``", with the first line of torch's reason and never its advice to retry
+            with ``weights_only=False``).
+    """
+    if os.environ.get(UNSAFE_LOAD_ENV, "").strip().lower() not in ("", "0", "false"):
+        raise CheckpointError(source, f"${UNSAFE_LOAD_ENV} is set: it lets checkpoint files run "
+                              "code when they are read; heartgpt loads weights only, unset it")
+    if isinstance(data, (str, os.PathLike)) and Path(data).is_file() \
+            and Path(data).stat().st_size == 0:
+        raise CheckpointError(source, "is empty (0 bytes): its save was interrupted")
+    try:
+        return torch.load(data, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle, zip and EOF errors of a damaged or foreign file
+        text = str(e).strip()
+        reason = next((line.strip() for line in text.splitlines()
+                       if line.strip() and "weights_only" not in line), type(e).__name__)
+        raise CheckpointError(source, f"cannot read as {what} ({type(e).__name__}: "
+                              f"{reason[:200]})") from None
 
 
 def _require(sd: dict[str, torch.Tensor], keys: list[str], path: Path) -> None:
@@ -272,10 +301,7 @@ def load_lightning(path: str | os.PathLike) -> LoadedModel:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(path, f"cannot read as a Lightning checkpoint: {e}") from e
+    ckpt = load_weights_only(path, path, "a Lightning checkpoint")
     hparams = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
     if not isinstance(hparams, dict) or "model_config" not in hparams or "state_dict" not in ckpt:
         raise CheckpointError(path, "not a heartgpt Lightning checkpoint "
@@ -362,14 +388,19 @@ def check_vocab(loaded: LoadedModel, vocab_size: int, what: str = "the data") ->
 _SHAPE_FIELDS = ("vocab_size", "block_size", "n_embd", "n_head", "n_layer")
 
 
-def init_from_pretrained(model: GPT, path: str | os.PathLike, modality: str | None = None
-                         ) -> LoadedModel:
+FINETUNED_TASKS = ("af", "beats")
+
+
+def init_from_pretrained(model: GPT, path: str | os.PathLike, modality: str | None = None,
+                         task: str | None = None) -> LoadedModel:
     """Copy the weights of ``path`` (anything :func:`load_model` reads) into ``model``.
 
     The trunk (embeddings, blocks, final norm) must match in shape and attention scale; the head
     is copied when it has the same shape, and otherwise left as initialised -- a language-model
     checkpoint starting a 1-unit fine-tuning head. A vocab, modality or shape mismatch raises
-    :class:`CheckpointError` naming the file, before any training.
+    :class:`CheckpointError` naming the file, before any training; so does a model fine-tuned
+    for another task (``af`` / ``beats``) starting ``task``: its last block and head were
+    trained to read windows another way (a per-window AF head is not a per-token beat head).
     """
     loaded = load_model(path)
     require_torch(loaded, "initialising a model")
@@ -377,6 +408,11 @@ def init_from_pretrained(model: GPT, path: str | os.PathLike, modality: str | No
     if modality is not None and loaded.modality is not None and loaded.modality != modality:
         raise CheckpointError(path, f"a {loaded.modality.upper()} checkpoint cannot start a "
                               f"{modality.upper()} model")
+    if task is not None and loaded.task in FINETUNED_TASKS and loaded.task != task:
+        raise CheckpointError(path, f"is fine-tuned for {loaded.task}; it cannot start task "
+                              f"{task}: start from the pre-trained model (e.g. "
+                              f"{(loaded.modality or 'ppg').upper()}PT released weights) or a "
+                              f"{task} checkpoint")
     check_vocab(loaded, ours.vocab_size, what=f"this {modality or ''} model".replace("  ", " "))
     diff = {f: (getattr(theirs, f), getattr(ours, f)) for f in _SHAPE_FIELDS
             if getattr(theirs, f) != getattr(ours, f)}

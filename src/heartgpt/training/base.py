@@ -59,7 +59,8 @@ class GPTLightningModule(L.LightningModule):
         # In every stage, so that a test-only run scores the named weights, not the random init;
         # a checkpoint given to fit/test (ckpt_path) is restored after this and wins.
         if path:
-            loaded = init_from_pretrained(self.model, path, modality=self.hparams.modality)
+            loaded = init_from_pretrained(self.model, path, modality=self.hparams.modality,
+                                          task=self.hparams.get("task", "pretrain"))
             # saved with every checkpoint: which file, byte for byte, this model started from
             self.hparams["initial_weights"] = {"path": str(Path(loaded.source).resolve()),
                                                "sha256": sha256_file(loaded.source)}

@@ -27,11 +27,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from heartgpt.files import sha256_file, write_json_atomic
 from heartgpt.model.checkpoints import (
+    FINETUNED_TASKS,
     CheckpointError,
     LoadedModel,
     check_vocab,
     find_weights,
     load_model,
+    load_weights_only,
     require_torch,
 )
 
@@ -39,7 +41,6 @@ log = logging.getLogger(__name__)
 EVAL_METRICS = "eval_metrics.json"
 PREDICTIONS = "eval_predictions.csv"
 BEATS = "eval_beats.csv"
-FINETUNED_TASKS = ("af", "beats")
 _CARRIED_HPARAMS = ("pooling",)  # fine-tuning settings a .ckpt knows better than the config
 
 
@@ -75,7 +76,7 @@ def checkpoint_hparams(path: Path) -> dict[str, Any]:
     """The hyper-parameters of one of our Lightning ``.ckpt`` files ({} for other files)."""
     if path.suffix != ".ckpt":
         return {}
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = load_weights_only(path, path, "a Lightning checkpoint")
     return dict(ckpt.get("hyper_parameters") or {})
 
 

@@ -9,6 +9,7 @@ writes ``finished.json`` (:func:`mark_finished`): fine-tunes start only from fin
 from __future__ import annotations
 
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,29 @@ def is_finished(ckpt_path: str | Path) -> bool:
     return (run_dir_of(ckpt_path) / FINISHED_FILE).is_file()
 
 
+def is_readable_checkpoint(path: Path) -> bool:
+    """Whether ``path`` can be a whole ``torch.save`` file: not empty, and a zip archive whose
+    directory (written last) is intact. A save cut short fails this without being unpickled."""
+    try:
+        if path.stat().st_size == 0:
+            return False
+        with zipfile.ZipFile(path) as zf:
+            return bool(zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
 def find_last_checkpoint(*roots: str | Path, finished_only: bool = False) -> Path | None:
-    """The most recently written ``last*.ckpt`` anywhere under ``roots`` (None if there is
-    none); ``finished_only``: only those of runs that completed their training."""
-    found = [p for p in _last_checkpoints(*roots) if not finished_only or is_finished(p)]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+    """The most recently written readable ``last*.ckpt`` anywhere under ``roots`` (None if
+    there is none); ``finished_only``: only those of runs that completed their training. A
+    newer one that is empty or truncated is passed over with a warning naming it."""
+    found = sorted((p for p in _last_checkpoints(*roots) if not finished_only or is_finished(p)),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    for p in found:
+        if is_readable_checkpoint(p):
+            return p
+        log.warning("passing over %s: empty or truncated (a save was interrupted)", p)
+    return None
 
 
 def unfinished_runs(*roots: str | Path, newer_than: Path | None = None) -> list[Path]:
