@@ -202,7 +202,7 @@ def test_resolve_ckpt_path(tmp_path):
     new = tmp_path / "runs" / "b" / "checkpoints" / "last.ckpt"
     for p in (old, new):
         p.parent.mkdir(parents=True)
-        p.write_bytes(b"")
+        torch.save({}, p)  # a whole file: an empty one is passed over
     os.utime(old, (time.time() + 10, time.time() + 10))  # old is now the newest
     assert resolve_ckpt_path("last", tmp_path / "run", tmp_path) == str(old)
     assert resolve_ckpt_path(str(new), tmp_path / "run", tmp_path) == str(new.resolve())
