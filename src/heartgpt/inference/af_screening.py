@@ -174,6 +174,13 @@ def af_probabilities(model: GPT, tokens: np.ndarray | torch.Tensor) -> np.ndarra
     return torch.sigmoid(out).double().cpu().numpy()
 
 
+def no_usable_window(n_windows: int, skipped: dict[int, str]) -> ValueError:
+    """The error of a recording none of whose ``n_windows`` windows can be tokenised."""
+    first = next(iter(skipped.values()), "")
+    return ValueError(f"no usable window: all {n_windows} are flat or hold NaN/inf "
+                      f"(first: {first})")
+
+
 def tokenised_windows(
     signal: np.ndarray, starts: np.ndarray, window: int, skipped: dict[int, str]
 ) -> Iterator[tuple[int, np.ndarray]]:
@@ -229,9 +236,7 @@ def screen_af(
     if batch:
         probs[batch_idx] = af_probabilities(model, np.stack(batch))
     if not np.isfinite(probs).any():
-        first = next(iter(skipped.values()))
-        raise ValueError(f"no usable window: all {len(starts)} are flat or hold NaN/inf "
-                         f"(first: {first})")
+        raise no_usable_window(len(starts), skipped)
     return AFScreen(x, mod.sample_rate, window, starts, probs, skipped, threshold, stride, tail)
 
 

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from heartgpt.data.tokenizer import Modality, get_modality, resample, tokenize_window
+from heartgpt.inference.af_screening import no_usable_window
 from heartgpt.inference.beat_metrics import peak_beats
 from heartgpt.inference.loading import eval_mode, model_device
 from heartgpt.model import GPT
@@ -291,9 +292,7 @@ def detect_beats(
             progress(done, len(x))
     conf = np.concatenate(pieces)
     if counter[0] == 0:
-        first = next(iter(skipped.values()), "")
-        raise ValueError(f"no usable window: all {len(skipped)} are flat or hold NaN/inf "
-                         f"(first: {first})")
+        raise no_usable_window(len(skipped), skipped)
     peaks, heights = find_beats(conf)
     return Beats(x, mod.sample_rate, conf, peaks, heights, counter[0], skipped, tail)
 

@@ -31,7 +31,12 @@ from heartgpt.data.readers import Recording
 from heartgpt.data.tokenizer import Modality, resample
 from heartgpt.errors import InputError
 from heartgpt.inference import af_screening, beat_detection
-from heartgpt.inference.af_screening import screen_af, tokenised_windows, window_starts
+from heartgpt.inference.af_screening import (
+    no_usable_window,
+    screen_af,
+    tokenised_windows,
+    window_starts,
+)
 from heartgpt.inference.beat_detection import beats_summary, detect_beats, quality_category
 from heartgpt.inference.loading import eval_mode, model_device
 from heartgpt.model import GPT
@@ -91,9 +96,9 @@ def predict_beats(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, 
 
 
 def _windows(rec: Recording, mod: Modality, window: int, mode: Mapping[str, Any]
-             ) -> tuple[np.ndarray, np.ndarray, list[int], np.ndarray | None, dict[int, str]]:
-    """The recording at the modality rate, window starts, usable window indices, their tokens
-    (U, window) and the skipped windows' reasons."""
+             ) -> tuple[np.ndarray, list[int], np.ndarray, dict[int, str]]:
+    """Window starts at the modality rate, usable window indices, their tokens (U, window)
+    and the skipped windows' reasons."""
     x = resample(np.asarray(rec.signal, dtype=np.float64), rec.sample_rate, mod.sample_rate)
     stride = int(mode["stride"]) if mode.get("stride") is not None else window  # back to back
     starts = window_starts(len(x), window, stride, str(mode["tail"]))
@@ -103,10 +108,8 @@ def _windows(rec: Recording, mod: Modality, window: int, mode: Mapping[str, Any]
         usable.append(i)
         tokens.append(tok)
     if not usable:
-        first = next(iter(skipped.values()))
-        raise ValueError(f"no usable window: all {len(starts)} are flat or hold NaN/inf "
-                         f"(first: {first})")
-    return x, starts, usable, np.stack(tokens), skipped
+        raise no_usable_window(len(starts), skipped)
+    return starts, usable, np.stack(tokens), skipped
 
 
 def _batched(model: GPT, tokens: np.ndarray, batch_size: int,
@@ -132,7 +135,7 @@ def predict_loss(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, A
                  ) -> RecordingPrediction:
     """Next-token loss of a language model on every window of ``block_size`` samples."""
     window = model.config.block_size
-    x, starts, usable, tokens, skipped = _windows(rec, mod, window, mode)
+    starts, usable, tokens, skipped = _windows(rec, mod, window, mode)
 
     def loss(t: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B,) mean over the T-1 targets
         logits = model(t[:, :-1]).float()  # (B, T-1, V)
@@ -154,7 +157,7 @@ def predict_embed(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, 
     """Pooled final-norm hidden states (``n_embd``) of every ``block_size`` window."""
     pool = str(mode["pool"])
     window = model.config.block_size
-    x, starts, usable, tokens, skipped = _windows(rec, mod, window, mode)
+    starts, usable, tokens, skipped = _windows(rec, mod, window, mode)
 
     def embed(t: torch.Tensor) -> torch.Tensor:  # (B, T) -> (B, C)
         h = model.hidden(t)  # (B, T, C)
