@@ -43,11 +43,16 @@ train: ## the main job: pre-train on the demo shards (built if absent); ARGS= fo
 app: ## the browser app on http://127.0.0.1:7860; ARGS= checkpoint folders and options
 	$(PYTHON) -m heartgpt.app $(ARGS)
 
+# Two pytest-xdist workers (CI has 2 cores); a module's shared fixture stays on one worker
+# through its xdist_group mark. TEST_WORKERS=0 runs in this one process (pdb, -x ...).
+TEST_WORKERS ?= 2
+PYTEST = $(PYTHON) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 test: ## the whole test suite, slow tests included (what CI runs)
-	$(PYTHON) -m pytest -q
+	$(PYTEST)
 
 test-fast: ## the test suite without the slow tests
-	$(PYTHON) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 lint: ## ruff check
 	$(PYTHON) -m ruff check src tests

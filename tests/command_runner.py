@@ -49,6 +49,8 @@ def run_one(argv: list[str], env: dict[str, str], log: Path) -> int:
             code = 0
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else int(e.code is not None)
+            if e.code is not None and not isinstance(e.code, int):
+                print(e.code, file=sys.stderr)  # as the interpreter prints SystemExit("...")
         except BaseException:
             traceback.print_exc()
             code = 1

@@ -214,7 +214,7 @@ def test_a_checkpoint_that_does_not_fit_the_mode_is_one_error(tmp_path, monkeypa
                     "sample_rate=0")
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["heartgpt.predict", f"checkpoint={lm}"])
-    with pytest.raises(SystemExit, match="^error: give inputs="):
+    with pytest.raises(SystemExit, match="^error: inputs: not given: inputs="):
         predict_main()
 
 

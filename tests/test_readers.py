@@ -138,3 +138,38 @@ def test_sidecar_beats(tmp_path):
     plain = tmp_path / "r_beats.csv"
     plain.write_text("12\n40\n")
     np.testing.assert_array_equal(read_sidecar_beats(plain, None, 0), [12, 40])
+
+
+@pytest.mark.parametrize(("text", "evidence", "channel_0"), [
+    ("1,2796;2,5592\n3,8387;4,0001\n", "'1,2796;2,5592'", [1.2796, 3.8387]),
+    ("a\tb\n1,5\t2,25\n", r"'1,5\t2,25'", [1.5]),
+    ("3,8387\n3,0521\n-1,25\n", "'3,0521'", [3.8387, 3.0521, -1.25]),  # a leading-zero fraction
+    ("x\n-0,5\n2,75\n", "'-0,5'", [-0.5, 2.75]),
+])
+def test_decimal_commas_are_refused_or_read(tmp_path, text, evidence, channel_0):
+    path = tmp_path / "rec.csv"
+    path.write_text(text)
+    with pytest.raises(RecordError, match="decimal comma") as e:
+        _read(path, "csv", 0, sample_rate=100)
+    assert evidence in str(e.value) and "csv_decimal" in str(e.value)
+    assert _read(path, "csv", 0, sample_rate=100, csv_decimal=",").signal.tolist() == channel_0
+
+
+def test_integer_columns_are_not_mistaken_for_decimal_commas(tmp_path):
+    path = tmp_path / "adc.csv"
+    path.write_text("time,value\n0,512\n1,498\n2,1000\n")
+    rec = _read(path, "csv", "value", sample_rate=100)
+    assert rec.signal.tolist() == [512.0, 498.0, 1000.0]
+    semicolons = tmp_path / "semi.csv"
+    semicolons.write_text("1.5;2.5\n3.5;4.5\n")
+    assert _read(semicolons, "csv", 1, sample_rate=100).signal.tolist() == [2.5, 4.5]
+    assert _read(semicolons, "csv", 1, sample_rate=100, csv_decimal=",").signal.tolist() == [
+        2.5, 4.5]
+
+
+def test_a_rate_that_is_not_positive_is_refused(tmp_path):
+    path = tmp_path / "zero.npz"
+    np.savez(path, signal=np.arange(10.0), fs=0.0)
+    with pytest.raises(RecordError, match=r"zero.npz: sampling rate 0.0 Hz \(its fs\) is not a "
+                                          r"positive number"):
+        _read(path, "npy", 0)

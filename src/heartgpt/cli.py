@@ -18,11 +18,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from heartgpt.data.readers import DECIMALS
 from heartgpt.errors import InputError, error_line
 from heartgpt.model.checkpoints import WEIGHTS_ENV
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from heartgpt.data.tokenizer import Modality
 
 OUTPUTS_DIR = "outputs"  # <cwd>/outputs: the tools' results (<tool>/) and training runs
 RECORDING_HELP = "recording (.csv / .txt one column, or .npy)"
@@ -135,8 +138,28 @@ def tool_arguments(
     p.add_argument("--modality", choices=("ecg", "ppg"), default=None,
                    help=f"modality of the {recording}; must match the checkpoint's (default: "
                         "the checkpoint's)")
+    p.add_argument("--csv-decimal", choices=DECIMALS, default=".",
+                   help="decimal mark of a CSV/text recording ('.'; ',' for 1,2796;2,5592)")
     p.add_argument("--device", default="cpu", help="torch device of the model (cpu)")
     return p
+
+
+def read_tool_recording(args: argparse.Namespace, modality: Modality, recording: str = "recording",
+                        allow_nan: bool = False) -> tuple[np.ndarray, float]:
+    """A tool's recording (the ``recording`` argument) and its rate (``--sample-rate`` or the
+    modality's), checked for plausibility (:func:`heartgpt.data.plausibility.check_recording`):
+    a recording that evidently is the other modality stops the tool unless ``--modality`` was
+    given; a rhythm outside 25-250 bpm is a ``warning:`` line on stderr."""
+    from heartgpt.data.plausibility import check_recording
+    from heartgpt.data.readers import read_signal
+
+    path = getattr(args, recording)
+    signal = read_signal(path, allow_nan=allow_nan, decimal=args.csv_decimal)
+    rate = args.sample_rate or modality.sample_rate
+    for warning in check_recording(path, signal, rate, modality.name,
+                                   stated=args.modality is not None):
+        print(f"warning: {path}: {warning}", file=sys.stderr)
+    return signal, rate
 
 
 def tool_parser(tool: str, checkpoint: str, description: str, **recording: str

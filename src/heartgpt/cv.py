@@ -37,6 +37,10 @@ from torchmetrics.functional.classification import (
     binary_average_precision,
 )
 
+from heartgpt.errors import one_line_errors
+from heartgpt.training.config_checks import check_values
+from heartgpt.training.renamed_keys import TRAIN_RENAMES, check_config
+
 log = logging.getLogger(__name__)
 
 PREDICTIONS = "test_predictions.csv"
@@ -185,19 +189,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for heartgpt.train")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
+    with one_line_errors():
+        summary = _run(args)
+    json.dump({k: summary[k] for k in ("n_folds", "pooled", "mean") if k in summary},
+              sys.stdout, indent=2)
+    print()
+
+
+def _run(args: argparse.Namespace) -> dict:
     if args.summarize:
         summary = summarize(args.summarize)
     else:
         from heartgpt.train import compose_config
 
         cfg = compose_config(args.overrides)
+        check_config(cfg, TRAIN_RENAMES)
+        check_values(cfg)
         stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         cv_dir = Path(args.dir or Path(cfg.paths.log_dir) / cfg.run_name / "cv" / stamp)
         summary = run_cv(cfg, cv_dir)
         print(f"cross-validation summary: {cv_dir / 'summary.json'}")
-    json.dump({k: summary[k] for k in ("n_folds", "pooled", "mean") if k in summary},
-              sys.stdout, indent=2)
-    print()
+    return summary
 
 
 if __name__ == "__main__":

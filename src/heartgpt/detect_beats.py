@@ -21,11 +21,11 @@ from heartgpt.cli import (
     output_path,
     positive_float,
     positive_int,
+    read_tool_recording,
     run_tool,
     save_plot,
     tool_parser,
 )
-from heartgpt.data.readers import read_signal
 from heartgpt.errors import about
 from heartgpt.inference.beat_detection import (
     BATCH_SIZE,
@@ -64,8 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         loaded, mod = load_tool_model(args.checkpoint, "binary", args.modality, refuse_task="af",
                                       device=args.device)
-        signal = read_signal(args.recording, allow_nan=True)
-        rate = args.sample_rate or mod.sample_rate
+        signal, rate = read_tool_recording(args, mod, allow_nan=True)
         check_plot_start(args.recording, args.plot_start, len(signal), rate)
         with about(args.recording):
             beats = detect_beats(loaded.model, signal, rate, mod, tail=args.tail,

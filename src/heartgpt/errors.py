@@ -1,10 +1,13 @@
-"""The error every user-facing input problem raises: one line, ``<file>: <problem>``."""
+"""The error every user-facing input problem raises: one line, ``<file>: <problem>``; and
+:func:`one_line_errors`, which ends every entry point's known failures with that one line."""
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 
 class InputError(ValueError):
@@ -37,3 +40,89 @@ def about(source: str | os.PathLike) -> Iterator[None]:
         raise
     except ValueError as e:
         raise InputError(source, str(e)) from None
+
+
+class ConfigError(InputError):
+    """A config value cannot be used: ``str()`` is ``"<dotted key>: <problem>"``."""
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """The failures a user can fix (bad data, checkpoint, config value): shown as one line."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from heartgpt.data.shards import ShardError
+    from heartgpt.training.renamed_keys import RenamedKeyError
+
+    return (InputError, ShardError, RenamedKeyError, FileNotFoundError, OmegaConfBaseException)
+
+
+def known_failure(e: BaseException) -> str | None:
+    """The one-line message of a failure the user can fix, or None for anything else (a bug).
+
+    Hydra's ``instantiate`` wraps what a constructor raises: a ``ValueError`` (or a known
+    failure) raised there is a bad value under that config node, named by its key.
+    """
+    from hydra.errors import ConfigCompositionException, InstantiationException
+
+    known = _known_errors()
+    if isinstance(e, InstantiationException):
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, (*known, ValueError, TypeError)):
+            key = re.search(r"full_key: (\S+)", str(e))
+            text = error_line(cause)
+            if isinstance(cause, known) or key is None:
+                return text
+            return f"{key.group(1)}: {type(cause).__name__ if not str(cause) else text}"
+        return None
+    if isinstance(e, (*known, ConfigCompositionException)):  # composing: an unknown override
+        return error_line(e)
+    return None
+
+
+def show_tracebacks() -> bool:
+    """Whether to re-raise known failures with their traceback (``HYDRA_FULL_ERROR=1``)."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+@contextmanager
+def one_line_errors(run_dir: str | os.PathLike | None = None) -> Iterator[None]:
+    """End a known failure of the block (:func:`known_failure`) with ``error: <what>: <problem>``
+    and exit status 1, without a traceback (``HYDRA_FULL_ERROR=1`` keeps it). A ``run_dir``
+    that holds nothing but the scaffold of a run that never started is removed."""
+    try:
+        yield
+    except Exception as e:
+        message = known_failure(e)
+        if message is None or show_tracebacks():
+            raise
+        if run_dir is not None:
+            remove_unstarted_run(run_dir)
+        raise SystemExit(f"error: {message}") from None
+
+
+# What a run directory holds before training wrote anything: Hydra's config copy, the log,
+# the resolved config and a W&B run directory without a step.
+RUN_SCAFFOLD = frozenset({".hydra", "config.yaml", "wandb", "wandb_run_id", "csv",
+                          "lightning_logs"})
+
+
+def remove_unstarted_run(run_dir: str | os.PathLike) -> bool:
+    """Delete ``run_dir`` when it holds only :data:`RUN_SCAFFOLD` entries and ``*.log`` files
+    (no checkpoint, no metrics: the run never started); returns whether it did. Hydra's
+    ``<run_name>/runs/`` (or ``multiruns/``) folders above it go too when that leaves them empty."""
+    import shutil
+
+    path = Path(run_dir)
+    if not path.is_dir():
+        return False
+    if any(p.name not in RUN_SCAFFOLD and p.suffix != ".log" for p in path.iterdir()):
+        return False
+    shutil.rmtree(path, ignore_errors=True)
+    parent = path.parent
+    if parent.name in ("runs", "multiruns"):
+        for folder in (parent, parent.parent):
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                break
+    return True

@@ -13,13 +13,14 @@ from __future__ import annotations
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} before Hydra composes)
-from heartgpt.data.shards import ShardError
-from heartgpt.errors import InputError, error_line
+from heartgpt.errors import ConfigError, one_line_errors
 from heartgpt.train import CONF_MODULE, route_lightning_logs
 from heartgpt.train import compose_config as _compose
+from heartgpt.training.config_checks import check_values
 from heartgpt.training.console import quiet_known_noise
 from heartgpt.training.evaluation import evaluate
 from heartgpt.training.renamed_keys import (
@@ -39,14 +40,14 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any]:
     """Hydra entry point; a checkpoint or shard set that cannot be scored is one error line."""
     route_lightning_logs()
     quiet_known_noise()
-    check_config(cfg, TRAIN_RENAMES)
-    if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise SystemExit("error: give checkpoint=<file>: one of our .ckpt, a .safetensors export "
-                         "or a released .zip/.pth (a bare name is looked up in paths.weights_dir)")
-    try:
+    with one_line_errors(run_dir=HydraConfig.get().runtime.output_dir):
+        check_config(cfg, TRAIN_RENAMES)
+        if OmegaConf.is_missing(cfg, "checkpoint"):
+            raise ConfigError("checkpoint", "not given: checkpoint=<file>, one of our .ckpt, a "
+                              ".safetensors export or a released .zip/.pth (a bare name is "
+                              "looked up in paths.weights_dir)")
+        check_values(cfg)
         return evaluate(cfg)
-    except (InputError, ShardError, FileNotFoundError) as e:  # a checkpoint, shards, no file
-        raise SystemExit(f"error: {error_line(e)}") from None
 
 
 def main() -> dict[str, Any] | None:

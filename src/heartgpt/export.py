@@ -21,7 +21,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} before Hydra composes)
-from heartgpt.errors import InputError, error_line
+from heartgpt.errors import ConfigError, InputError, error_line, one_line_errors
 from heartgpt.model.checkpoints import find_weights, load_model, require_torch
 from heartgpt.model.export import (
     FORMATS,
@@ -87,13 +87,15 @@ def export(cfg: DictConfig) -> ExportCheck:
 @hydra.main(config_path="pkg://heartgpt.conf", config_name="export", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> ExportCheck:
     """Hydra entry point; a checkpoint that cannot be exported is one error line."""
-    if OmegaConf.is_missing(cfg, "checkpoint"):
-        raise SystemExit("error: give checkpoint=<file>: one of our .ckpt, a .safetensors export "
-                         "or a released .zip/.pth (a bare name is looked up in paths.weights_dir)")
-    try:
-        return export(cfg)
-    except (InputError, FileNotFoundError, ImportError) as e:
-        raise SystemExit(f"error: {error_line(e)}") from None
+    with one_line_errors():
+        if OmegaConf.is_missing(cfg, "checkpoint"):
+            raise ConfigError("checkpoint", "not given: checkpoint=<file>, one of our .ckpt, a "
+                              ".safetensors export or a released .zip/.pth (a bare name is "
+                              "looked up in paths.weights_dir)")
+        try:
+            return export(cfg)
+        except ImportError as e:  # the onnx extra is not installed
+            raise ConfigError("format", error_line(e)) from None
 
 
 def main() -> ExportCheck | None:

@@ -14,10 +14,10 @@ from heartgpt.cli import (
     output_path,
     positive_float,
     positive_int,
+    read_tool_recording,
     run_tool,
     tool_parser,
 )
-from heartgpt.data.readers import read_signal
 from heartgpt.errors import about
 from heartgpt.inference.generation import (
     MODES,
@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def body() -> None:
         loaded, mod = load_tool_model(args.checkpoint, "lm", args.modality, device=args.device)
-        signal = read_signal(args.context)
-        rate = args.sample_rate or mod.sample_rate
+        signal, rate = read_tool_recording(args, mod, "context")
         with about(args.context):
             gen = generate_from_signal(
                 loaded.model, signal, rate, mod, args.new_tokens, num_samples=args.samples,

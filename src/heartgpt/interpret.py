@@ -12,10 +12,10 @@ import numpy as np
 
 from heartgpt.cli import (
     output_path,
+    read_tool_recording,
     run_tool,
     tool_arguments,
 )
-from heartgpt.data.readers import read_signal
 from heartgpt.data.tokenizer import tokenize_context
 from heartgpt.errors import about
 from heartgpt.inference.interpretability import (
@@ -69,8 +69,7 @@ def _run(args: argparse.Namespace) -> None:
 
     need = "binary" if args.command == "shift" else "any"
     loaded, mod = load_tool_model(args.checkpoint, need, args.modality, device=args.device)
-    signal = read_signal(args.context)
-    rate = args.sample_rate or mod.sample_rate
+    signal, rate = read_tool_recording(args, mod, "context")
     stem = Path(args.context).name
     written: list[Path] = []
     with about(args.context):

@@ -15,12 +15,14 @@ from __future__ import annotations
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} and ${file_name:} first)
-from heartgpt.errors import InputError, error_line
+from heartgpt.errors import ConfigError, one_line_errors
 from heartgpt.train import CONF_MODULE, route_lightning_logs
 from heartgpt.train import compose_config as _compose
+from heartgpt.training.config_checks import check_values
 from heartgpt.training.console import quiet_known_noise
 
 
@@ -34,17 +36,15 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
     """Hydra entry point; what cannot be used is one error line, exit status 1."""
     route_lightning_logs()
     quiet_known_noise()
-    for key, what in (("checkpoint", "checkpoint=<file>: a .ckpt, .safetensors, .onnx or "
-                                     "released .zip/.pth"),
-                      ("inputs", "inputs=<folder, glob, file or [list]> of recordings")):
-        if OmegaConf.is_missing(cfg, key):
-            raise SystemExit(f"error: give {what}")
-    from heartgpt.inference.predictor import predict
+    with one_line_errors(run_dir=HydraConfig.get().runtime.output_dir):
+        for key, what in (("checkpoint", "a .ckpt, .safetensors, .onnx or released .zip/.pth"),
+                          ("inputs", "a folder, glob, file or [list] of recordings")):
+            if OmegaConf.is_missing(cfg, key):
+                raise ConfigError(key, f"not given: {key}=<{what}>")
+        check_values(cfg)
+        from heartgpt.inference.predictor import predict
 
-    try:
         return predict(cfg)
-    except (InputError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {error_line(e)}") from None
 
 
 def main() -> dict[str, Any] | None:

@@ -6,6 +6,7 @@ The work is done in :mod:`heartgpt.data`; this module maps the Hydra config
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -22,8 +23,10 @@ from heartgpt.data.pipeline import (
     read_labels_csv,
 )
 from heartgpt.data.readers import find_records
-from heartgpt.data.shards import ShardError
+from heartgpt.data.shards import MANIFEST_NAME, ShardError
 from heartgpt.data.tokenizer import get_modality
+from heartgpt.errors import ConfigError, one_line_errors
+from heartgpt.training.config_checks import check_values
 from heartgpt.training.renamed_keys import (
     PREPARE_RENAMES,
     check_config,
@@ -66,6 +69,7 @@ def prepare_spec(cfg: DictConfig) -> PrepareSpec:
         ),
         labels=read_labels_csv(cfg.labels_csv) if cfg.labels_csv else {},
         dx_positive=tuple(str(c) for c in cfg.dx_positive) if cfg.dx_positive else None,
+        csv_decimal=str(cfg.csv_decimal),
     )
 
 
@@ -77,6 +81,8 @@ def print_summary(summary: PrepareSummary, title: str) -> None:
     t = Table(title=title, show_header=False)
     t.add_row("records found", str(summary.records_found))
     t.add_row("records read", str(summary.records_read))
+    if summary.warnings:
+        t.add_row("records with warnings", str(len({w["record"] for w in summary.warnings})))
     for reason, n in summary.records_skipped.items():
         t.add_row(f"records skipped: {reason}", str(n))
     t.add_row("segments written", str(summary.segments_written))
@@ -92,6 +98,11 @@ def print_summary(summary: PrepareSummary, title: str) -> None:
         console.print(f"  skipped {s['record']}: {s['reason']} ({s['detail']})", markup=False)
     if len(summary.skipped) > 20:
         console.print(f"  ... {len(summary.skipped) - 20} more in {summary.out_dir}/summary.json")
+    for w in summary.warnings[:20]:
+        console.print(f"  warning {w['record']}: {w['warning']} (kept)", markup=False)
+    if len(summary.warnings) > 20:
+        console.print(f"  ... {len(summary.warnings) - 20} more warnings in "
+                      f"{summary.out_dir}/summary.json")
 
 
 def prepare(cfg: DictConfig) -> Any:
@@ -99,9 +110,10 @@ def prepare(cfg: DictConfig) -> Any:
     if cfg.source == "demo":
         return _demo(cfg)
     if cfg.source != "files":
-        raise ValueError(f"source must be 'files' or 'demo', got {cfg.source!r}")
+        raise ConfigError("source", f"must be 'files' or 'demo', got {cfg.source!r}")
     if not cfg.input:
-        raise ValueError("set input=<folder or glob> (or source=demo for the synthetic demo)")
+        raise ConfigError("input", "not given: input=<folder or glob> (or source=demo for the "
+                          "synthetic demo)")
     spec = prepare_spec(cfg)
     exclude = [cfg.labels_csv] if cfg.labels_csv else []
     suffixes = [cfg.annotations.sidecar_suffix] if cfg.annotations.sidecar_suffix else []
@@ -115,7 +127,13 @@ def prepare(cfg: DictConfig) -> Any:
     )
     print_summary(summary, f"prepare {spec.modality} {spec.label_kind}: {cfg.input}")
     if manifest is None:
-        raise ShardError(f"{cfg.out_dir}: no segment could be written (see the summary above)")
+        kept = (" (the shard set already there is unchanged)"
+                if (Path(cfg.out_dir) / MANIFEST_NAME).exists() else "")
+        why = "; ".join(f"{s['record']}: {s['reason']} ({s['detail']})" for s in summary.skipped[:2])
+        more = f"; {len(summary.skipped) - 2} more above" if len(summary.skipped) > 2 else ""
+        raise ShardError(f"{cfg.out_dir}: no segment could be written from "
+                         f"{summary.records_found} record(s){kept}: "
+                         f"{why or 'no recordings found'}{more}")
     return summary
 
 
@@ -146,8 +164,12 @@ def _demo(cfg: DictConfig) -> Any:
 
 @hydra.main(config_path="pkg://heartgpt.conf", config_name="prepare", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> None:
-    check_config(cfg, PREPARE_RENAMES)
-    prepare(cfg)
+    """Hydra entry point: a bad setting, a run that writes nothing, an input that is not there
+    is one error line (each bad record is a reported skip, never fatal)."""
+    with one_line_errors():
+        check_config(cfg, PREPARE_RENAMES)
+        check_values(cfg)
+        prepare(cfg)
 
 
 def main() -> None:

@@ -18,11 +18,11 @@ from heartgpt.cli import (
     output_path,
     positive_int,
     probability,
+    read_tool_recording,
     run_tool,
     save_plot,
     tool_parser,
 )
-from heartgpt.data.readers import read_signal
 from heartgpt.errors import about
 from heartgpt.inference.af_screening import (
     BATCH_SIZE,
@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> None:
         loaded, mod = load_tool_model(args.checkpoint, "binary", args.modality,
                                       refuse_task="beats", device=args.device)
-        signal = read_signal(args.recording, allow_nan=True)
-        rate = args.sample_rate or mod.sample_rate
+        signal, rate = read_tool_recording(args, mod, allow_nan=True)
         check_plot_start(args.recording, args.plot_start, len(signal), rate)
         with about(args.recording):
             result = screen_af(loaded.model, signal, rate, mod,

@@ -16,6 +16,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import Logger, WandbLogger
@@ -24,8 +25,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} and ${latest_ckpt:} before Hydra composes)
 from heartgpt.conf import CONF_DIR
+from heartgpt.errors import ConfigError, one_line_errors
 from heartgpt.files import sha256_file, write_json_atomic, write_text_atomic
-from heartgpt.model.checkpoints import find_weights
+from heartgpt.model.checkpoints import check_starting_point, find_weights, load_model
+from heartgpt.model.gpt import GPTConfig
+from heartgpt.training.config_checks import check_values
 from heartgpt.training.console import quiet_known_noise
 from heartgpt.training.renamed_keys import (
     TRAIN_RENAMES,
@@ -108,6 +112,9 @@ def resolve_initial_weights(cfg: DictConfig) -> None:
         if not name:
             continue
         path = find_weights(name, cfg.paths.get("weights_dir")).resolve()
+        # before anything starts: a checkpoint of another modality, shape or task stops here
+        check_starting_point(load_model(path), GPTConfig.from_dict(plain_dict(cfg.model)),
+                             cfg.modality.name, module.get("task", "pretrain"))
         digest = sha256_file(path)
         log.info("module.%s: %s (sha256 %s)", key, path, digest)
         with open_dict(cfg):
@@ -233,8 +240,8 @@ def check_weights_to_test(cfg: DictConfig, trained: bool, ckpt: str | None,
     if cfg.get("allow_untrained_test"):
         log.warning("testing randomly initialised weights (allow_untrained_test=true)")
         return
-    raise ValueError(
-        "test=true train=false: nothing names the weights to test, so the metrics would be those "
+    raise ConfigError(
+        "test", "test=true train=false: nothing names the weights to test, so the metrics would be those "
         "of a random initialisation; give ckpt_path=<our .ckpt>, module.init_from=<weights> "
         "(pre-training) or module.pretrained=<weights> (fine-tuning), or allow_untrained_test=true")
 
@@ -286,11 +293,15 @@ def route_lightning_logs() -> None:
 
 @hydra.main(config_path=f"pkg://{CONF_MODULE}", config_name="train", version_base="1.3")
 def hydra_main(cfg: DictConfig) -> float | None:
-    """Hydra entry point; returns the optimised metric for sweepers."""
+    """Hydra entry point; returns the optimised metric for sweepers. A failure the user can fix
+    (data, checkpoint, config value) is one error line, and the run directory of a run that
+    never started is removed."""
     route_lightning_logs()
     quiet_known_noise()
-    check_config(cfg, TRAIN_RENAMES)
-    return train(cfg)
+    with one_line_errors(run_dir=HydraConfig.get().runtime.output_dir):
+        check_config(cfg, TRAIN_RENAMES)
+        check_values(cfg)
+        return train(cfg)
 
 
 def main() -> float | None:

@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 from scipy.signal import butter, sosfiltfilt
 
+from heartgpt.data.plausibility import recording_problems
 from heartgpt.data.readers import (
+    RecordError,
     RecordFile,
     Recording,
     read_recording,
@@ -29,6 +31,7 @@ from heartgpt.data.readers import (
     sidecar_path,
 )
 from heartgpt.data.shards import (
+    MANIFEST_NAME,
     SUMMARY_NAME,
     Manifest,
     ShardError,
@@ -45,6 +48,8 @@ NAN = "NaN/inf"
 FLAT = "flat"
 NO_LABEL = "no label"
 NO_BEATS = "no beat annotations"
+TOO_LARGE = "values too large"
+BAD_FILTER = "filter"
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,7 @@ class PrepareSpec:
     beats: BeatSpec = field(default_factory=BeatSpec)
     labels: dict[str, tuple[str | None, float | None]] = field(default_factory=dict)
     dx_positive: tuple[str, ...] | None = None
+    csv_decimal: str = "."  # decimal mark of CSV/text records
 
 
 @dataclass
@@ -110,6 +116,7 @@ class RecordResult:
     segments_skipped: Counter = field(default_factory=Counter)
     skip_reason: str | None = None
     detail: str = ""
+    warnings: list[str] = field(default_factory=list)  # kept, but suspicious (rate, modality)
 
 
 @dataclass
@@ -121,6 +128,7 @@ class PrepareSummary:
     records_read: int = 0
     records_skipped: dict[str, int] = field(default_factory=dict)
     skipped: list[dict[str, str]] = field(default_factory=list)  # record, reason, detail
+    warnings: list[dict[str, str]] = field(default_factory=list)  # record, warning (kept)
     segments_written: int = 0
     segments_skipped: dict[str, int] = field(default_factory=dict)
     subjects: int = 0
@@ -139,8 +147,10 @@ def bandpass(x: np.ndarray, rate: float, spec: FilterSpec) -> np.ndarray:
     if spec.low_hz is None and spec.high_hz is None:
         return x
     nyq = rate / 2
-    if spec.high_hz is not None and spec.high_hz >= nyq:
-        raise ValueError(f"filter.high_hz={spec.high_hz} must be below Nyquist ({nyq} Hz)")
+    for name, edge in (("low_hz", spec.low_hz), ("high_hz", spec.high_hz)):
+        if edge is not None and edge >= nyq:
+            raise ValueError(f"filter.{name}={edge:g} is not below the Nyquist frequency of this "
+                             f"record ({nyq:g} Hz at {rate:g} Hz)")
     if spec.low_hz is not None and spec.high_hz is not None:
         sos = butter(spec.order, [spec.low_hz, spec.high_hz], btype="bandpass", fs=rate, output="sos")
     elif spec.low_hz is not None:
@@ -193,7 +203,19 @@ def segment_recording(
         raise ValueError(f"{rec.path}: unknown sampling rate")
     rate = get_modality(modality).sample_rate
     raw = np.asarray(rec.signal, dtype=np.float64).reshape(-1)
-    x = bandpass(raw, rec.sample_rate, filt) if raw.size else raw  # a NaN spreads to the whole record
+    finite = raw[np.isfinite(raw)]
+    with np.errstate(over="ignore"):
+        span = np.float64(finite.max()) - np.float64(finite.min()) if finite.size else 0.0
+    if not np.isfinite(span):
+        res.skip_reason = TOO_LARGE
+        res.detail = (f"values from {finite.min():g} to {finite.max():g}: their range is beyond "
+                      "float64 and cannot be scaled to tokens")
+        return res
+    try:
+        x = bandpass(raw, rec.sample_rate, filt) if raw.size else raw  # a NaN spreads to the whole record
+    except ValueError as e:
+        res.skip_reason, res.detail = BAD_FILTER, str(e)
+        return res
     x = resample(x, rec.sample_rate, rate) if x.size else x
     ratio = rec.sample_rate / rate
     starts = sliding_windows(x.size, segment.length, segment.stride)[: segment.max_per_record]
@@ -247,13 +269,25 @@ def _attach_annotations(rec: Recording, rf: RecordFile, spec: PrepareSpec) -> Re
 
 
 def process_file(rf: RecordFile, spec: PrepareSpec) -> RecordResult:
-    """Read one file and segment it; any error reading it becomes an 'unreadable' skip."""
+    """Read one file and segment it; any error reading it becomes an 'unreadable' skip, and
+    a signal that looks like another modality or a wrong rate is kept with a warning."""
     try:
-        rec = read_recording(rf, spec.channel, spec.sample_rate, spec.dx_positive)
+        rec = read_recording(rf, spec.channel, spec.sample_rate, spec.dx_positive, spec.csv_decimal)
         rec = _attach_annotations(rec, rf, spec)
-    except Exception as e:  # one bad file must never abort the run
+    except RecordError as e:  # one bad file must never abort the run
+        return RecordResult(name=rf.name, skip_reason=UNREADABLE, detail=e.problem)
+    except Exception as e:
         return RecordResult(name=rf.name, skip_reason=UNREADABLE, detail=f"{type(e).__name__}: {e}")
-    return segment_recording(rec, spec.modality, spec.label_kind, spec.segment, spec.filter, spec.beats.tolerance)
+    res = segment_recording(rec, spec.modality, spec.label_kind, spec.segment, spec.filter,
+                            spec.beats.tolerance)
+    if not res.skip_reason:
+        res.warnings = record_warnings(rec.signal, rec.sample_rate, spec.modality)
+    return res
+
+
+def record_warnings(signal: np.ndarray, sample_rate: float, modality: str) -> list[str]:
+    """The plausibility warnings of one kept record (:mod:`heartgpt.data.plausibility`)."""
+    return recording_problems(signal, sample_rate, modality).warnings()
 
 
 _WORKER_SPEC: PrepareSpec | None = None  # set once per worker process (not per record)
@@ -316,6 +350,7 @@ class SummaryCounter:
 
     def add(self, r: RecordResult) -> None:
         self._seg.update(r.segments_skipped)
+        self.summary.warnings.extend({"record": r.name, "warning": w} for w in r.warnings)
         if r.skip_reason:
             self._rec[r.skip_reason] += 1
             self.summary.skipped.append({"record": r.name, "reason": r.skip_reason, "detail": r.detail})
@@ -404,8 +439,9 @@ def prepare_records(
     if counter.summary.segments_written == 0:
         writer.abort()
         summary = counter.finish(0)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out_dir / SUMMARY_NAME, summary.to_json())
+        if not (out_dir / MANIFEST_NAME).exists():  # never overwrite a previous set's summary
+            out_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(out_dir / SUMMARY_NAME, summary.to_json())
         return summary, None
     summary = counter.finish(writer.pending_shards)
     try:

@@ -33,6 +33,10 @@ FORMATS = ("csv", "npy", "mat", "wfdb")
 _EXTENSIONS = {".csv": "csv", ".npy": "npy", ".npz": "npy", ".mat": "mat", ".hea": "wfdb"}
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _DELIMITED = re.compile(r"[,;\t]")
+_DELIMITED_NO_COMMA = re.compile(r"[;\t]")
+_COMMA_DECIMAL = re.compile(r"^[-+]?\d*,\d+$")  # 3,8387 or -0,5: a number with a decimal comma
+_INTEGER = re.compile(r"^[-+]?\d+$")
+DECIMALS = (".", ",")
 
 
 @dataclass
@@ -167,15 +171,15 @@ def _column(data: np.ndarray, names: Sequence[str] | None, channel: int | str, w
 # --------------------------------------------------------------------------------- readers
 
 
-def read_csv(path: Path, channel: int | str) -> np.ndarray:
+def read_csv(path: Path, channel: int | str, decimal: str = ".") -> np.ndarray:
     """Channel of a CSV/text file (header row optional, see :func:`parse_text`)."""
-    names, data = parse_text(path)
+    names, data = parse_text(path, decimal)
     if data.size == 0:
         raise RecordError(path, "empty signal: no samples")
     return _column(data, names, channel, path)
 
 
-def parse_text(path: Path) -> tuple[list[str] | None, np.ndarray]:
+def parse_text(path: Path, decimal: str = ".") -> tuple[list[str] | None, np.ndarray]:
     """A delimited text file: its header names (``None`` without a header line) and its
     numbers as a 2-D float64 array (rows, columns).
 
@@ -183,11 +187,24 @@ def parse_text(path: Path) -> tuple[list[str] | None, np.ndarray]:
     cell, and an empty line between samples, is NaN (a missing sample); ``#`` lines are
     comments. A cell that is not a number after the header raises :class:`RecordError`
     naming its line.
+
+    ``decimal=","`` reads numbers written with a decimal comma (``1,2796;2,5592``): cells are
+    then split at semicolons, tabs or whitespace only. With the default ``"."`` a file that
+    evidently uses decimal commas is refused (:func:`_decimal_comma_evidence`), never read as
+    commas between columns.
     """
+    if decimal not in DECIMALS:
+        raise ValueError(f"decimal must be '.' or ',', got {decimal!r}")
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError:
         raise RecordError(path, "not a text file (cannot decode as UTF-8)") from None
+    if decimal == ".":
+        evidence = _decimal_comma_evidence(lines)
+        if evidence:
+            raise RecordError(path, f"numbers written with a decimal comma ({evidence}); "
+                                    """read them with 'csv_decimal=","' (the tools: --csv-decimal ,)""")
+    delimiters = _DELIMITED if decimal == "." else _DELIMITED_NO_COMMA
     rows: list[list[float]] = []
     names: list[str] | None = None
     blanks = 0  # empty lines since the last row: missing samples if more data follows
@@ -198,10 +215,12 @@ def parse_text(path: Path) -> tuple[list[str] | None, np.ndarray]:
         if not line:
             blanks += 1
             continue
-        if _DELIMITED.search(line):
-            cells = [c.strip() for c in _DELIMITED.split(line)]
+        if delimiters.search(line):
+            cells = [c.strip() for c in delimiters.split(line)]
         else:
             cells = line.split()
+        if decimal == ",":
+            cells = [c.replace(",", ".") for c in cells]
         try:
             values = [float(c) if c else float("nan") for c in cells]  # empty cell: NaN
         except ValueError:
@@ -219,6 +238,40 @@ def parse_text(path: Path) -> tuple[list[str] | None, np.ndarray]:
     if not rows:
         return names, np.zeros((0, 1))
     return names, np.asarray(rows, dtype=np.float64)
+
+
+def _decimal_comma_evidence(lines: list[str]) -> str | None:
+    """The first line that shows the file writes numbers with decimal commas, quoted, or None.
+
+    Two signs: a semicolon- or tab-separated cell such as ``2,5592``; or, in a file of two
+    comma-separated integer columns, a second "column" with a leading zero (``3,0387``) or a
+    first one of ``-0`` (``-0,5``), which integer columns do not have.
+    """
+    pairs_only, leading_zero = True, None
+    data_lines = 0
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if _DELIMITED_NO_COMMA.search(line):
+            cells = [c.strip() for c in _DELIMITED_NO_COMMA.split(line)]
+            if any(_COMMA_DECIMAL.match(c) for c in cells):
+                return repr(line[:40])
+            continue
+        cells = [c.strip() for c in line.split(",")]
+        if not all(_INTEGER.match(c) for c in cells):
+            if data_lines:  # a header line is allowed before the numbers
+                pairs_only = False
+            continue
+        data_lines += 1
+        if len(cells) != 2:
+            pairs_only = False
+        elif leading_zero is None and ((len(cells[1]) > 1 and cells[1].startswith("0"))
+                                       or cells[0] in ("-0", "+0")):
+            leading_zero = line
+    if pairs_only and data_lines and leading_zero is not None:
+        return repr(leading_zero[:40])
+    return None
 
 
 def _is_float(text: str) -> bool:
@@ -352,7 +405,7 @@ def read_sidecar_beats(path: Path, column: int | str | None, index_base: int) ->
 SIGNAL_SUFFIXES = (".csv", ".txt", ".tsv", "", ".npy")
 
 
-def read_signal(path: str | os.PathLike, *, allow_nan: bool = False) -> np.ndarray:
+def read_signal(path: str | os.PathLike, *, allow_nan: bool = False, decimal: str = ".") -> np.ndarray:
     """Read one signal from a ``.csv``/``.txt``/``.tsv`` (one column or one row, see
     :func:`parse_text`) or ``.npy`` file: the input of the per-file tools.
 
@@ -360,6 +413,7 @@ def read_signal(path: str | os.PathLike, *, allow_nan: bool = False) -> np.ndarr
         path: the file.
         allow_nan: keep NaN/inf samples (tools that skip unusable windows); otherwise they
             are an error naming their count and the first index.
+        decimal: the decimal mark of a text file, ``"."`` or ``","`` (:func:`parse_text`).
 
     Returns:
         (n,) float64 samples.
@@ -381,7 +435,7 @@ def read_signal(path: str | os.PathLike, *, allow_nan: bool = False) -> np.ndarr
         except Exception as e:  # numpy raises ValueError/OSError/EOFError depending on damage
             raise RecordError(path, f"cannot read as a NumPy .npy file ({e})") from None
     else:
-        arr = parse_text(path)[1]
+        arr = parse_text(path, decimal)[1]
     if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
         raise RecordError(path, f"not a numeric signal (dtype {arr.dtype})")
     if arr.ndim == 2 and 1 in arr.shape:
@@ -402,8 +456,10 @@ def read_signal(path: str | os.PathLike, *, allow_nan: bool = False) -> np.ndarr
 # --------------------------------------------------------------------------------- entry point
 
 
-_READERS = {"csv": lambda path, channel: (read_csv(path, channel), {}), "npy": read_numpy,
-            "mat": read_mat, "wfdb": read_wfdb}
+_READERS = {"csv": lambda path, channel, decimal: (read_csv(path, channel, decimal), {}),
+            "npy": lambda path, channel, decimal: read_numpy(path, channel),
+            "mat": lambda path, channel, decimal: read_mat(path, channel),
+            "wfdb": lambda path, channel, decimal: read_wfdb(path, channel)}
 _FORMAT_NAMES = {"csv": "a CSV/text file", "npy": "a NumPy .npy/.npz file",
                  "mat": "a MATLAB .mat file", "wfdb": "a WFDB record"}
 
@@ -413,16 +469,18 @@ def read_recording(
     channel: int | str,
     sample_rate: float | None = None,
     dx_positive: Sequence[str | int] | None = None,
+    csv_decimal: str = ".",
 ) -> Recording:
-    """Read the chosen channel of ``rf``. Raises :class:`RecordError` (or any reader error).
+    """Read the chosen channel of ``rf``. Raises :class:`RecordError`.
 
-    ``sample_rate`` is used when the file does not carry one (a rate in the file wins).
-    ``dx_positive``: WFDB diagnosis codes that make the label 1 (else 0).
+    ``sample_rate`` is used when the file does not carry one (a rate in the file wins); a rate
+    that is not a positive number is refused. ``dx_positive``: WFDB diagnosis codes that make
+    the label 1 (else 0). ``csv_decimal``: the decimal mark of CSV/text files (``.`` or ``,``).
     """
     if rf.format not in _READERS:
         raise ValueError(f"unknown format {rf.format!r}")
     try:
-        sig, meta = _READERS[rf.format](rf.path, channel)
+        sig, meta = _READERS[rf.format](rf.path, channel, csv_decimal)
     except RecordError:
         raise
     except Exception as e:  # numpy, scipy and wfdb raise their own types on damaged files
@@ -431,6 +489,9 @@ def read_recording(
     fs = meta.get("fs", sample_rate)
     if fs is None:
         raise RecordError(rf.path, "the file does not carry its sampling rate; set sample_rate=<Hz>")
+    if not (np.isfinite(fs) and fs > 0):
+        where = "its fs" if "fs" in meta else "sample_rate"
+        raise RecordError(rf.path, f"sampling rate {fs!r} Hz ({where}) is not a positive number")
     label = meta.get("label")
     if dx_positive and rf.format == "wfdb":
         positive = {str(c) for c in dx_positive}

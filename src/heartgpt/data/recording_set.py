@@ -36,8 +36,9 @@ class RecordingSet(Dataset):
     """Reads recording ``i`` of ``files`` (one channel, at its own or the given rate)."""
 
     def __init__(self, files: Sequence[RecordFile], channel: int | str,
-                 sample_rate: float | None) -> None:
+                 sample_rate: float | None, csv_decimal: str = ".") -> None:
         self.files, self.channel, self.sample_rate = list(files), channel, sample_rate
+        self.csv_decimal = csv_decimal
 
     def __len__(self) -> int:
         return len(self.files)
@@ -45,7 +46,7 @@ class RecordingSet(Dataset):
     def __getitem__(self, i: int) -> RecordingItem:
         rf = self.files[i]
         try:
-            rec = read_recording(rf, self.channel, self.sample_rate)
+            rec = read_recording(rf, self.channel, self.sample_rate, csv_decimal=self.csv_decimal)
         except (InputError, OSError, ValueError, KeyError) as e:  # any reader's complaint
             return RecordingItem(rf, None, error_line(e).removeprefix(f"{rf.path}: "))
         return RecordingItem(rf, rec)
@@ -65,6 +66,7 @@ class RecordingDataModule(L.LightningDataModule):
         channel: column index or name of the channel to read.
         sample_rate: Hz of files that do not carry their rate (CSV, plain .npy); files that
             do use their own. ``None``: such files are reported as failed.
+        csv_decimal: the decimal mark of CSV/text files (``.`` or ``,``).
         skip: called on rank 0 with every recording found; returns the names already done.
         num_workers: DataLoader workers reading recordings.
         exclude_dirs: folders whose files are never inputs (the results of this and other
@@ -73,12 +75,13 @@ class RecordingDataModule(L.LightningDataModule):
 
     def __init__(self, inputs: str | Sequence[str], format: str = "auto",
                  channel: int | str = 0, sample_rate: float | None = None,
-                 skip: Callable[[list[RecordFile]], set[str]] | None = None,
+                 csv_decimal: str = ".", skip: Callable[[list[RecordFile]], set[str]] | None = None,
                  num_workers: int = 0, exclude_dirs: Sequence[str | os.PathLike] = ()) -> None:
         super().__init__()
         self.inputs = [str(p) for p in inputs] if not isinstance(inputs, (str, os.PathLike)) \
             else str(inputs)
         self.format, self.channel, self.sample_rate = format, channel, sample_rate
+        self.csv_decimal = csv_decimal
         self.skip, self.num_workers = skip, num_workers
         self.exclude_dirs = [Path(d).resolve() for d in exclude_dirs]
         self.records: list[RecordFile] = []  # every recording found (rank 0)
@@ -120,5 +123,5 @@ class RecordingDataModule(L.LightningDataModule):
         return batch  # NumPy signals: each mode moves its token batches to the model's device
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(RecordingSet(self.todo, self.channel, self.sample_rate), batch_size=1,
+        return DataLoader(RecordingSet(self.todo, self.channel, self.sample_rate, self.csv_decimal), batch_size=1,
                           shuffle=False, collate_fn=only_item, num_workers=self.num_workers)

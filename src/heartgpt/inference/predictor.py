@@ -22,6 +22,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import BasePredictionWriter
 from omegaconf import DictConfig, OmegaConf
 
+from heartgpt.data.plausibility import check_recording
 from heartgpt.data.recording_set import RecordingDataModule, RecordingItem
 from heartgpt.data.tokenizer import Modality
 from heartgpt.errors import InputError, error_line
@@ -42,20 +43,31 @@ log = logging.getLogger(__name__)
 
 
 class PredictionModule(L.LightningModule):
-    """``predict_step``: one :class:`RecordingItem` -> ``(item, result or error, seconds)``."""
+    """``predict_step``: one :class:`RecordingItem` -> ``(item, result or error, seconds)``.
 
-    def __init__(self, model: GPT, modality: Modality, mode: dict[str, Any]) -> None:
+    A recording that evidently is the other modality fails with that reason unless the user
+    stated the modality (``modality_stated``); an implausible rhythm is a logged warning
+    (:func:`heartgpt.data.plausibility.check_recording`).
+    """
+
+    def __init__(self, model: GPT, modality: Modality, mode: dict[str, Any],
+                 modality_stated: bool = False) -> None:
         super().__init__()
         self.model, self.modality, self.mode = model, modality, dict(mode)
+        self.modality_stated = modality_stated
 
     def predict_step(self, batch: RecordingItem, batch_idx: int
                      ) -> tuple[RecordingItem, RecordingPrediction | str, float]:
         start = time.perf_counter()
         if batch.error is not None:
             return batch, batch.error, 0.0
+        rec = batch.recording
         try:
+            for warning in check_recording(rec.path, rec.signal, rec.sample_rate,
+                                           self.modality.name, stated=self.modality_stated):
+                log.warning("%s: %s", rec.path, warning)
             result: RecordingPrediction | str = predict_recording(
-                self.model, batch.recording, self.modality, self.mode)
+                self.model, rec, self.modality, self.mode)
         except ValueError as e:  # too short, no usable window, bad settings: this file only
             result = error_line(e)
         return batch, result, time.perf_counter() - start
@@ -93,6 +105,7 @@ def run_settings(cfg: DictConfig, checkpoint: Path, modality: Modality) -> dict[
         "channel": cfg.channel,
         "sample_rate": cfg.sample_rate,
         "format": cfg.format,
+        "csv_decimal": cfg.csv_decimal,
     }
 
 
@@ -124,9 +137,10 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
         store.claim(run_settings(cfg, checkpoint, modality), overwrite=bool(cfg.overwrite))
     data = RecordingDataModule(OmegaConf.to_container(cfg.inputs) if OmegaConf.is_list(cfg.inputs)
                                else str(cfg.inputs), cfg.format, cfg.channel, cfg.sample_rate,
-                               skip=store.done, num_workers=int(cfg.num_workers),
+                               csv_decimal=str(cfg.csv_decimal), skip=store.done, num_workers=int(cfg.num_workers),
                                exclude_dirs=[cfg.out_dir, cfg.paths.log_dir])
-    module = PredictionModule(loaded.model, modality, settings)
+    module = PredictionModule(loaded.model, modality, settings,
+                              modality_stated=cfg.modality is not None)
     start = time.perf_counter()
     with warnings.catch_warnings():  # an empty share means "all done", not a mistake
         warnings.filterwarnings("ignore", message="Total length of `DataLoader` across ranks")

@@ -261,13 +261,48 @@ def save_safetensors(
     return path
 
 
-def _model_of(config: dict, weights: dict[str, torch.Tensor], path: Path) -> GPT:
-    """A :class:`GPT` of the stored ``config`` holding ``weights`` (all of them), in eval mode."""
-    model = GPT(GPTConfig.from_dict(config))
+# A stored config beyond these is refused before anything is allocated (the released model:
+# vocab 101/102, block 500, n_embd 64, 8 heads, 8 layers).
+CONFIG_LIMITS = {"vocab_size": 65_536, "block_size": 1_000_000, "n_embd": 65_536,
+                 "n_head": 4_096, "n_layer": 1_024}
+
+
+def checked_config(config: Any, weights: dict[str, torch.Tensor], path: Path) -> GPTConfig:
+    """The :class:`GPTConfig` a file stores, once it is within :data:`CONFIG_LIMITS` and the
+    shapes of its model (built on the meta device: no memory) are those of ``weights``."""
+    if not isinstance(config, dict):
+        raise CheckpointError(path, f"stored model config is not a mapping: {config!r:.80}")
+    for key, limit in CONFIG_LIMITS.items():
+        value = config.get(key)
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool)
+                                      and 1 <= value <= limit):
+            raise CheckpointError(path, f"stored model config {key}={value!r:.40} is not an "
+                                  f"integer in [1, {limit}]")
     try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(path, f"weights do not match the stored config: {e}") from e
+        cfg = GPTConfig.from_dict(config)
+        with torch.device("meta"):
+            expected = {k: tuple(v.shape) for k, v in GPT(cfg).state_dict().items()}
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(path, f"stored model config cannot be used: {e}") from None
+    found = {k: tuple(v.shape) for k, v in weights.items()}
+    if found != expected:
+        missing = sorted(expected.keys() - found.keys())
+        extra = sorted(found.keys() - expected.keys())
+        shapes = [f"{k} {found[k]} vs {expected[k]}" for k in sorted(expected.keys() & found.keys())
+                  if found[k] != expected[k]]
+        parts = [f"{what}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+                 for what, items in (("missing", missing), ("unexpected", extra),
+                                     ("shape (file vs config)", shapes)) if items]
+        raise CheckpointError(path, "weights do not match the stored config (" + "; ".join(parts)
+                              + ")")
+    return cfg
+
+
+def _model_of(config: dict, weights: dict[str, torch.Tensor], path: Path) -> GPT:
+    """A :class:`GPT` of the stored ``config`` holding ``weights`` (all of them), in eval mode;
+    the config is checked against the weights before the model is built."""
+    model = GPT(checked_config(config, weights, path))
+    model.load_state_dict(weights, strict=True)
     return model.eval()
 
 
@@ -286,7 +321,11 @@ def load_safetensors(path: str | os.PathLike) -> LoadedModel:
     if metadata.get("format") != SAFETENSORS_FORMAT:
         raise CheckpointError(path, f"not a heartgpt safetensors export "
                               f"(format={metadata.get('format')!r})")
-    model = _model_of(json.loads(metadata["config"]), tensors, path)
+    try:
+        config = json.loads(metadata.get("config", ""))
+    except ValueError:
+        raise CheckpointError(path, "its 'config' metadata is not JSON") from None
+    model = _model_of(config, tensors, path)
     return LoadedModel(model, metadata.get("modality") or None, metadata.get("task", "pretrain"),
                        str(path))
 
@@ -391,20 +430,14 @@ _SHAPE_FIELDS = ("vocab_size", "block_size", "n_embd", "n_head", "n_layer")
 FINETUNED_TASKS = ("af", "beats")
 
 
-def init_from_pretrained(model: GPT, path: str | os.PathLike, modality: str | None = None,
-                         task: str | None = None) -> LoadedModel:
-    """Copy the weights of ``path`` (anything :func:`load_model` reads) into ``model``.
-
-    The trunk (embeddings, blocks, final norm) must match in shape and attention scale; the head
-    is copied when it has the same shape, and otherwise left as initialised -- a language-model
-    checkpoint starting a 1-unit fine-tuning head. A vocab, modality or shape mismatch raises
-    :class:`CheckpointError` naming the file, before any training; so does a model fine-tuned
-    for another task (``af`` / ``beats``) starting ``task``: its last block and head were
-    trained to read windows another way (a per-window AF head is not a per-token beat head).
-    """
-    loaded = load_model(path)
+def check_starting_point(loaded: LoadedModel, ours: GPTConfig, modality: str | None = None,
+                         task: str | None = None) -> None:
+    """Raise :class:`CheckpointError` unless ``loaded`` can start a model of config ``ours`` for
+    ``modality`` and ``task`` (see :func:`init_from_pretrained`): ``train`` asks before
+    anything starts, ``init_from_pretrained`` again when it copies the weights."""
+    path = loaded.source
     require_torch(loaded, "initialising a model")
-    ours, theirs = model.config, loaded.model.config
+    theirs = loaded.model.config
     if modality is not None and loaded.modality is not None and loaded.modality != modality:
         raise CheckpointError(path, f"a {loaded.modality.upper()} checkpoint cannot start a "
                               f"{modality.upper()} model")
@@ -421,6 +454,22 @@ def init_from_pretrained(model: GPT, path: str | os.PathLike, modality: str | No
     if diff:
         detail = ", ".join(f"{k}: file {a} vs model {b}" for k, (a, b) in diff.items())
         raise CheckpointError(path, f"does not fit this model ({detail})")
+
+
+def init_from_pretrained(model: GPT, path: str | os.PathLike, modality: str | None = None,
+                         task: str | None = None) -> LoadedModel:
+    """Copy the weights of ``path`` (anything :func:`load_model` reads) into ``model``.
+
+    The trunk (embeddings, blocks, final norm) must match in shape and attention scale; the head
+    is copied when it has the same shape, and otherwise left as initialised -- a language-model
+    checkpoint starting a 1-unit fine-tuning head. A vocab, modality or shape mismatch raises
+    :class:`CheckpointError` naming the file, before any training; so does a model fine-tuned
+    for another task (``af`` / ``beats``) starting ``task``: its last block and head were
+    trained to read windows another way (a per-window AF head is not a per-token beat head).
+    """
+    loaded = load_model(path)
+    check_starting_point(loaded, model.config, modality, task)
+    ours, theirs = model.config, loaded.model.config
     weights = loaded.model.state_dict()
     if theirs.n_out != ours.n_out:
         weights = {k: v for k, v in weights.items() if not k.startswith("head.")}

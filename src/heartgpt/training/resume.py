@@ -15,6 +15,8 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_only
 
+from heartgpt.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 WANDB_ID_FILE = "wandb_run_id"
@@ -98,11 +100,11 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path, runs_root: 
     if not path.is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: no such checkpoint file")
     if path.suffix != ".ckpt":
-        raise ValueError(
-            f"ckpt_path={ckpt_path}: ckpt_path resumes the training state (optimiser, step, data "
-            "position) of one of our Lightning .ckpt files; to start from the weights of a "
-            "released .zip/.pth or a .safetensors export use module.init_from= (pre-training) or "
-            "module.pretrained= (fine-tuning)")
+        raise ConfigError(
+            "ckpt_path", f"{ckpt_path} is not one of our Lightning .ckpt files: ckpt_path= "
+            "resumes the training state (optimiser, step, data position) of one; to start from "
+            "the weights of a released .zip/.pth or a .safetensors export use module.init_from= "
+            "(pre-training) or module.pretrained= (fine-tuning)")
     return str(path.resolve())
 
 
