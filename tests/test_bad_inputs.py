@@ -376,6 +376,7 @@ def test_a_kill_during_a_save_with_tmpdir_elsewhere_leaves_a_whole_checkpoint(tm
     ("data.val_fraction=2", "data.val_fraction", "2 must be < 1"),
     ("module.betas=[0.9]", "module.betas", "is not two numbers in [0, 1)"),
     ("seed=x", "seed", "'x' is not an integer"),
+    ("model.n_head=3", "model", "n_embd=64 is not divisible by n_head=3"),
 ])
 def test_config_values_are_checked_with_their_key(override, key, words):
     from heartgpt.errors import ConfigError

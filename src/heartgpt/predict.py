@@ -22,7 +22,7 @@ import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} and ${file_
 from heartgpt.errors import ConfigError, one_line_errors
 from heartgpt.train import CONF_MODULE, route_lightning_logs
 from heartgpt.train import compose_config as _compose
-from heartgpt.training.config_checks import check_values
+from heartgpt.training.config_checks import PREDICT_CHECKS, check_values
 from heartgpt.training.console import quiet_known_noise
 
 
@@ -41,7 +41,7 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
                           ("inputs", "a folder, glob, file or [list] of recordings")):
             if OmegaConf.is_missing(cfg, key):
                 raise ConfigError(key, f"not given: {key}=<{what}>")
-        check_values(cfg)
+        check_values(cfg, PREDICT_CHECKS)
         from heartgpt.inference.predictor import predict
 
         return predict(cfg)

@@ -26,7 +26,7 @@ from heartgpt.data.readers import find_records
 from heartgpt.data.shards import MANIFEST_NAME, ShardError
 from heartgpt.data.tokenizer import get_modality
 from heartgpt.errors import ConfigError, one_line_errors
-from heartgpt.training.config_checks import check_values
+from heartgpt.training.config_checks import PREPARE_CHECKS, check_values
 from heartgpt.training.renamed_keys import (
     PREPARE_RENAMES,
     check_config,
@@ -168,7 +168,7 @@ def hydra_main(cfg: DictConfig) -> None:
     is one error line (each bad record is a reported skip, never fatal)."""
     with one_line_errors():
         check_config(cfg, PREPARE_RENAMES)
-        check_values(cfg)
+        check_values(cfg, PREPARE_CHECKS)
         prepare(cfg)
 
 

@@ -148,6 +148,17 @@ CHECKS: dict[str, Check] = {
 }
 
 
+# Keys whose meaning depends on the command (``format`` is a recording format here, an export
+# format in ``heartgpt.export``): added by the command that has them.
+RECORDING_FORMATS = ("auto", "csv", "npy", "mat", "wfdb")
+PREPARE_CHECKS: dict[str, Check] = {
+    "format": one_of(*RECORDING_FORMATS),
+    "label_kind": one_of("unlabelled", "sequence", "token"),
+    "source": one_of("files", "demo"),
+}
+PREDICT_CHECKS: dict[str, Check] = {"format": one_of(*RECORDING_FORMATS)}
+
+
 def _value(cfg: DictConfig, key: str) -> Any:
     try:
         return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
@@ -155,9 +166,10 @@ def _value(cfg: DictConfig, key: str) -> Any:
         raise ConfigError(key, " ".join(str(e).split())) from None
 
 
-def check_values(cfg: DictConfig, checks: dict[str, Check] | None = None) -> None:
-    """Raise :class:`ConfigError` ``"<key>: <problem>"`` for the first bad value in ``cfg``."""
-    for key, check in (CHECKS if checks is None else checks).items():
+def check_values(cfg: DictConfig, extra: dict[str, Check] | None = None) -> None:
+    """Raise :class:`ConfigError` ``"<key>: <problem>"`` for the first bad value in ``cfg``
+    (:data:`CHECKS` and the command's ``extra`` checks)."""
+    for key, check in {**CHECKS, **(extra or {})}.items():
         value = _value(cfg, key)
         if value is _ABSENT:
             continue
@@ -166,6 +178,9 @@ def check_values(cfg: DictConfig, checks: dict[str, Check] | None = None) -> Non
         problem = check(value)
         if problem:
             raise ConfigError(key, problem)
+    embd, heads = _value(cfg, "model.n_embd"), _value(cfg, "model.n_head")
+    if _is_int(embd) and _is_int(heads) and embd % heads:
+        raise ConfigError("model", f"n_embd={embd} is not divisible by n_head={heads}")
     low, high = _value(cfg, "filter.low_hz"), _value(cfg, "filter.high_hz")
     if _is_number(low) and _is_number(high) and low >= high:
         raise ConfigError("filter", f"low_hz={low} must be below high_hz={high}")
