@@ -131,3 +131,18 @@ def test_attend_with_weights_drops_out_the_weights_it_returns_undropped():
     kept = ratio > 0
     assert 0 < kept.sum() < torch.count_nonzero(w)  # some weights dropped, some kept
     torch.testing.assert_close(ratio[kept], torch.full_like(ratio[kept], 2.0))
+
+
+@pytest.mark.parametrize(("device", "kernel"), [("cpu", "chunked"), ("meta", "sdpa")])
+def test_training_with_dropout_picks_the_kernel_by_device_type(device, kernel, monkeypatch):
+    """CPU: the chunked kernel (no fused SDPA dropout there); any other device type (CUDA, MPS,
+    XPU; ``meta`` stands in for them here) SDPA with ``dropout_p``."""
+    used = []
+    real_sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(attention, "chunked_dropout_attention",
+                        lambda q, k, v, scale, p: used.append("chunked") or q)
+    monkeypatch.setattr(attention.F, "scaled_dot_product_attention",
+                        lambda *a, **kw: used.append("sdpa") or real_sdpa(*a, **kw))
+    q = torch.randn(2, 4, 16, 8, device=device)
+    attend(q, q, q, scale=0.125, dropout_p=0.2)
+    assert used == [kernel]

@@ -368,7 +368,7 @@ def test_a_kill_during_a_save_with_tmpdir_elsewhere_leaves_a_whole_checkpoint(tm
 
 @pytest.mark.parametrize(("override", "key", "words"), [
     ("trainer.max_steps=abc", "trainer.max_steps", "'abc' is not an integer"),
-    ("data.batch_size=0", "data.batch_size", "0 must be >= 1"),
+    ("data.global_batch_size=0", "data.global_batch_size", "0 must be >= 1"),
     ("module.lr=-0.1", "module.lr", "-0.1 must be > 0"),
     ("trainer.precision=bf17-mixed", "trainer.precision", "'bf17-mixed' is not one of"),
     ("trainer.devices=zero", "trainer.devices", "'zero' is not 'auto'"),

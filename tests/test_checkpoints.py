@@ -117,3 +117,20 @@ def test_export_to_released_layout_is_lossless(weights_dir, released):
     assert exported.keys() == original.keys()
     for key, tensor in original.items():
         assert torch.equal(exported[key], tensor), key
+
+
+def test_a_model_of_the_synthetic_demo_says_so_when_loaded(tmp_path, caplog):
+    import logging
+
+    from heartgpt.model.checkpoints import load_safetensors, save_safetensors, warn_if_synthetic
+    from tiny import tiny_gpt
+
+    log = logging.getLogger("test")
+    for synthetic in (True, False):
+        path = save_safetensors(tiny_gpt(101), tmp_path / f"{synthetic}.safetensors", "ecg",
+                                synthetic=synthetic)
+        loaded = load_safetensors(path)
+        assert loaded.synthetic is synthetic
+        caplog.clear()
+        warn_if_synthetic(loaded, log)
+        assert ("SYNTHETIC demo data" in caplog.text) is synthetic

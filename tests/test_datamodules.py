@@ -47,14 +47,14 @@ def shards(tmp_path_factory) -> dict[str, Path]:
 
 
 def _pre(shard_dir: Path, **kw) -> PretrainDataModule:
-    args = dict(shard_dir=str(shard_dir), modality="ecg", block_size=16, batch_size=4, seed=3,
+    args = dict(shard_dir=str(shard_dir), modality="ecg", block_size=16, global_batch_size=4, seed=3,
                 val_fraction=0.2, test_fraction=0.2, vocab_size=101)
     return PretrainDataModule(**{**args, **kw})
 
 
 def _fine(shard_dir: Path, label_kind: str, **kw) -> FinetuneDataModule:
     args = dict(shard_dir=str(shard_dir), modality="ecg", block_size=32, label_kind=label_kind,
-                batch_size=5, seed=3, val_fraction=0.2, test_fraction=0.2)
+                global_batch_size=5, seed=3, val_fraction=0.2, test_fraction=0.2)
     return FinetuneDataModule(**{**args, **kw})
 
 
@@ -155,7 +155,7 @@ def test_ddp_ranks_see_disjoint_parts(shards):
     parts = {}
     for split in ("train", "val"):
         for rank in (0, 1):
-            dm = _fine(shards["sequence"], "sequence", batch_size=1)
+            dm = _fine(shards["sequence"], "sequence", global_batch_size=2)  # 1 per rank
             dm.trainer = SimpleNamespace(global_rank=rank, world_size=2)
             loader = dm.train_dataloader() if split == "train" else dm.val_dataloader()
             parts[split, rank] = [b["row"].item() for b in loader]

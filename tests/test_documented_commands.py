@@ -33,7 +33,7 @@ DOCS = ["README.md", "docs/training.md", "docs/generation.md", "docs/app.md"]
 # Appended to training runs that do not start from released weights: a tiny model, 2 steps.
 TINY = ["model.n_layer=1", "model.n_embd=16", "model.n_head=2"]
 SHORT = ["trainer.max_steps=2", "trainer.val_check_interval=2", "trainer.limit_val_batches=1",
-         "data.num_workers=0", "data.batch_size=4"]
+         "data.num_workers=0", "data.global_batch_size=4"]
 FEWER_TOKENS = ["-n", "20"]  # generation: 20 new tokens, not 500 (exact mode is 2 min for 500 x 8)
 
 
@@ -95,7 +95,7 @@ PLAN: dict[str, Step] = {
     "data.shard_dir=data/demo/ecg/af data.split=test data.folds=5 data.fold=2":
         run("data.num_workers=0"),
     "python -m heartgpt.eval checkpoint=ECGPT_560k_iters.zip data.shard_dir=data/demo/ecg/pretrain "
-    "data.batch_size=8 trainer=ddp_cpu trainer.devices=2":
+    "data.global_batch_size=16 data.micro_batch_size=8 trainer=ddp_cpu trainer.devices=2":
         compose("2 processes: tests/test_eval.py runs them"),
     "python -m heartgpt.predict checkpoint=PPGPT_AF_1k_iters.zip "
     "inputs='../shared/example_inputs/*PPG*.csv' sample_rate=50": run(),

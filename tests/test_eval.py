@@ -111,7 +111,7 @@ def test_released_ecgpt_scores_prepared_shards_as_gpt_forward(ecg_shards, weight
 
     # a bare released name, looked up in paths.weights_dir; every row, in batches of 5
     report = _eval([f"checkpoint={ECGPT}", f"paths.weights_dir={weights_dir}",
-                    f"data.shard_dir={ecg_shards}", "data.batch_size=5"], tmp_path / "all")
+                    f"data.shard_dir={ecg_shards}", "data.global_batch_size=5"], tmp_path / "all")
     m = report["metrics"]
     assert report["windows"] == 12 and report["split"] == "all"
     assert report["checkpoint"] == str((weights_dir / ECGPT).resolve())
@@ -122,7 +122,7 @@ def test_released_ecgpt_scores_prepared_shards_as_gpt_forward(ecg_shards, weight
     assert float(next(r["test/loss"] for r in logged if r.get("test/loss"))) == pytest.approx(m["loss"])
 
     # one subject's windows: data.split=test, the subject split training uses
-    split = ["data.val_fraction=0.5", "data.test_fraction=0.34", "data.batch_size=5"]
+    split = ["data.val_fraction=0.5", "data.test_fraction=0.34", "data.global_batch_size=5"]
     test_eval = _eval([f"checkpoint={weights_dir / ECGPT}", f"data.shard_dir={ecg_shards}",
                        "data.split=test", *split], tmp_path / "test")["metrics"]
     assert test_eval["loss"] != pytest.approx(m["loss"], abs=1e-4)  # other windows
@@ -145,7 +145,7 @@ def test_af_eval_writes_each_windows_prediction_and_the_metrics(demo, tmp_path):
     ckpt = tiny_model(tmp_path, "af.safetensors", "ecg")
     shard_dir = demo / "demo" / "ecg" / "af"
     report = _eval(["task=af", f"checkpoint={ckpt}", f"data.shard_dir={shard_dir}",
-                    "data.batch_size=25"], tmp_path / "run")
+                    "data.global_batch_size=25"], tmp_path / "run")
     assert {"loss", "auroc", "ap", "acc", "sensitivity", "specificity"} <= set(report["metrics"])
     data = read_shards(shard_dir)
     rows = _rows(tmp_path / "run" / PREDICTIONS)
@@ -162,7 +162,7 @@ def test_af_eval_writes_each_windows_prediction_and_the_metrics(demo, tmp_path):
 def test_beats_eval_writes_a_row_per_beat_that_the_scores_count(demo, tmp_path):
     ckpt = tiny_model(tmp_path, "beats.safetensors", "ppg", task="beats", vocab_size=102)
     report = _eval(["task=beats", "modality=ppg", f"checkpoint={ckpt}",
-                    f"data.shard_dir={demo / 'demo' / 'ppg' / 'beats'}", "data.batch_size=16"],
+                    f"data.shard_dir={demo / 'demo' / 'ppg' / 'beats'}", "data.global_batch_size=16"],
                    tmp_path / "run")
     m = report["metrics"]
     beats = _rows(tmp_path / "run" / BEATS)
@@ -206,7 +206,8 @@ def test_two_ddp_processes_score_each_window_once_and_agree_exactly(demo, tmp_pa
     ckpt = tiny_model(tmp_path, "af.safetensors", "ecg")
     shard_dir = demo / "demo" / "ecg" / "af"
     args = ["task=af", f"checkpoint={ckpt}", f"data.shard_dir={shard_dir}", "logger=none",
-            "data.batch_size=25", "data.num_workers=0"]  # 117 windows (odd): 5 batches, 3 + 2
+            "data.global_batch_size=50", "data.micro_batch_size=25",  # batches of 25 on 1 or 2
+            "data.num_workers=0"]  # 117 windows (odd): 5 batches, 3 + 2
     runs = {}
     for devices in (1, 2):
         out = tmp_path / f"devices{devices}"

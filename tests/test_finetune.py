@@ -29,7 +29,7 @@ from training_helpers import (
 # test AUROC is defined (one class gives null, see test_loso_folds_...).
 BOTH_CLASSES_TESTED = ["data.test_fraction=0.5", "trainer.limit_test_batches=1.0"]
 FAST = ["debug=fast", "logger=csv", "callbacks.progress.mode=log",
-        "callbacks.rich_model_summary=null", "data.batch_size=4"]
+        "callbacks.rich_model_summary=null", "data.global_batch_size=4"]
 
 
 @pytest.fixture(scope="module")

@@ -37,19 +37,23 @@ def run_train(overrides: list[str], data_dir: Path, out: Path, log_dir: Path | N
 
 
 @pytest.mark.parametrize("modality", ["ecg", "ppg"])
-def test_fast_run(modality, data_dir, tmp_path):
+def test_fast_run(modality, data_dir, tmp_path, caplog):
     out = tmp_path / "run"
     val_loss = run_train([f"modality={modality}"], data_dir, out)
+    synthetic = [r.getMessage() for r in caplog.records if "SYNTHETIC demo data" in r.getMessage()]
+    assert len(synthetic) == 2 and synthetic[0].startswith("training on")  # at start and end
+    assert "synthetic" in (out / "config.yaml").read_text()  # tags: [dev, synthetic]
     rows = read_metrics_csv(out)
     assert val_loss == pytest.approx(column(rows, "val/loss")[-1][1])
     assert 3.5 < val_loss < math.log(110)  # a few steps from uniform over ~101 tokens
-    for name in ("train/loss", "train/ppl", "train/acc", "val/ppl", "val/acc", "test/loss"):
+    for name in ("train/loss", "train/global_loss", "train/ppl", "train/acc", "val/ppl",
+                 "val/acc", "test/loss"):
         assert column(rows, name), name
     assert len(column(rows, "train/loss")) == 6  # per step
     ckpts = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt"))
     assert len(ckpts) == 2 and "last.ckpt" in ckpts  # best + last
     loaded = load_model(out / "checkpoints" / "last.ckpt")
-    assert loaded.modality == modality
+    assert loaded.modality == modality and loaded.synthetic
     assert loaded.model.config.vocab_size == {"ecg": 101, "ppg": 102}[modality]
 
 
@@ -145,6 +149,62 @@ def test_ddp_two_cpu_processes(data_dir, tmp_path):
     assert len(ckpts) == 2 and "last.ckpt" in ckpts, ckpts  # one best + one last, written once
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 6
+
+
+@pytest.mark.slow
+def test_global_batch_is_the_same_recipe_on_one_process_or_two(data_dir, tmp_path):
+    """Global batch 16 as (a) 1 process, micro batch 8, 2 accumulation steps and (b) 2 ddp_cpu
+    processes, micro batch 8: the same 16 windows make each optimiser step (the sampler deals
+    rank r the keys r, r + 2, ... of one global order), dropout is 0, so the losses of the 4
+    steps and the final weights agree. Not bit for bit: accumulation sums two micro-batch
+    gradients in one order, DDP's all-reduce averages them in another (float32 rounding, ~1e-7
+    relative per step, which AdamW's normalised update carries over 4 steps)."""
+    recipe = [*FAST, "model.dropout=0.0", "trainer.max_steps=4", "trainer.val_check_interval=4",
+              "data.global_batch_size=16", "data.micro_batch_size=8", "test=false",
+              f"paths.data_dir={data_dir}"]
+    runs = {}
+    for name, extra in (("one", []), ("two", ["trainer=ddp_cpu", "trainer.devices=2"])):
+        out = tmp_path / name
+        done = run_module([*recipe, *extra, f"hydra.run.dir={out}"], cwd=tmp_path)
+        assert done.returncode == 0, done.stderr[-4000:]
+        losses = [v for _, v in column(read_metrics_csv(out), "train/global_loss")]
+        ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+        runs[name] = losses, ckpt
+        assert "global batch 16 = micro batch 8 x" in (out / "train.log").read_text()
+    (losses1, ckpt1), (losses2, ckpt2) = runs["one"], runs["two"]
+    assert ckpt1["hyper_parameters"]["batch"] == {"global_batch_size": 16, "micro_batch_size": 8,
+                                                  "accumulate_grad_batches": 2, "world_size": 1}
+    assert ckpt2["hyper_parameters"]["batch"] == {"global_batch_size": 16, "micro_batch_size": 8,
+                                                  "accumulate_grad_batches": 1, "world_size": 2}
+    assert ckpt1["global_step"] == ckpt2["global_step"] == 4
+    assert len(losses1) == len(losses2) == 4
+    assert losses1 == pytest.approx(losses2, rel=1e-5, abs=1e-6)
+    for key, w1 in ckpt1["state_dict"].items():
+        torch.testing.assert_close(ckpt2["state_dict"][key], w1, rtol=1e-4, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes(data_dir, tmp_path):
+    """``torchrun --nproc-per-node=2 -m heartgpt.train trainer=ddp_cpu``: Lightning takes ranks
+    from torchrun's environment; ``hydra.run.dir`` gives both processes the same run directory
+    (Hydra names it by the second: two processes could disagree)."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    args = [*FAST, "trainer=ddp_cpu", "trainer.devices=2", "trainer.max_steps=2",
+            "trainer.val_check_interval=2", "test=false", "logger=none",
+            f"paths.data_dir={data_dir}", f"hydra.run.dir={out}"]
+    env = {**os.environ, "WANDB_MODE": "offline", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+                           "--standalone", "-m", "heartgpt.train", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    ckpts = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert len(ckpts) == 2 and "last.ckpt" in ckpts, ckpts  # one best + one last
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["hyper_parameters"]["batch"]["world_size"] == 2
 
 
 @pytest.mark.slow

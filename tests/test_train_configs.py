@@ -11,8 +11,9 @@ import lightning as L
 import pytest
 import torch
 from hydra.utils import get_class, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
+from heartgpt.data.shards import ShardError
 from heartgpt.model import GPT, GPTConfig
 from heartgpt.training.finetune import FinetuneModule
 from heartgpt.training.pretrain import PretrainModule
@@ -86,18 +87,76 @@ def test_every_experiment_instantiates(experiment, paths):
     assert module.hparams.modality == cfg.modality.name
 
 
-@pytest.mark.parametrize("experiment", ["paper_ecg_pretrain", "paper_ppg_pretrain"])
-def test_paper_presets_carry_the_paper_recipe(experiment, paths):
+# ../shared/PAPER.md, as facts: what each paper preset must compose to.
+PRETRAIN = dict(global_batch=64, lr=3e-4, betas=[0.9, 0.999], weight_decay=0.01, decay="all",
+                schedule="constant", clip=None, precision="32-true", matmul="highest",
+                dropout=0.2, val_every=2000, val_batches=200, test="best")
+FINETUNE = dict(global_batch=128, lr=3e-4, betas=[0.9, 0.999], weight_decay=0.01, decay="all",
+                schedule="constant", clip=None, precision="32-true", matmul="highest",
+                dropout=0.2, freeze="last_block", test="last")
+PAPER = {
+    "paper_ecg_pretrain": dict(PRETRAIN, modality="ecg", steps=560_000),
+    "paper_ppg_pretrain": dict(PRETRAIN, modality="ppg", steps=500_000),
+    "paper_ecg_af": dict(FINETUNE, modality="ecg", steps=1000, weights="ECGPT_560k_iters.zip",
+                         folds="loso", val_fraction=0.0, head="sequence"),
+    "paper_ppg_af": dict(FINETUNE, modality="ppg", steps=1000, weights="PPGPT_500k_iters.zip",
+                         folds="loso", val_fraction=0.0, head="sequence"),
+    "paper_ppg_beats": dict(FINETUNE, modality="ppg", steps=5000, weights="PPGPT_500k_iters.zip",
+                            folds=None, head="token"),
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(PAPER))
+def test_paper_presets_compose_to_the_paper_recipe(experiment, paths):
+    fact = PAPER[experiment]
     cfg = compose_train([f"experiment={experiment}"], **paths)
-    modality = experiment.split("_")[1]
-    assert cfg.modality.name == modality
-    assert cfg.data.batch_size == 64
-    assert cfg.module.lr == 3e-4 and cfg.module.warmup_steps == 0 and cfg.module.min_lr_ratio == 1.0
-    assert cfg.trainer.max_steps == {"ecg": 560_000, "ppg": 500_000}[modality]
-    assert cfg.trainer.val_check_interval == 2000 and cfg.trainer.limit_val_batches == 200
-    assert cfg.trainer.precision == "32-true" and cfg.trainer.gradient_clip_val is None
+    assert cfg.modality.name == fact["modality"]
+    assert cfg.data.global_batch_size == fact["global_batch"]  # on any number of devices
+    assert cfg.module.lr == fact["lr"] and list(cfg.module.betas) == fact["betas"]
+    assert cfg.module.weight_decay == fact["weight_decay"]
+    assert cfg.module.decay_params == fact["decay"]
+    constant = cfg.module.warmup_steps == 0 and cfg.module.min_lr_ratio == 1.0
+    assert constant == (fact["schedule"] == "constant")
+    assert cfg.trainer.gradient_clip_val == fact["clip"]
+    assert cfg.trainer.precision == fact["precision"]
+    assert cfg.float32_matmul_precision == fact["matmul"]
+    assert cfg.trainer.max_steps == fact["steps"]
     assert GPTConfig.from_dict(cfg.module.model_config) == GPTConfig(
-        vocab_size=cfg.modality.vocab_size)  # the released architecture (dropout 0.2)
+        vocab_size=cfg.modality.vocab_size, dropout=fact["dropout"])  # the released architecture
+    assert cfg.test_checkpoint == fact["test"]
+    if experiment.endswith("pretrain"):
+        assert cfg.trainer.val_check_interval == fact["val_every"]
+        assert cfg.trainer.limit_val_batches == fact["val_batches"]
+        return
+    assert cfg.freeze.strategy == fact["freeze"] and cfg.test
+    assert cfg.module.pretrained.endswith(f"/{fact['weights']}")
+    assert cfg.data.folds == fact["folds"]
+    assert cfg.module.head == cfg.data.label_kind == fact["head"]
+    if fact["folds"] == "loso":  # every other subject trains; the final model is tested
+        assert cfg.data.val_fraction == fact["val_fraction"]
+        assert cfg.callbacks.model_checkpoint.monitor is None
+
+
+def test_the_ppg_preset_needs_segments_longer_than_the_papers_ten_seconds(tmp_path, paths):
+    """A 500-token context with next-token targets reads 501 tokens: 10 s of PPG at 50 Hz (500
+    samples) cannot serve it, so the preset's shards are 20-s segments."""
+    from hydra.utils import instantiate
+
+    from heartgpt.data.demo import build_demo
+
+    cfg = compose_train(["experiment=paper_ppg_pretrain"], **paths)
+    for samples, ok in ((500, False), (1000, True)):
+        shard_dir = tmp_path / str(samples)
+        build_demo(shard_dir, "ppg", subjects=2, seconds=40, seed=0, pretrain_samples=samples,
+                   finetune_samples=500, finetune_stride=500, beat_tolerance=0, rows_per_shard=64)
+        with open_dict(cfg):
+            cfg.data.shard_dir = str(shard_dir / "pretrain")
+        dm = instantiate(cfg.data, _convert_="all")
+        if ok:
+            dm.setup("fit")
+        else:
+            with pytest.raises(ShardError, match="block_size \\+ 1"):
+                dm.setup("fit")
 
 
 def test_model_presets_are_gpt_configs(paths):
@@ -183,22 +242,6 @@ def test_debug_presets(paths):
     assert fast.trainer.max_steps < 20 and "csv" in fast.logger and fast.data.num_workers == 0
     overfit = compose_train(["debug=overfit"], **paths)
     assert overfit.overfit_batches == 1 and overfit.model.dropout == 0.0
-
-
-@pytest.mark.parametrize(("experiment", "modality", "weights", "folds"), [
-    ("paper_ecg_af", "ecg", "ECGPT_560k_iters.zip", "loso"),
-    ("paper_ppg_af", "ppg", "PPGPT_500k_iters.zip", "loso"),
-    ("paper_ppg_beats", "ppg", "PPGPT_500k_iters.zip", None),
-])
-def test_paper_finetune_presets_carry_the_paper_recipe(experiment, modality, weights, folds, paths):
-    cfg = compose_train([f"experiment={experiment}"], **paths)
-    assert cfg.modality.name == modality and cfg.freeze.strategy == "last_block"
-    assert cfg.module.pretrained.endswith(f"/{weights}")
-    assert cfg.data.batch_size == 128 and cfg.data.folds == folds
-    assert cfg.module.lr == 3e-4 and cfg.module.warmup_steps == 0 and cfg.module.min_lr_ratio == 1.0
-    assert cfg.trainer.max_steps == (5000 if "beats" in experiment else 1000)
-    assert cfg.module.head == cfg.data.label_kind == ("token" if "beats" in experiment else "sequence")
-    assert cfg.callbacks.model_checkpoint.mode == "max"
 
 
 def test_beat_metrics_find_peaks_as_detect_beats_does(paths):

@@ -29,6 +29,7 @@ from heartgpt.errors import ConfigError, one_line_errors
 from heartgpt.files import sha256_file, write_json_atomic, write_text_atomic
 from heartgpt.model.checkpoints import check_starting_point, find_weights, load_model
 from heartgpt.model.gpt import GPTConfig
+from heartgpt.training.batching import apply_batch_plan
 from heartgpt.training.config_checks import check_values
 from heartgpt.training.console import quiet_known_noise
 from heartgpt.training.renamed_keys import (
@@ -97,6 +98,26 @@ def ensure_demo_shards(cfg: DictConfig) -> None:
         finetune_stride=d.finetune_stride, beat_tolerance=d.beat_tolerance,
         rows_per_shard=d.rows_per_shard,
     )
+
+
+SYNTHETIC_WARNING = ("trained on SYNTHETIC demo data (%s): its losses and metrics say nothing "
+                     "about real ECG/PPG; prepare real recordings and set data.shard_dir")
+
+
+def mark_synthetic(cfg: DictConfig) -> bool:
+    """Whether ``data.shard_dir`` holds the SYNTHETIC demo (its manifest says so); if it does,
+    say it at the start and tag the run ``synthetic`` (W&B tags follow ``tags``)."""
+    from heartgpt.data.shards import MANIFEST_NAME, read_manifest
+
+    shard_dir = cfg.data.get("shard_dir")
+    if not shard_dir or not (Path(shard_dir) / MANIFEST_NAME).is_file():
+        return False  # the DataModule reports a missing set
+    if not read_manifest(shard_dir).meta.synthetic:
+        return False
+    log.warning(SYNTHETIC_WARNING.replace("trained on", "training on"), shard_dir)
+    with open_dict(cfg):
+        cfg.tags = [*(cfg.get("tags") or []), "synthetic"]
+    return True
 
 
 def resolve_initial_weights(cfg: DictConfig) -> None:
@@ -181,6 +202,7 @@ def train(cfg: DictConfig) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     ensure_demo_shards(cfg)
+    synthetic = mark_synthetic(cfg)
     resolve_initial_weights(cfg)
 
     datamodule: L.LightningDataModule = instantiate(cfg.data, _convert_="all")
@@ -189,6 +211,7 @@ def train(cfg: DictConfig) -> float | None:
 
         datamodule = FixedBatches(datamodule, cfg.overfit_batches)
     module: L.LightningModule = instantiate(cfg.module, _convert_="all")
+    module.hparams["synthetic_data"] = synthetic  # in every checkpoint: eval/predict warn
 
     ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), cfg.paths.output_dir,
                                   Path(cfg.paths.log_dir) / cfg.run_name)
@@ -200,6 +223,7 @@ def train(cfg: DictConfig) -> float | None:
     if not loggers:  # nothing to log learning rates to (LearningRateMonitor would refuse)
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     trainer = start_trainer(cfg, callbacks, loggers)
+    apply_batch_plan(cfg, trainer, module)
     for lg in trainer.loggers:
         if isinstance(lg, WandbLogger):
             save_wandb_id(cfg.paths.output_dir, lg.version)
@@ -213,7 +237,7 @@ def train(cfg: DictConfig) -> float | None:
                     if trainer.checkpoint_callback else "",
                     "initial_weights": plain_dict(cfg.get("initial_weights"))})
         metric = trainer.callback_metrics.get(cfg.optimized_metric)
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        best = tested_checkpoint(cfg, trainer)
         if cfg.get("test"):
             check_weights_to_test(cfg, trained=bool(cfg.get("train")), ckpt=best or ckpt_path,
                                   initial=module.initial_weights())
@@ -224,10 +248,24 @@ def train(cfg: DictConfig) -> float | None:
             for lg in trainer.loggers:
                 lg.log_hyperparams({"checkpoints/best": best,
                                     "checkpoints/last": trainer.checkpoint_callback.last_model_path})
+    if synthetic:
+        log.warning(SYNTHETIC_WARNING, cfg.data.shard_dir)
     if metric is None:
         log.warning("optimized_metric %r was not logged", cfg.optimized_metric)
         return None
     return float(metric)
+
+
+def tested_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str:
+    """The checkpoint ``test=true`` scores after fitting: the best by ``optimized_metric``
+    (``test_checkpoint=best``) or the final one (``last``); "" when there is none."""
+    choice = cfg.get("test_checkpoint", "best")
+    if choice not in ("best", "last"):
+        raise ConfigError("test_checkpoint", f"must be 'best' or 'last', got {choice!r}")
+    callback = trainer.checkpoint_callback
+    if callback is None:
+        return ""
+    return callback.best_model_path if choice == "best" else callback.last_model_path
 
 
 def check_weights_to_test(cfg: DictConfig, trained: bool, ckpt: str | None,

@@ -447,7 +447,10 @@ class ShardDataModule(L.LightningDataModule):
         shard_dir: a shard directory written by ``python -m heartgpt.prepare``.
         modality: 'ecg' | 'ppg'; the shards must match.
         block_size: model context.
-        batch_size: windows per batch (per rank).
+        global_batch_size: windows per optimiser step over all processes (the recipe's batch).
+        micro_batch_size: windows per batch of one process (None: the process's whole share of
+            the global batch); :attr:`batch_size` follows from the world size
+            (:func:`heartgpt.training.batching.plan_batches`).
         seed: split and window randomness.
         val_fraction, test_fraction, folds, fold: subject split (:func:`split_subjects`).
         vocab_size: if given, the shards must have it.
@@ -464,7 +467,7 @@ class ShardDataModule(L.LightningDataModule):
         shard_dir: str,
         modality: str,
         block_size: int,
-        batch_size: int,
+        global_batch_size: int,
         seed: int,
         val_fraction: float,
         test_fraction: float,
@@ -477,6 +480,7 @@ class ShardDataModule(L.LightningDataModule):
         prefetch_factor: int | None,
         verify_checksums: bool,
         split: str = "test",
+        micro_batch_size: int | None = None,
     ) -> None:
         super().__init__()
         if split not in EVAL_SPLITS:
@@ -485,7 +489,7 @@ class ShardDataModule(L.LightningDataModule):
         self.eval_split = split  # (`split` is the subject split, below)
         self.modality = get_modality(modality).name
         self.block_size = block_size
-        self.batch_size = batch_size
+        self.global_batch_size, self.micro_batch_size = global_batch_size, micro_batch_size
         self.seed = seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.folds, self.fold = folds, fold
@@ -499,6 +503,15 @@ class ShardDataModule(L.LightningDataModule):
         self._split: SubjectSplit | None = None
         self._rows: dict[str, np.ndarray] = {}
         self._dataset: Dataset | None = None
+
+    @property
+    def batch_size(self) -> int:
+        """Windows per batch of this process: the micro batch of the global batch at this
+        world size (raises :class:`~heartgpt.errors.ConfigError` when they do not divide)."""
+        from heartgpt.training.batching import plan_batches
+
+        return plan_batches(self.global_batch_size, self.micro_batch_size,
+                            _rank_world(self)[1]).micro_batch_size
 
     @property
     def window(self) -> int:
@@ -607,7 +620,7 @@ class PretrainDataModule(ShardDataModule):
         shard_dir: str,
         modality: str,
         block_size: int,
-        batch_size: int,
+        global_batch_size: int,
         seed: int,
         val_fraction: float,
         test_fraction: float,
@@ -621,10 +634,12 @@ class PretrainDataModule(ShardDataModule):
         prefetch_factor: int | None = None,
         verify_checksums: bool = True,
         split: str = "test",
+        micro_batch_size: int | None = None,
     ) -> None:
-        super().__init__(shard_dir, modality, block_size, batch_size, seed, val_fraction,
+        super().__init__(shard_dir, modality, block_size, global_batch_size, seed, val_fraction,
                          test_fraction, folds, fold, vocab_size, num_workers, pin_memory,
-                         persistent_workers, prefetch_factor, verify_checksums, split)
+                         persistent_workers, prefetch_factor, verify_checksums, split,
+                         micro_batch_size)
         self.save_hyperparameters(logger=False)
         self.windows_per_segment = windows_per_segment
 
@@ -666,7 +681,7 @@ class FinetuneDataModule(ShardDataModule):
         modality: str,
         block_size: int,
         label_kind: str,
-        batch_size: int,
+        global_batch_size: int,
         seed: int,
         val_fraction: float,
         test_fraction: float,
@@ -680,12 +695,14 @@ class FinetuneDataModule(ShardDataModule):
         prefetch_factor: int | None = None,
         verify_checksums: bool = True,
         split: str = "test",
+        micro_batch_size: int | None = None,
     ) -> None:
         if label_kind not in ("sequence", "token"):
             raise ValueError(f"label_kind must be 'sequence' or 'token', got {label_kind!r}")
-        super().__init__(shard_dir, modality, block_size, batch_size, seed, val_fraction,
+        super().__init__(shard_dir, modality, block_size, global_batch_size, seed, val_fraction,
                          test_fraction, folds, fold, vocab_size, num_workers, pin_memory,
-                         persistent_workers, prefetch_factor, verify_checksums, split)
+                         persistent_workers, prefetch_factor, verify_checksums, split,
+                         micro_batch_size)
         self.save_hyperparameters(logger=False)
         self.label_kind = label_kind
         self.stratify = stratify

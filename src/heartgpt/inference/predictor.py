@@ -37,7 +37,7 @@ from heartgpt.inference.prediction import (
 )
 from heartgpt.inference.prediction_store import ITEM_TABLES, RECORDINGS, PredictionStore
 from heartgpt.model import GPT
-from heartgpt.model.checkpoints import find_weights, require_torch
+from heartgpt.model.checkpoints import find_weights, require_torch, warn_if_synthetic
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,7 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
     checkpoint = find_weights(cfg.checkpoint, cfg.paths.weights_dir)
     need, refuse = MODEL_NEED[mode]
     loaded, modality = load_tool_model(checkpoint, need, cfg.modality, refuse_task=refuse)
+    warn_if_synthetic(loaded, log)
     settings = OmegaConf.to_container(cfg.mode, resolve=True)
     check_mode(settings, loaded.model.config.block_size)
     if mode == "embed":

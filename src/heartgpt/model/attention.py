@@ -1,9 +1,10 @@
 """Causal attention: :func:`attend` picks the kernel; the chunked dropout kernel for CPU training.
 
 :func:`attend` is the one place the model's attention kernel is chosen, by what is asked for
-and the device: the explicit softmax when the weights are wanted, one query without a mask
+and the device type: the explicit softmax when the weights are wanted, one query without a mask
 (cached decoding), :func:`chunked_dropout_attention` for CPU training with dropout, and
-``F.scaled_dot_product_attention`` (causal, or with an offset causal mask) otherwise.
+``F.scaled_dot_product_attention`` (causal, or with an offset causal mask) otherwise -- on
+CUDA, MPS and XPU training with dropout included, where it has fused kernels.
 
 Why a chunked kernel: ``F.scaled_dot_product_attention`` has no fused CPU kernel that supports
 ``dropout_p > 0``: with the released models' attention dropout of 0.2 it falls back to the
@@ -151,8 +152,9 @@ def attend(
         y = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=dropout_p, scale=scale
         )
-    elif dropout_p > 0 and not q.is_cuda:
+    elif dropout_p > 0 and q.device.type == "cpu":
         # No fused CPU SDPA kernel supports dropout; its math fallback keeps T x T tensors.
+        # CUDA, MPS, XPU ...: SDPA with dropout_p (flash / memory-efficient kernels).
         y = chunked_dropout_attention(q, k, v, scale, dropout_p)
     else:
         y = F.scaled_dot_product_attention(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import zipfile
@@ -47,6 +48,14 @@ class LoadedModel:
     modality: str | None  # 'ecg' / 'ppg' where known
     task: str  # 'pretrain', or for released fine-tunes 'af' / 'beats' / 'binary'
     source: str  # path it came from
+    synthetic: bool = False  # trained on the SYNTHETIC demo data (its numbers mean nothing real)
+
+
+def warn_if_synthetic(loaded: LoadedModel, log: logging.Logger) -> None:
+    """Log that ``loaded`` was trained on the SYNTHETIC demo data, if it was."""
+    if loaded.synthetic:
+        log.warning("%s was trained on SYNTHETIC demo data: what it predicts says nothing "
+                    "about real recordings", loaded.source)
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -242,9 +251,11 @@ def load_released(path: str | os.PathLike) -> LoadedModel:
 
 
 def save_safetensors(
-    model: GPT, path: str | os.PathLike, modality: str | None = None, task: str = "pretrain"
+    model: GPT, path: str | os.PathLike, modality: str | None = None, task: str = "pretrain",
+    synthetic: bool = False,
 ) -> Path:
-    """Export ``model`` to a safetensors file that carries its own config; written atomically."""
+    """Export ``model`` to a safetensors file that carries its own config (and whether it was
+    trained on the SYNTHETIC demo data); written atomically."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -253,6 +264,7 @@ def save_safetensors(
         "config": json.dumps(model.config.to_dict()),
         "modality": modality or "",
         "task": task,
+        "synthetic": "true" if synthetic else "false",
         "heartgpt_version": __version__,
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -327,7 +339,7 @@ def load_safetensors(path: str | os.PathLike) -> LoadedModel:
         raise CheckpointError(path, "its 'config' metadata is not JSON") from None
     model = _model_of(config, tensors, path)
     return LoadedModel(model, metadata.get("modality") or None, metadata.get("task", "pretrain"),
-                       str(path))
+                       str(path), metadata.get("synthetic") == "true")
 
 
 def load_lightning(path: str | os.PathLike) -> LoadedModel:
@@ -349,7 +361,8 @@ def load_lightning(path: str | os.PathLike) -> LoadedModel:
                if k.startswith("model.")}
     weights = {k.removeprefix("_orig_mod."): v for k, v in weights.items()}  # torch.compile
     model = _model_of(hparams["model_config"], weights, path)
-    return LoadedModel(model, hparams.get("modality"), hparams.get("task", "pretrain"), str(path))
+    return LoadedModel(model, hparams.get("modality"), hparams.get("task", "pretrain"), str(path),
+                       bool(hparams.get("synthetic_data", False)))
 
 
 def weights_dirs(weights_dir: str | os.PathLike | None = None) -> list[Path]:

@@ -79,6 +79,7 @@ def export_metadata(loaded: LoadedModel) -> dict[str, str]:
         "config": json.dumps(loaded.model.config.to_dict()),
         "modality": loaded.modality or "",
         "task": loaded.task,
+        "synthetic": "true" if loaded.synthetic else "false",
         "source": source.name,
         "source_sha256": sha256_file(source) if source.is_file() else "",
         "version": __version__,
@@ -333,7 +334,7 @@ def load_onnx(path: str | os.PathLike, threads: int | None = None) -> LoadedMode
                               f"'{INPUT_NAME}' -> '{OUTPUT_NAME}' (.., {config.n_out})")
     model = OnnxGPT(path, config, session, threads)
     return LoadedModel(model, metadata.get("modality") or None, metadata.get("task", "pretrain"),
-                       str(path))
+                       str(path), metadata.get("synthetic") == "true")
 
 
 # --------------------------------------------------------------------------------- checking

@@ -46,6 +46,8 @@ class GPTLightningModule(L.LightningModule):
 
     model: torch.nn.Module
     _prepared = False
+    _step_loss: torch.Tensor | None = None  # sum of this optimiser step's micro-batch losses
+    _step_batches = 0
 
     def initial_weights(self) -> str | None:
         """Weights copied into ``self.model`` when fitting starts (None: keep the init)."""
@@ -67,6 +69,24 @@ class GPTLightningModule(L.LightningModule):
         if self.hparams.compile:
             self.model.compile()  # nn.Module.compile: state-dict keys unchanged
 
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss = self._step(batch, "train")
+        detached = loss.detach().float()
+        self._step_loss = detached if self._step_loss is None else self._step_loss + detached
+        self._step_batches += 1
+        return loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Log ``train/global_loss``: the loss of the whole global batch of this optimiser step
+        (its micro batches on every process), the same number on 1 device or N."""
+        if self._step_batches:
+            self.log("train/global_loss", self._step_loss / self._step_batches, on_step=True,
+                     on_epoch=False, sync_dist=True)
+        self._step_loss, self._step_batches = None, 0
+
+    def _step(self, batch: Any, stage: str) -> torch.Tensor:
+        raise NotImplementedError
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         torch.manual_seed(step_seed(self.hparams.seed, self.global_rank, self.global_step, batch_idx))
 
@@ -74,7 +94,8 @@ class GPTLightningModule(L.LightningModule):
         """AdamW over the parameters that require grad (frozen ones get no state), stepped
         warm-up + cosine; ``lr_decay_steps`` null or <= 0: the trainer's total steps."""
         hp = self.hparams
-        optimizer = build_optimizer(self.model, hp.lr, hp.betas, hp.weight_decay)
+        optimizer = build_optimizer(self.model, hp.lr, hp.betas, hp.weight_decay,
+                                    hp.get("decay_params", "linear"))
         decay_steps = hp.lr_decay_steps
         if decay_steps is None or decay_steps <= 0:
             decay_steps = int(self.trainer.estimated_stepping_batches)

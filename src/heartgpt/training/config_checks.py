@@ -1,6 +1,6 @@
 """Check the values of a composed config before anything runs, naming the key of a bad one.
 
-Hydra and OmegaConf accept ``trainer.max_steps=abc`` (a string) and ``data.batch_size=-3``;
+Hydra and OmegaConf accept ``trainer.max_steps=abc`` (a string) and ``data.global_batch_size=-3``;
 without a check the run would start, create its directory and die deep inside Lightning
 (``'<' not supported between instances of 'str' and 'int'``). :func:`check_values` raises
 :class:`~heartgpt.errors.ConfigError` ``"<key>: <problem>"`` instead, for every key of
@@ -101,6 +101,8 @@ PRECISIONS = ("32-true", "32", 32, "16-mixed", "bf16-mixed", "bf16-true", "16-tr
 
 CHECKS: dict[str, Check] = {
     "seed": integer(0),
+    "test_checkpoint": one_of("best", "last"),
+    "float32_matmul_precision": one_of("highest", "high", "medium"),
     "trainer.max_steps": integer(-1),
     "trainer.max_epochs": integer(-1, nullable=True),
     "trainer.val_check_interval": batches_or_fraction,
@@ -114,7 +116,8 @@ CHECKS: dict[str, Check] = {
     "trainer.precision": one_of(*PRECISIONS),
     "trainer.devices": devices,
     "trainer.num_nodes": integer(1),
-    "data.batch_size": integer(1),
+    "data.global_batch_size": integer(1),
+    "data.micro_batch_size": integer(1, nullable=True),
     "data.num_workers": integer(0),
     "data.val_fraction": number(0, 1, open_hi=True),
     "data.test_fraction": number(0, 1, open_hi=True),
@@ -128,6 +131,7 @@ CHECKS: dict[str, Check] = {
     "model.dropout": number(0, 1, open_hi=True),
     "module.lr": number(0, open_lo=True),
     "module.weight_decay": number(0),
+    "module.decay_params": one_of("linear", "all"),
     "module.warmup_steps": integer(0),
     "module.min_lr_ratio": number(0, 1),
     "module.betas": betas,

@@ -35,6 +35,7 @@ from heartgpt.model.checkpoints import (
     load_model,
     load_weights_only,
     require_torch,
+    warn_if_synthetic,
 )
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ def pin_checkpoint(cfg: DictConfig) -> LoadedModel:
                 log.info("module.%s=%s, as %s was trained", key, hparams[key], path.name)
                 cfg.module[key] = hparams[key]
     log.info("checkpoint: %s (sha256 %s)", path, cfg.checkpoint_sha256)
+    warn_if_synthetic(loaded, log)
     return loaded
 
 

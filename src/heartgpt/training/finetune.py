@@ -66,6 +66,7 @@ class FinetuneModule(GPTLightningModule):
         pooling: sequence tasks: 'last' position (the paper) or 'mean' over positions.
         pretrained: weights to start from (released ``.zip``/``.pth``, our ``.ckpt`` or
             ``.safetensors``); None trains from scratch. Loaded when fitting starts.
+        decay_params: 'linear' | 'all': which parameters ``weight_decay`` applies to.
         lr, betas, weight_decay, warmup_steps, lr_decay_steps, min_lr_ratio: AdamW and its
             warm-up + cosine schedule (:mod:`heartgpt.training.optim`).
         pos_weight: BCE weight of positive examples (beats are sparse); None: 1.
@@ -104,6 +105,7 @@ class FinetuneModule(GPTLightningModule):
         peak_max_width_ms: float | None,
         seed: int,
         compile: bool = False,
+        decay_params: str = "linear",
     ) -> None:
         super().__init__()
         if head not in HEADS:
@@ -201,9 +203,6 @@ class FinetuneModule(GPTLightningModule):
                 found = beat_rows(probs[i].float().cpu().numpy(), target[i].cpu().numpy(),
                                   scores.peak_finder, scores.tolerance)
                 self._test_beats.extend({"row": row, "subject": subject, **b} for b in found)
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._step(batch, "val")

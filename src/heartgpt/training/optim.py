@@ -16,12 +16,20 @@ import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
+DECAY_PARAMS = ("linear", "all")
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Split the trainable parameters of ``model`` into a decayed and a non-decayed group."""
+
+def param_groups(model: nn.Module, weight_decay: float, decay_params: str = "linear") -> list[dict]:
+    """Split the trainable parameters of ``model`` into a decayed and a non-decayed group:
+    ``decay_params='linear'`` decays ``nn.Linear`` weights only, ``'all'`` every parameter
+    (torch's AdamW applied to ``model.parameters()``, as the released HeartGPT trained)."""
+    if decay_params not in DECAY_PARAMS:
+        raise ValueError(f"decay_params must be one of {DECAY_PARAMS}, got {decay_params!r}")
     decay: dict[str, nn.Parameter] = {}
+    if decay_params == "all":
+        decay = {n: p for n, p in model.named_parameters() if p.requires_grad}
     for module_name, module in model.named_modules():
-        if isinstance(module, nn.Linear) and module.weight.requires_grad:
+        if decay_params == "linear" and isinstance(module, nn.Linear) and module.weight.requires_grad:
             decay[f"{module_name}.weight" if module_name else "weight"] = module.weight
     decay_ids = {id(p) for p in decay.values()}
     no_decay = [p for p in model.parameters() if p.requires_grad and id(p) not in decay_ids]
@@ -46,12 +54,13 @@ def warmup_cosine(step: int, warmup_steps: int, decay_steps: int, min_lr_ratio: 
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, betas: Sequence[float], weight_decay: float
+    model: nn.Module, lr: float, betas: Sequence[float], weight_decay: float,
+    decay_params: str = "linear",
 ) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` (fused on CUDA where available)."""
     on_cuda = next(model.parameters()).is_cuda
     return torch.optim.AdamW(
-        param_groups(model, weight_decay), lr=lr, betas=(float(betas[0]), float(betas[1])),
+        param_groups(model, weight_decay, decay_params), lr=lr, betas=(float(betas[0]), float(betas[1])),
         fused=on_cuda or None,
     )
 

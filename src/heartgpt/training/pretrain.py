@@ -34,7 +34,9 @@ class PretrainModule(GPTLightningModule):
         modality: 'ecg' | 'ppg'; must agree with ``model_config['vocab_size']``.
         lr: peak learning rate.
         betas: AdamW betas.
-        weight_decay: on ``nn.Linear`` weights only (see :mod:`heartgpt.training.optim`).
+        weight_decay: AdamW weight decay of the parameters ``decay_params`` names.
+        decay_params: 'linear' (``nn.Linear`` weights only) or 'all' (every parameter, as
+            released; see :mod:`heartgpt.training.optim`).
         warmup_steps: linear warm-up steps.
         lr_decay_steps: steps of the cosine decay (counted from 0); None: the trainer's total.
         min_lr_ratio: final learning rate as a fraction of ``lr`` (1.0: constant after warm-up).
@@ -58,6 +60,7 @@ class PretrainModule(GPTLightningModule):
         seed: int,
         compile: bool = False,
         init_from: str | None = None,
+        decay_params: str = "linear",
     ) -> None:
         super().__init__()
         # Normalise before save_hyperparameters, which records these local values.
@@ -120,9 +123,6 @@ class PretrainModule(GPTLightningModule):
         self.log(f"{stage}/ppl", m["ppl"], on_step=on_step, on_epoch=not on_step)
         self.log(f"{stage}/acc", m["acc"], on_step=on_step, on_epoch=not on_step)
         return loss
-
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, "val")

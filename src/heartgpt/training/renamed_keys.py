@@ -20,6 +20,7 @@ TRAIN_RENAMES: tuple[tuple[str, str], ...] = (
     ("task_name", "run_name"),
     ("task.task_type", "module.head"),
     ("data.task_type", "data.label_kind"),
+    ("data.batch_size", "data.global_batch_size"),  # per process before; now over all of them
     ("task.", "module."),  # task=<name> still picks the task; its settings moved to module.*
 )
 PREPARE_RENAMES: tuple[tuple[str, str], ...] = (("task_type", "label_kind"),)
@@ -43,7 +44,13 @@ def _renamed(key: str, renames: Iterable[tuple[str, str]]) -> str | None:
     return None
 
 
+_NOTES = {"data.global_batch_size": " (it counts windows over all devices; "
+                                    "data.micro_batch_size is per device)"}
+
+
 def _message(key: str, new: str, value: str | None = None) -> str:
+    if new in _NOTES:
+        return f"config key {key!r} is now {new!r}{_NOTES[new]}: use {new} instead"
     if value is not None and value in _PREPARE_VALUES:
         return (f"config key {key!r} was renamed {new!r} in heartgpt 0.2: use "
                 f"{new}={_PREPARE_VALUES[value]}")
