@@ -114,7 +114,7 @@ def mark_synthetic(cfg: DictConfig) -> bool:
         return False  # the DataModule reports a missing set
     if not read_manifest(shard_dir).meta.synthetic:
         return False
-    log.warning(SYNTHETIC_WARNING.replace("trained on", "training on"), shard_dir)
+    rank_zero_only(log.warning)(SYNTHETIC_WARNING.replace("trained on", "training on"), shard_dir)
     with open_dict(cfg):
         cfg.tags = [*(cfg.get("tags") or []), "synthetic"]
     return True
@@ -248,7 +248,7 @@ def train(cfg: DictConfig) -> float | None:
             for lg in trainer.loggers:
                 lg.log_hyperparams({"checkpoints/best": best,
                                     "checkpoints/last": trainer.checkpoint_callback.last_model_path})
-    if synthetic:
+    if synthetic and trainer.is_global_zero:
         log.warning(SYNTHETIC_WARNING, cfg.data.shard_dir)
     if metric is None:
         log.warning("optimized_metric %r was not logged", cfg.optimized_metric)
