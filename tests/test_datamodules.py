@@ -20,6 +20,7 @@ from heartgpt.data import (
     num_folds,
     split_subjects,
 )
+from heartgpt.data.datamodules import WindowSampler
 from heartgpt.data.shards import read_shards
 
 S = 40  # tokens per segment
@@ -362,3 +363,36 @@ def test_data_configs_instantiate(name, tmp_path):
     assert type(dm).__name__ == {"pretrain": "PretrainDataModule", "finetune": "FinetuneDataModule"}[name]
     assert dm.seed == 7 and dm.block_size == 500 and dm.modality == "ppg" and dm.vocab_size == 102
     assert dm.shard_dir == str(tmp_path / "demo" / "ppg" / ("pretrain" if name == "pretrain" else "af"))
+
+
+def test_a_split_file_states_the_subject_split(shards, tmp_path):
+    from heartgpt.errors import InputError
+
+    subjects = sorted(set(read_shards(shards["sequence"]).subject.tolist()))
+    assert len(subjects) >= 3
+    table = {s: ("test" if i == 0 else "val" if i == 1 else "train") for i, s in enumerate(subjects)}
+    path = tmp_path / "split.csv"
+    path.write_text("subject,split\n" + "".join(f"{s},{v}\n" for s, v in table.items()))
+    dm = _fine(shards["sequence"], "sequence", split_file=str(path))
+    assert dm.split.test == (subjects[0],) and dm.split.val == (subjects[1],)
+    assert dm.split.train == tuple(subjects[2:])
+    path.write_text("subject,split\n" + "".join(f"{s},train\n" for s in subjects[1:]))
+    with pytest.raises(InputError, match=rf"split.csv: does not match the shard set's subjects "
+                                         rf"\(not in the file: \['{subjects[0]}'\]"):
+        _ = _fine(shards["sequence"], "sequence", split_file=str(path)).split
+    path.write_text(f"subject,split\n{subjects[0]},holdout\n")
+    with pytest.raises(InputError, match=r"line 2: split 'holdout' is not train, val or test"):
+        _ = _fine(shards["sequence"], "sequence", split_file=str(path)).split
+
+
+def test_training_windows_with_replacement(shards):
+    rows = np.arange(200)
+    plain = WindowSampler(rows, 64, 17, seed=1, shuffle=True, offsets="random")
+    drawn = WindowSampler(rows, 64, 17, seed=1, shuffle=True, offsets="random", replacement=True)
+    assert sorted(plain.keys(0)[0].tolist()) == rows.tolist()  # every row once
+    once = drawn.keys(0)[0]
+    assert len(once) == len(rows) and len(set(once.tolist())) < len(rows)  # some twice, some never
+    assert np.array_equal(once, drawn.keys(0)[0]) and not np.array_equal(once, drawn.keys(1)[0])
+    dm = _pre(shards["unlabelled"], with_replacement=True)
+    dm.setup("fit")
+    assert dm.train_dataloader().sampler.replacement and not dm.val_dataloader().sampler.replacement

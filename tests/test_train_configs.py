@@ -90,10 +90,10 @@ def test_every_experiment_instantiates(experiment, paths):
 # ../shared/PAPER.md, as facts: what each paper preset must compose to.
 PRETRAIN = dict(global_batch=64, lr=3e-4, betas=[0.9, 0.999], weight_decay=0.01, decay="all",
                 schedule="constant", clip=None, precision="32-true", matmul="highest",
-                dropout=0.2, val_every=2000, val_batches=200, test="best")
+                dropout=0.2, val_every=2000, val_batches=200, test="best", replacement=True)
 FINETUNE = dict(global_batch=128, lr=3e-4, betas=[0.9, 0.999], weight_decay=0.01, decay="all",
                 schedule="constant", clip=None, precision="32-true", matmul="highest",
-                dropout=0.2, freeze="last_block", test="last")
+                dropout=0.2, freeze="last_block", test="last", replacement=True)
 PAPER = {
     "paper_ecg_pretrain": dict(PRETRAIN, modality="ecg", steps=560_000),
     "paper_ppg_pretrain": dict(PRETRAIN, modality="ppg", steps=500_000),
@@ -124,6 +124,7 @@ def test_paper_presets_compose_to_the_paper_recipe(experiment, paths):
     assert GPTConfig.from_dict(cfg.module.model_config) == GPTConfig(
         vocab_size=cfg.modality.vocab_size, dropout=fact["dropout"])  # the released architecture
     assert cfg.test_checkpoint == fact["test"]
+    assert cfg.data.with_replacement == fact["replacement"]
     if experiment.endswith("pretrain"):
         assert cfg.trainer.val_check_interval == fact["val_every"]
         assert cfg.trainer.limit_val_batches == fact["val_batches"]
@@ -132,9 +133,9 @@ def test_paper_presets_compose_to_the_paper_recipe(experiment, paths):
     assert cfg.module.pretrained.endswith(f"/{fact['weights']}")
     assert cfg.data.folds == fact["folds"]
     assert cfg.module.head == cfg.data.label_kind == fact["head"]
-    if fact["folds"] == "loso":  # every other subject trains; the final model is tested
+    assert cfg.callbacks.model_checkpoint.monitor is None  # the final model is tested
+    if fact["folds"] == "loso":  # every other subject trains
         assert cfg.data.val_fraction == fact["val_fraction"]
-        assert cfg.callbacks.model_checkpoint.monitor is None
 
 
 def test_the_ppg_preset_needs_segments_longer_than_the_papers_ten_seconds(tmp_path, paths):

@@ -39,7 +39,7 @@ from heartgpt.data.shards import (
     read_column,
     validate_shard_dir,
 )
-from heartgpt.data.splits import SubjectSplit, split_subjects
+from heartgpt.data.splits import SubjectSplit, read_split_file, split_subjects
 from heartgpt.data.tokenizer import get_modality
 
 SPLITS = ("train", "val", "test")
@@ -179,6 +179,8 @@ class WindowSampler(Sampler):
             (the last ``window`` tokens of the row).
         rank, world_size: this process's slice; train truncates, val/test pad, to equal lengths.
         repeats: keys per row per epoch (pre-training ``windows_per_segment``).
+        replacement: with ``shuffle``, draw the epoch's rows with replacement (as many draws as
+            rows) instead of a permutation, as the released training code did.
     """
 
     def __init__(
@@ -193,6 +195,7 @@ class WindowSampler(Sampler):
         rank: int = 0,
         world_size: int = 1,
         repeats: int = 1,
+        replacement: bool = False,
     ) -> None:
         if offsets not in ("random", "fixed", "last"):
             raise ValueError(f"offsets must be 'random', 'fixed' or 'last', got {offsets!r}")
@@ -208,6 +211,7 @@ class WindowSampler(Sampler):
         self.offsets = offsets
         self.rank = rank
         self.world_size = world_size
+        self.replacement = replacement
         self.epoch = 0
         self.start = 0  # keys to skip at the next __iter__ (set by ResumableDataLoader)
 
@@ -227,7 +231,12 @@ class WindowSampler(Sampler):
     def global_keys(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
         """(rows, offsets) of all ranks for ``epoch``, in order, before padding or sharding."""
         rng = np.random.default_rng([self.seed, epoch])
-        rows = self.rows[rng.permutation(len(self.rows))] if self.shuffle else self.rows
+        if self.shuffle and self.replacement:
+            rows = self.rows[rng.integers(0, len(self.rows), len(self.rows))]
+        elif self.shuffle:
+            rows = self.rows[rng.permutation(len(self.rows))]
+        else:
+            rows = self.rows
         span = self.segment_length - self.window + 1
         if self.offsets == "last":
             offs = np.full(len(rows), span - 1, dtype=np.int64)
@@ -426,7 +435,9 @@ def _loader_kwargs(dm: Any) -> dict[str, Any]:
 
 
 def _split(index: _Index, seed: int, val_fraction: float, test_fraction: float, folds, fold: int,
-           stratify: bool) -> SubjectSplit:
+           stratify: bool, split_file: str | None = None) -> SubjectSplit:
+    if split_file:
+        return read_split_file(split_file, index.subject_names)
     classes = index.subject_classes() if stratify and index.labels is not None else None
     return split_subjects(
         index.subject_names, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
@@ -460,6 +471,11 @@ class ShardDataModule(L.LightningDataModule):
         split: the rows the test loader serves: 'test' (training's ``test=true``), 'val',
             'train' or 'all' (every row of the shard set, what ``python -m heartgpt.eval``
             scores by default).
+        split_file: a CSV ``subject,split`` that states the subject split (fractions and folds
+            are then not used).
+        with_replacement: training windows drawn with replacement (each epoch as many random
+            rows as the split holds, at random offsets), as the released code sampled; default
+            a shuffled pass over every row.
     """
 
     def __init__(
@@ -481,6 +497,8 @@ class ShardDataModule(L.LightningDataModule):
         verify_checksums: bool,
         split: str = "test",
         micro_batch_size: int | None = None,
+        split_file: str | None = None,
+        with_replacement: bool = False,
     ) -> None:
         super().__init__()
         if split not in EVAL_SPLITS:
@@ -490,6 +508,8 @@ class ShardDataModule(L.LightningDataModule):
         self.modality = get_modality(modality).name
         self.block_size = block_size
         self.global_batch_size, self.micro_batch_size = global_batch_size, micro_batch_size
+        self.split_file = str(split_file) if split_file else None
+        self.with_replacement = with_replacement
         self.seed = seed
         self.val_fraction, self.test_fraction = val_fraction, test_fraction
         self.folds, self.fold = folds, fold
@@ -539,7 +559,8 @@ class ShardDataModule(L.LightningDataModule):
         index, stratify = self._open()
         try:
             self._split = _split(index, self.seed, self.val_fraction, self.test_fraction,
-                                 self.folds, self.fold, stratify=stratify)
+                                 self.folds, self.fold, stratify=stratify,
+                                 split_file=self.split_file)
             self._rows = {s: index.rows_of(self._split.of(s)) for s in SPLITS}
         except ValueError:
             if self.eval_split != "all":
@@ -587,7 +608,9 @@ class ShardDataModule(L.LightningDataModule):
                                   **self._sampler_options(False))
         else:
             sampler = WindowSampler(rows, length, self.window, seed=self.seed, shuffle=train,
-                                    rank=rank, world_size=world, **self._sampler_options(train))
+                                    rank=rank, world_size=world,
+                                    replacement=train and self.with_replacement,
+                                    **self._sampler_options(train))
         assert self._dataset is not None
         cls = ResumableDataLoader if train else DataLoader
         return cls(self._dataset, sampler=sampler, **_loader_kwargs(self))
@@ -635,11 +658,13 @@ class PretrainDataModule(ShardDataModule):
         verify_checksums: bool = True,
         split: str = "test",
         micro_batch_size: int | None = None,
+        split_file: str | None = None,
+        with_replacement: bool = False,
     ) -> None:
         super().__init__(shard_dir, modality, block_size, global_batch_size, seed, val_fraction,
                          test_fraction, folds, fold, vocab_size, num_workers, pin_memory,
                          persistent_workers, prefetch_factor, verify_checksums, split,
-                         micro_batch_size)
+                         micro_batch_size, split_file, with_replacement)
         self.save_hyperparameters(logger=False)
         self.windows_per_segment = windows_per_segment
 
@@ -696,13 +721,15 @@ class FinetuneDataModule(ShardDataModule):
         verify_checksums: bool = True,
         split: str = "test",
         micro_batch_size: int | None = None,
+        split_file: str | None = None,
+        with_replacement: bool = False,
     ) -> None:
         if label_kind not in ("sequence", "token"):
             raise ValueError(f"label_kind must be 'sequence' or 'token', got {label_kind!r}")
         super().__init__(shard_dir, modality, block_size, global_batch_size, seed, val_fraction,
                          test_fraction, folds, fold, vocab_size, num_workers, pin_memory,
                          persistent_workers, prefetch_factor, verify_checksums, split,
-                         micro_batch_size)
+                         micro_batch_size, split_file, with_replacement)
         self.save_hyperparameters(logger=False)
         self.label_kind = label_kind
         self.stratify = stratify

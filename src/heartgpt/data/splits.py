@@ -8,6 +8,8 @@ A subject's rows are never in two splits. Everything is deterministic from ``see
   ``val_fraction`` of the remaining subjects the validation set.
 - ``folds="loso"``: the ``fold``-th subject in sorted order is the test set (exactly one
   subject); ``val_fraction`` of the others are the validation set.
+- a split file (:func:`read_split_file`, ``data.split_file``): a CSV ``subject,split`` states
+  it, e.g. a data set's own training and testing sets.
 
 With ``subject_classes`` (e.g. each subject's AF/non-AF label) every draw is stratified: the
 test fold and the validation set get the classes in about their overall proportions.
@@ -15,10 +17,15 @@ test fold and the validation set get the classes in about their overall proporti
 
 from __future__ import annotations
 
+import csv
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from heartgpt.errors import InputError
 
 _VAL_STREAM = 7  # separate random stream for the validation draw (any fixed number)
 
@@ -133,3 +140,37 @@ def split_subjects(
     split = SubjectSplit(tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)))
     split.assert_disjoint()
     return split
+
+
+def read_split_file(path: str | os.PathLike, subjects: Sequence[str]) -> SubjectSplit:
+    """The split a CSV with columns ``subject,split`` states (split: train | val | test), e.g.
+    MIMIC PERform's training and testing sets. Every subject of the shard set must be listed
+    once; subjects the file lists but the shards lack are an error too (a typo must not shrink
+    a split silently).
+
+    Raises:
+        InputError: ``<file>: <problem>`` naming the subjects or the line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(path, "no such split file (a CSV with columns subject,split)")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        cols = {c.strip().lower(): c for c in reader.fieldnames or []}
+        if not {"subject", "split"} <= cols.keys():
+            raise InputError(path, f"needs columns subject,split (found {reader.fieldnames})")
+        given: dict[str, str] = {}
+        for line, row in enumerate(reader, start=2):
+            subject, split = row[cols["subject"]].strip(), row[cols["split"]].strip().lower()
+            if split not in ("train", "val", "test"):
+                raise InputError(path, f"line {line}: split {split!r} is not train, val or test")
+            if subject in given:
+                raise InputError(path, f"line {line}: subject {subject!r} is listed twice")
+            given[subject] = split
+    missing = sorted(set(subjects) - given.keys())
+    unknown = sorted(given.keys() - set(subjects))
+    if missing or unknown:
+        raise InputError(path, f"does not match the shard set's subjects (not in the file: "
+                               f"{missing[:5]}; not in the shards: {unknown[:5]})")
+    parts = {s: tuple(sorted(n for n, v in given.items() if v == s)) for s in ("train", "val", "test")}
+    return SubjectSplit(parts["train"], parts["val"], parts["test"])
