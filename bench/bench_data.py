@@ -26,7 +26,7 @@ def loader_unit(shard_dir: str, block_size: int, batch: int, workers: int,
     """The train loader after one warm-up epoch (worker start, file opening); a unit is one
     epoch, returning the windows it delivered."""
     dm = PretrainDataModule(
-        shard_dir, "ecg", block_size=block_size, batch_size=batch, seed=0,
+        shard_dir, "ecg", block_size=block_size, global_batch_size=batch, seed=0,
         val_fraction=0.1, test_fraction=0.1, windows_per_segment=windows_per_segment,
         num_workers=workers, persistent_workers=workers > 0, verify_checksums=False)
     dm.setup()
