@@ -342,8 +342,9 @@ for step in range(1, 10_000):
 
 
 def test_a_kill_during_a_save_with_tmpdir_elsewhere_leaves_a_whole_checkpoint(tmp_path):
-    """``kill -9`` while ``last.ckpt`` is being rewritten, ``TMPDIR`` on another folder (on CI
-    another filesystem): the file is the previous save or the new one, whole, never cut."""
+    """``kill -9`` while ``last.ckpt`` is being rewritten, ``TMPDIR`` pointed at another folder:
+    nothing goes through it (on another filesystem a rename from there would be a copy), and the
+    file is the previous save or the new one, whole, never cut."""
     from heartgpt.training.resume import find_last_checkpoint
 
     target = tmp_path / "run" / "checkpoints" / "last.ckpt"

@@ -208,6 +208,22 @@ def test_torchrun_two_processes(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_submitit_local_launcher_runs_two_tasks_as_one_ddp_job(data_dir, tmp_path):
+    """``-m hydra/launcher=local`` (submitit's local executor, 2 tasks): the same launcher path as
+    SLURM, the ranks read from submitit's variables, one job with 2 processes."""
+    sweep = tmp_path / "sweep"
+    done = run_module(["-m", "hydra/launcher=local", *FAST, "trainer=ddp_cpu", "trainer.devices=2",
+                       "trainer.max_steps=2", "trainer.val_check_interval=2", "test=false",
+                       "logger=none", f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"],
+                      cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    ckpts = sorted(p.name for p in (sweep / "0" / "checkpoints").iterdir())
+    assert len(ckpts) == 2 and "last.ckpt" in ckpts, ckpts  # one best + one last
+    ckpt = torch.load(sweep / "0" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["hyper_parameters"]["batch"]["world_size"] == 2
+
+
+@pytest.mark.slow
 def test_multirun_writes_separate_run_dirs(data_dir, tmp_path):
     """With no sweep directory given: ``./outputs/<task>/multiruns/<time>/<job>``."""
     result = run_module(["-m", "model=paper,medium", *FAST, "trainer.max_steps=2",
@@ -222,3 +238,21 @@ def test_multirun_writes_separate_run_dirs(data_dir, tmp_path):
         ckpt = torch.load(sweep / job / "checkpoints" / "last.ckpt", weights_only=True)
         scales[model] = ckpt["hyper_parameters"]["model_config"]["attn_scale"]
     assert scales == {"paper": 0.125, "medium": None}
+
+
+def test_submitit_local_environment_reads_the_ranks(monkeypatch):
+    from heartgpt.training.environments import SubmititLocalEnvironment, detected_environments
+
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    for name in ("SUBMITIT_LOCAL_NTASKS", "SUBMITIT_LOCAL_GLOBALID"):
+        monkeypatch.delenv(name, raising=False)
+    assert detected_environments() == []
+    monkeypatch.setenv("SUBMITIT_LOCAL_NTASKS", "2")
+    monkeypatch.setenv("SUBMITIT_LOCAL_GLOBALID", "1")
+    monkeypatch.setenv("SUBMITIT_LOCAL_LOCALID", "1")
+    monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "4242")
+    [env] = detected_environments()
+    assert isinstance(env, SubmititLocalEnvironment) and env.creates_processes_externally
+    assert (env.world_size(), env.global_rank(), env.local_rank(), env.node_rank()) == (2, 1, 1, 0)
+    port = env.main_port
+    assert 20_000 <= port < 40_000 and SubmititLocalEnvironment().main_port == port  # all tasks

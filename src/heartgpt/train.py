@@ -32,6 +32,7 @@ from heartgpt.model.gpt import GPTConfig
 from heartgpt.training.batching import apply_batch_plan
 from heartgpt.training.config_checks import check_values
 from heartgpt.training.console import quiet_known_noise
+from heartgpt.training.environments import detected_environments
 from heartgpt.training.renamed_keys import (
     TRAIN_RENAMES,
     check_config,
@@ -162,8 +163,10 @@ def start_trainer(cfg: DictConfig, callbacks: list[L.Callback], loggers: list[Lo
                   ) -> L.Trainer:
     """The run's Trainer from ``cfg.trainer``; writes the resolved ``config.yaml`` and gives the
     loggers the resolved config as hyper-parameters."""
+    plugins = [*instantiate(cfg.trainer.get("plugins") or [], _convert_="all"),
+               *detected_environments()]  # e.g. the ranks of submitit's local executor
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                     _convert_="all")
+                                     plugins=plugins or None, _convert_="all")
     save_resolved_config(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     for lg in trainer.loggers:
