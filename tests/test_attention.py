@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from heartgpt.model import GPT, GPTConfig, attention
-from heartgpt.model.attention import _ChunkedDropoutAttention, attend, chunked_dropout_attention
+from heartgpt.model.attention import attend, chunked_attention, chunked_dropout_attention
 
 
 def qkv(B=2, nh=3, T=37, hs=8, dtype=torch.float64):
@@ -33,7 +33,7 @@ def test_gradients_with_dropout_match_finite_differences():
     q, k, v = qkv(B=1, nh=2, T=13, hs=4)
 
     def fn(q, k, v):  # a fixed seed: the same mask on every call
-        return _ChunkedDropoutAttention.apply(q, k, v, 0.3, 0.3, 5, 1234)
+        return chunked_attention(q, k, v, 0.3, 0.3, 5, 1234)
 
     assert torch.autograd.gradcheck(fn, (q, k, v))
 
@@ -44,7 +44,7 @@ def test_dropout_equals_masked_weights():
     T, p = 6, 0.5
     # One value per key: out[i] = sum_j w_ij m_ij v_j, so with v = identity rows we read w*m.
     v_eye = torch.eye(T, dtype=torch.float64)[None, None]
-    out = _ChunkedDropoutAttention.apply(q, k, v_eye, 0.5, p, 64, 99)[0, 0]  # (T, T)
+    out = chunked_attention(q, k, v_eye, 0.5, p, 64, 99)[0, 0]  # (T, T)
     w = torch.softmax((q @ k.transpose(-2, -1))[0, 0] * 0.5 + torch.full((T, T), float("-inf")).triu(1), -1)
     ratio = out / w
     kept = ratio > 0
@@ -146,3 +146,29 @@ def test_training_with_dropout_picks_the_kernel_by_device_type(device, kernel, m
     q = torch.randn(2, 4, 16, 8, device=device)
     attend(q, q, q, scale=0.125, dropout_p=0.2)
     assert used == [kernel]
+
+
+def test_a_compiled_training_step_has_no_graph_break_and_matches_eager():
+    """The chunked kernel is a custom operator with a tensor seed: ``torch.compile`` traces the
+    whole network with dropout as one graph, and (same seed) computes what eager computes."""
+    import torch._dynamo as dynamo
+
+    torch._dynamo.reset()
+    model = GPT(GPTConfig(vocab_size=101, block_size=64, n_embd=32, n_head=4, n_layer=3,
+                          dropout=0.2)).train()
+    x = torch.randint(0, 101, (2, 64), generator=torch.Generator().manual_seed(0))
+    explained = dynamo.explain(model)(x)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+
+    def step(net: torch.nn.Module) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        torch.manual_seed(0)
+        loss = net(x).float().logsumexp(-1).mean()
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    eager_loss, eager_grads = step(model)
+    compiled_loss, compiled_grads = step(torch.compile(model, backend="aot_eager"))
+    assert torch.equal(eager_loss, compiled_loss)
+    for a, b in zip(eager_grads, compiled_grads, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-6)

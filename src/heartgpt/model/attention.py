@@ -16,7 +16,9 @@ mask on them scaled by 1 / (1 - p), times V -- one block of query rows at a time
 only Q, K, V, the per-row log-sum-exp and one RNG seed for backward, where each block's weights
 and mask are recomputed (the mask from the same seed, so forward and backward agree bit for
 bit). Query block ``[i0, i1)`` only needs keys ``[0, i1)``, so the causal upper triangle is
-never computed. Memory per layer is O(B nh T hs) instead of O(B nh T^2).
+never computed. Memory per layer is O(B nh T hs) instead of O(B nh T^2). Forward and backward
+are registered as custom operators (``heartgpt::chunked_attention``) taking the seed as a
+tensor, so ``torch.compile`` traces a training step with dropout without a graph break.
 """
 
 from __future__ import annotations
@@ -49,56 +51,106 @@ def _keep_mask(shape: torch.Size, p: float, gen: torch.Generator, device: torch.
     return keep.to(dtype) * (1.0 / (1.0 - p))
 
 
-class _ChunkedDropoutAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, scale: float, p: float, block: int, seed: int):
-        B, nh, T, hs = q.shape
-        out = q.new_empty(B, nh, T, v.shape[-1])  # (B, nh, T, hs)
-        acc = torch.promote_types(q.dtype, torch.float32)  # softmax in >= fp32 under autocast
-        lse = torch.empty(B, nh, T, device=q.device, dtype=acc)  # (B, nh, T)
-        for bi, i0 in enumerate(range(0, T, block)):
-            i1 = min(i0 + block, T)
-            s = (q[:, :, i0:i1] @ k[:, :, :i1].transpose(-2, -1)).to(acc) * scale  # (B, nh, b, i1)
-            causal = torch.ones(i1 - i0, i1, dtype=torch.bool, device=q.device).tril(i0)
-            s = s.masked_fill(~causal, float("-inf"))
-            row_lse = torch.logsumexp(s, dim=-1)  # (B, nh, b)
-            w = torch.exp(s - row_lse.unsqueeze(-1))  # (B, nh, b, i1), softmax weights
-            if p > 0:
-                gen = _block_generator(q.device, seed, bi)
-                w = w * _keep_mask(w.shape, p, gen, q.device, w.dtype)
-            out[:, :, i0:i1] = (w.to(v.dtype) @ v[:, :, :i1])  # (B, nh, b, hs)
-            lse[:, :, i0:i1] = row_lse
-        ctx.save_for_backward(q, k, v, lse)
-        ctx.scale, ctx.p, ctx.block, ctx.seed = scale, p, block, seed
-        return out
+def _chunked_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, p: float,
+                     block: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Output (B, nh, T, hs) and per-row log-sum-exp (B, nh, T) of the chunked kernel."""
+    B, nh, T, hs = q.shape
+    out = q.new_empty(B, nh, T, v.shape[-1])  # (B, nh, T, hs)
+    acc = torch.promote_types(q.dtype, torch.float32)  # softmax in >= fp32 under autocast
+    lse = torch.empty(B, nh, T, device=q.device, dtype=acc)  # (B, nh, T)
+    for bi, i0 in enumerate(range(0, T, block)):
+        i1 = min(i0 + block, T)
+        s = (q[:, :, i0:i1] @ k[:, :, :i1].transpose(-2, -1)).to(acc) * scale  # (B, nh, b, i1)
+        causal = torch.ones(i1 - i0, i1, dtype=torch.bool, device=q.device).tril(i0)
+        s = s.masked_fill(~causal, float("-inf"))
+        row_lse = torch.logsumexp(s, dim=-1)  # (B, nh, b)
+        w = torch.exp(s - row_lse.unsqueeze(-1))  # (B, nh, b, i1), softmax weights
+        if p > 0:
+            gen = _block_generator(q.device, seed, bi)
+            w = w * _keep_mask(w.shape, p, gen, q.device, w.dtype)
+        out[:, :, i0:i1] = (w.to(v.dtype) @ v[:, :, :i1])  # (B, nh, b, hs)
+        lse[:, :, i0:i1] = row_lse
+    return out, lse
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        q, k, v, lse = ctx.saved_tensors
-        scale, p, block, seed = ctx.scale, ctx.p, ctx.block, ctx.seed
-        T = q.shape[2]
-        acc = lse.dtype
-        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-        for bi, i0 in enumerate(range(0, T, block)):
-            i1 = min(i0 + block, T)
-            qb, kb, vb, gb = q[:, :, i0:i1], k[:, :, :i1], v[:, :, :i1], grad_out[:, :, i0:i1]
-            s = (qb @ kb.transpose(-2, -1)).to(acc) * scale  # (B, nh, b, i1)
-            causal = torch.ones(i1 - i0, i1, dtype=torch.bool, device=q.device).tril(i0)
-            s = s.masked_fill(~causal, float("-inf"))
-            w = torch.exp(s - lse[:, :, i0:i1].unsqueeze(-1))  # (B, nh, b, i1)
-            dw = (gb @ vb.transpose(-2, -1)).to(acc)  # (B, nh, b, i1): d out / d dropped weights
-            if p > 0:
-                mask = _keep_mask(w.shape, p, _block_generator(q.device, seed, bi), q.device,
-                                  w.dtype)
-                dv[:, :, :i1] += (w * mask).to(v.dtype).transpose(-2, -1) @ gb  # (B, nh, i1, hs)
-                dw = dw * mask
-            else:
-                dv[:, :, :i1] += w.to(v.dtype).transpose(-2, -1) @ gb
-            ds = w * (dw - (dw * w).sum(-1, keepdim=True)) * scale  # softmax backward
-            ds = ds.to(q.dtype)
-            dq[:, :, i0:i1] = ds @ kb  # (B, nh, b, hs)
-            dk[:, :, :i1] += ds.transpose(-2, -1) @ qb  # (B, nh, i1, hs)
-        return dq, dk, dv, None, None, None, None
+
+def _chunked_backward(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                      lse: torch.Tensor, scale: float, p: float, block: int, seed: int
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dq, dk, dv of the chunked kernel; weights and masks recomputed block by block."""
+    T = q.shape[2]
+    acc = lse.dtype
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    for bi, i0 in enumerate(range(0, T, block)):
+        i1 = min(i0 + block, T)
+        qb, kb, vb, gb = q[:, :, i0:i1], k[:, :, :i1], v[:, :, :i1], grad_out[:, :, i0:i1]
+        s = (qb @ kb.transpose(-2, -1)).to(acc) * scale  # (B, nh, b, i1)
+        causal = torch.ones(i1 - i0, i1, dtype=torch.bool, device=q.device).tril(i0)
+        s = s.masked_fill(~causal, float("-inf"))
+        w = torch.exp(s - lse[:, :, i0:i1].unsqueeze(-1))  # (B, nh, b, i1)
+        dw = (gb @ vb.transpose(-2, -1)).to(acc)  # (B, nh, b, i1): d out / d dropped weights
+        if p > 0:
+            mask = _keep_mask(w.shape, p, _block_generator(q.device, seed, bi), q.device, w.dtype)
+            dv[:, :, :i1] += (w * mask).to(v.dtype).transpose(-2, -1) @ gb  # (B, nh, i1, hs)
+            dw = dw * mask
+        else:
+            dv[:, :, :i1] += w.to(v.dtype).transpose(-2, -1) @ gb
+        ds = w * (dw - (dw * w).sum(-1, keepdim=True)) * scale  # softmax backward
+        ds = ds.to(q.dtype)
+        dq[:, :, i0:i1] = ds @ kb  # (B, nh, b, hs)
+        dk[:, :, :i1] += ds.transpose(-2, -1) @ qb  # (B, nh, i1, hs)
+    return dq, dk, dv
+
+
+# The kernel as two custom operators: torch.compile sees each as one opaque node (the seed is a
+# tensor, read inside), so a compiled training step has no graph break per layer.
+@torch.library.custom_op("heartgpt::chunked_attention", mutates_args=())
+def _chunked_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: torch.Tensor,
+                          scale: float, p: float, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _chunked_forward(q, k, v, scale, p, block, int(seed.item()))
+
+
+@_chunked_attention_op.register_fake
+def _(q, k, v, seed, scale, p, block):
+    B, nh, T, _ = q.shape
+    acc = torch.promote_types(q.dtype, torch.float32)
+    return q.new_empty(B, nh, T, v.shape[-1]), q.new_empty(B, nh, T, dtype=acc)
+
+
+@torch.library.custom_op("heartgpt::chunked_attention_backward", mutates_args=())
+def _chunked_backward_op(grad_out: torch.Tensor, q: torch.Tensor, k: torch.Tensor,
+                         v: torch.Tensor, lse: torch.Tensor, seed: torch.Tensor, scale: float,
+                         p: float, block: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _chunked_backward(grad_out, q, k, v, lse, scale, p, block, int(seed.item()))
+
+
+@_chunked_backward_op.register_fake
+def _(grad_out, q, k, v, lse, seed, scale, p, block):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k, v, seed, scale, p, block = inputs
+    ctx.save_for_backward(q, k, v, output[1], seed)
+    ctx.scale, ctx.p, ctx.block = scale, p, block
+
+
+def _backward(ctx, grad_out, grad_lse):
+    q, k, v, lse, seed = ctx.saved_tensors
+    dq, dk, dv = _chunked_backward_op(grad_out.contiguous(), q, k, v, lse, seed, ctx.scale,
+                                      ctx.p, ctx.block)
+    return dq, dk, dv, None, None, None, None
+
+
+torch.library.register_autograd("heartgpt::chunked_attention", _backward,
+                                setup_context=_setup_context)
+
+
+def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, p: float,
+                      block: int, seed: int | torch.Tensor) -> torch.Tensor:
+    """The chunked kernel with an explicit dropout seed; q, k, v (B, nh, T, hs) -> (B, nh, T, hs)."""
+    if not isinstance(seed, torch.Tensor):
+        seed = torch.tensor([seed], dtype=torch.int64)
+    return _chunked_attention_op(q, k, v, seed, scale, p, block)[0]
 
 
 def chunked_dropout_attention(
@@ -113,10 +165,10 @@ def chunked_dropout_attention(
     """Causal softmax attention with dropout on the weights; q, k, v (B, nh, T, hs) -> (B, nh, T, hs).
 
     The dropout draw is seeded from ``generator`` (default: torch's global generator), so a
-    seeded run is reproducible.
+    seeded run is reproducible. The seed stays a tensor: nothing here leaves a compiled graph.
     """
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-    return _ChunkedDropoutAttention.apply(q, k, v, scale, dropout_p, block, seed)
+    seed = torch.randint(0, 2**62, (1,), generator=generator)
+    return chunked_attention(q, k, v, scale, dropout_p, block, seed)
 
 
 def attend(
