@@ -480,7 +480,8 @@ def section(name: str, args: argparse.Namespace, rows: list[dict], metrics: list
         ratio = f"  ratio {m['ratio']:.3g}" if m["ratio"] is not None else ""
         ratio += f" {sp}" if sp else ""
         flag = "" if m["met"] is None else ("  met" if m["met"] else "  MISSED")
-        print(f"{name:9s} {m['what']}: {m['ours']:.4g} {m['unit']}{ratio}{flag}", flush=True)
+        value = "not measured" if m["ours"] is None else f"{m['ours']:.4g} {m['unit']}"
+        print(f"{name:9s} {m['what']}: {value}{ratio}{flag}", flush=True)
     if args.json is not None:
         write_json(args.json, out)
     return out

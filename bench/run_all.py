@@ -87,6 +87,8 @@ def _ratio(m: dict) -> str:
 
 
 def _ours(m: dict) -> str:
+    if m["ours"] is None:  # e.g. a CUDA row on a machine without one: the note says why
+        return "not measured"
     sp = m.get("spread") if m.get("spread_of") == "value" else None
     text = f"{_num(m['ours'])} {m['unit']}"
     return f"{text} {describe_spread(sp, _num)}" if sp else text
