@@ -85,10 +85,12 @@ def show_tracebacks() -> bool:
 
 
 @contextmanager
-def one_line_errors(run_dir: str | os.PathLike | None = None) -> Iterator[None]:
+def one_line_errors(run_dir: str | os.PathLike | None = None,
+                    root: str | os.PathLike | None = None) -> Iterator[None]:
     """End a known failure of the block (:func:`known_failure`) with ``error: <what>: <problem>``
     and exit status 1, without a traceback (``HYDRA_FULL_ERROR=1`` keeps it). A ``run_dir``
-    that holds nothing but the scaffold of a run that never started is removed."""
+    that holds nothing but the scaffold of a run that never started is removed, with the
+    folders between it and ``root`` that this leaves empty (:func:`remove_unstarted_run`)."""
     try:
         yield
     except Exception as e:
@@ -96,7 +98,7 @@ def one_line_errors(run_dir: str | os.PathLike | None = None) -> Iterator[None]:
         if message is None or show_tracebacks():
             raise
         if run_dir is not None:
-            remove_unstarted_run(run_dir)
+            remove_unstarted_run(run_dir, root)
         raise SystemExit(f"error: {message}") from None
 
 
@@ -106,10 +108,12 @@ RUN_SCAFFOLD = frozenset({".hydra", "config.yaml", "wandb", "wandb_run_id", "csv
                           "lightning_logs"})
 
 
-def remove_unstarted_run(run_dir: str | os.PathLike) -> bool:
+def remove_unstarted_run(run_dir: str | os.PathLike, root: str | os.PathLike | None = None
+                         ) -> bool:
     """Delete ``run_dir`` when it holds only :data:`RUN_SCAFFOLD` entries and ``*.log`` files
-    (no checkpoint, no metrics: the run never started); returns whether it did. Hydra's
-    ``<run_name>/runs/`` (or ``multiruns/``) folders above it go too when that leaves them empty."""
+    (no checkpoint, no metrics: the run never started); returns whether it did. The folders
+    between it and ``root`` (``paths.log_dir``: e.g. Hydra's ``<run_name>/runs/``) go too when
+    that leaves them empty; ``root`` itself and anything outside it stay."""
     import shutil
 
     path = Path(run_dir)
@@ -118,11 +122,13 @@ def remove_unstarted_run(run_dir: str | os.PathLike) -> bool:
     if any(p.name not in RUN_SCAFFOLD and p.suffix != ".log" for p in path.iterdir()):
         return False
     shutil.rmtree(path, ignore_errors=True)
-    parent = path.parent
-    if parent.name in ("runs", "multiruns"):
-        for folder in (parent, parent.parent):
+    if root is not None:
+        top = Path(root).resolve()
+        folder = path.resolve().parent
+        while folder != top and folder.is_relative_to(top):
             try:
                 folder.rmdir()  # only when empty
             except OSError:
                 break
+            folder = folder.parent
     return True

@@ -17,10 +17,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} before Hydra composes)
-from heartgpt.errors import ConfigError, one_line_errors
+from heartgpt.errors import one_line_errors
 from heartgpt.train import CONF_MODULE, route_lightning_logs
 from heartgpt.train import compose_config as _compose
-from heartgpt.training.config_checks import check_values
+from heartgpt.training.config_checks import CHECKPOINT_WANTED, check_values, require_given
 from heartgpt.training.console import quiet_known_noise
 from heartgpt.training.evaluation import evaluate
 from heartgpt.training.renamed_keys import (
@@ -40,12 +40,11 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any]:
     """Hydra entry point; a checkpoint or shard set that cannot be scored is one error line."""
     route_lightning_logs()
     quiet_known_noise()
-    with one_line_errors(run_dir=HydraConfig.get().runtime.output_dir):
+    with one_line_errors(run_dir=HydraConfig.get().runtime.output_dir,
+                         root=OmegaConf.select(cfg, "paths.log_dir",
+                                               throw_on_resolution_failure=False)):
         check_config(cfg, TRAIN_RENAMES)
-        if OmegaConf.is_missing(cfg, "checkpoint"):
-            raise ConfigError("checkpoint", "not given: checkpoint=<file>, one of our .ckpt, a "
-                              ".safetensors export or a released .zip/.pth (a bare name is "
-                              "looked up in paths.weights_dir)")
+        require_given(cfg, "checkpoint", CHECKPOINT_WANTED)
         check_values(cfg)
         return evaluate(cfg)
 

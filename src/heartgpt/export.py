@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} before Hydra composes)
 from heartgpt.errors import ConfigError, InputError, error_line, one_line_errors
@@ -31,6 +31,7 @@ from heartgpt.model.export import (
     export_onnx,
     export_program,
 )
+from heartgpt.training.config_checks import CHECKPOINT_WANTED, require_given
 
 
 def output_path(cfg: DictConfig, checkpoint: Path) -> Path:
@@ -88,10 +89,7 @@ def export(cfg: DictConfig) -> ExportCheck:
 def hydra_main(cfg: DictConfig) -> ExportCheck:
     """Hydra entry point; a checkpoint that cannot be exported is one error line."""
     with one_line_errors():
-        if OmegaConf.is_missing(cfg, "checkpoint"):
-            raise ConfigError("checkpoint", "not given: checkpoint=<file>, one of our .ckpt, a "
-                              ".safetensors export or a released .zip/.pth (a bare name is "
-                              "looked up in paths.weights_dir)")
+        require_given(cfg, "checkpoint", CHECKPOINT_WANTED)
         try:
             return export(cfg)
         except ImportError as e:  # the onnx extra is not installed

@@ -19,10 +19,10 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} and ${file_name:} first)
-from heartgpt.errors import ConfigError, one_line_errors
+from heartgpt.errors import one_line_errors
 from heartgpt.train import CONF_MODULE, route_lightning_logs
 from heartgpt.train import compose_config as _compose
-from heartgpt.training.config_checks import PREDICT_CHECKS, check_values
+from heartgpt.training.config_checks import PREDICT_CHECKS, check_values, require_given
 from heartgpt.training.console import quiet_known_noise
 
 
@@ -36,11 +36,11 @@ def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
     """Hydra entry point; what cannot be used is one error line, exit status 1."""
     route_lightning_logs()
     quiet_known_noise()
-    with one_line_errors(run_dir=HydraConfig.get().runtime.output_dir):
-        for key, what in (("checkpoint", "a .ckpt, .safetensors, .onnx or released .zip/.pth"),
-                          ("inputs", "a folder, glob, file or [list] of recordings")):
-            if OmegaConf.is_missing(cfg, key):
-                raise ConfigError(key, f"not given: {key}=<{what}>")
+    with one_line_errors(run_dir=HydraConfig.get().runtime.output_dir,
+                         root=OmegaConf.select(cfg, "paths.log_dir",
+                                               throw_on_resolution_failure=False)):
+        require_given(cfg, "checkpoint", "<a .ckpt, .safetensors, .onnx or released .zip/.pth>")
+        require_given(cfg, "inputs", "<a folder, glob, file or [list] of recordings>")
         check_values(cfg, PREDICT_CHECKS)
         from heartgpt.inference.predictor import predict
 

@@ -339,7 +339,9 @@ def hydra_main(cfg: DictConfig) -> float | None:
     never started is removed."""
     route_lightning_logs()
     quiet_known_noise()
-    with one_line_errors(run_dir=HydraConfig.get().runtime.output_dir):
+    with one_line_errors(run_dir=HydraConfig.get().runtime.output_dir,
+                         root=OmegaConf.select(cfg, "paths.log_dir",
+                                               throw_on_resolution_failure=False)):
         check_config(cfg, TRAIN_RENAMES)
         check_values(cfg)
         return train(cfg)

@@ -281,13 +281,8 @@ def process_file(rf: RecordFile, spec: PrepareSpec) -> RecordResult:
     res = segment_recording(rec, spec.modality, spec.label_kind, spec.segment, spec.filter,
                             spec.beats.tolerance)
     if not res.skip_reason:
-        res.warnings = record_warnings(rec.signal, rec.sample_rate, spec.modality)
+        res.warnings = recording_problems(rec.signal, rec.sample_rate, spec.modality).warnings()
     return res
-
-
-def record_warnings(signal: np.ndarray, sample_rate: float, modality: str) -> list[str]:
-    """The plausibility warnings of one kept record (:mod:`heartgpt.data.plausibility`)."""
-    return recording_problems(signal, sample_rate, modality).warnings()
 
 
 _WORKER_SPEC: PrepareSpec | None = None  # set once per worker process (not per record)

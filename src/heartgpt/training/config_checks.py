@@ -163,6 +163,17 @@ PREPARE_CHECKS: dict[str, Check] = {
 PREDICT_CHECKS: dict[str, Check] = {"format": one_of(*RECORDING_FORMATS)}
 
 
+CHECKPOINT_WANTED = ("<file>, one of our .ckpt, a .safetensors export or a released .zip/.pth "
+                     "(a bare name is looked up in paths.weights_dir)")
+
+
+def require_given(cfg: DictConfig, key: str, wanted: str) -> None:
+    """Raise :class:`ConfigError` ``"<key>: not given: <key>=<wanted>"`` when the required
+    (``???``) ``key`` was not set."""
+    if OmegaConf.is_missing(cfg, key):
+        raise ConfigError(key, f"not given: {key}={wanted}")
+
+
 def _value(cfg: DictConfig, key: str) -> Any:
     try:
         return OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False)
