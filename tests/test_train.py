@@ -211,12 +211,12 @@ def test_torchrun_two_processes(data_dir, tmp_path):
 def test_submitit_local_launcher_runs_two_tasks_as_one_ddp_job(data_dir, tmp_path):
     """``-m hydra/launcher=local`` (submitit's local executor, 2 tasks): the same launcher path as
     SLURM, the ranks read from submitit's variables, one job with 2 processes."""
-    sweep = tmp_path / "sweep"
+    # as docs/training.md types it: Hydra's own sweep folder, no hydra.sweep.dir
     done = run_module(["-m", "hydra/launcher=local", *FAST, "trainer=ddp_cpu", "trainer.devices=2",
                        "trainer.max_steps=2", "trainer.val_check_interval=2", "test=false",
-                       "logger=none", f"paths.data_dir={data_dir}", f"hydra.sweep.dir={sweep}"],
-                      cwd=tmp_path)
+                       "logger=none", f"paths.data_dir={data_dir}"], cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-4000:]
+    (sweep,) = (tmp_path / "outputs" / "pretrain_ecg" / "multiruns").iterdir()
     ckpts = sorted(p.name for p in (sweep / "0" / "checkpoints").iterdir())
     assert len(ckpts) == 2 and "last.ckpt" in ckpts, ckpts  # one best + one last
     ckpt = torch.load(sweep / "0" / "checkpoints" / "last.ckpt", weights_only=True)
