@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.common import BENCH_DIR, REPO, describe_spread, machine, write_json
 
 SCRIPTS = ("bench_train", "bench_generate", "bench_data", "bench_prepare", "bench_inference",
-           "bench_predict")
+           "bench_predict", "bench_scale")
 
 # Raw-measurement columns shown per section: (key, header, format).
 COLUMNS = {
@@ -35,7 +35,15 @@ COLUMNS = {
              ("range", "range", "{}")],
     "prepare": [("format", "format", "{}"), ("workers", "workers", "{}"),
                 ("records", "records", "{}"), ("seconds", "seconds", "{:.2f}"),
-                ("records_per_s", "records/s", "{:.0f}"), ("range", "range", "{}")],
+                ("records_per_s", "records/s", "{:.0f}"), ("range", "range", "{}"),
+                ("est_seconds_40k", "40 k records, s", "{:.0f}")],
+    "scale": [("rows", "rows", "{:,}"), ("tokens_per_row", "tokens/row", "{}"),
+              ("shards", "shards", "{:,}"), ("subjects", "subjects", "{:,}"),
+              ("validate_s", "validate s", "{:.2f}"), ("setup_s", "DataModule setup s", "{:.2f}"),
+              ("main_peak_mb", "main peak MB", "{:.0f}"),
+              ("worker_peak_mb", "worker peak MB", "{:.0f}"),
+              ("worker_pss_mb", "worker PSS MB", "{:.0f}"),
+              ("windows_per_s", "windows/s", "{:.0f}")],
     "inference": [("tool", "tool", "{}"), ("threads", "threads", "{}"),
                   ("minutes", "minutes timed", "{:g}"), ("seconds", "seconds", "{:.2f}"),
                   ("seconds_per_hour", "s per hour", "{:.1f}"),
@@ -122,7 +130,11 @@ def markdown(results: dict) -> str:
         "# Benchmarks: heartgpt versus the released HeartGPT implementation",
         "",
         f"Written by `make bench` (`python -m bench`, {results['seconds']:.0f} s) on "
-        f"{m['date']}. Do not edit: rerun. How to read it: `bench/README.md`.",
+        f"{m['date']}. Do not edit: rerun. How to read it: `bench/README.md`."
+        + (f" Sections {', '.join(results['updated']['sections'])} re-run on "
+           f"{results['updated']['date']} (`python -m bench --only ... --update`, "
+           f"{results['updated']['seconds']:.0f} s); the others are from the first date."
+           if results.get("updated") else ""),
         "",
         f"- **Machine**: {m['cpu']}, {m['cpu_count']} cores, {m['ram_gb']} GB RAM; "
         f"{m['platform']}.",
@@ -184,6 +196,12 @@ def markdown(results: dict) -> str:
         body = [[fmt.format(r[k]) if r.get(k) is not None else "–" for k, _, fmt in cols]
                 for r in s["rows"]]
         lines += _table([h for _, h, _ in cols], body)
+        if s.get("extrapolated"):
+            lines += ["", "Least-squares line through the 64-token sizes, extrapolated to 200 M "
+                      "rows:", ""]
+            lines += _table(["figure", "at 0 rows", "per row", "at 200 M rows"], [
+                [k, f"{e['intercept']:.3g}", f"{e['per_row']:.3g}", f"{e['at_200M']:.3g}"]
+                for k, e in s["extrapolated"].items()])
         if s.get("breakdown"):
             lines += ["", "Pieces of a step (ms, best of several; `bench_generate.breakdown`): "
                       + ", ".join(f"{k} {1e3 * v:.2f}" for k, v in s["breakdown"].items())]
@@ -198,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="where results.json and RESULTS.md go (default: bench/, or a "
                         "temporary folder with --tiny)")
     p.add_argument("--only", nargs="+", choices=SCRIPTS, default=list(SCRIPTS))
+    p.add_argument("--update", action="store_true",
+                   help="with --only: keep the other scripts' sections of the existing "
+                        "results.json (RESULTS.md says which were re-run when)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per comparison")
     p.add_argument("--reject-above", type=float, default=0.1, metavar="SHARE",
                    help="reject a round when other processes took more than this share of "
@@ -215,6 +236,20 @@ def main(argv: list[str] | None = None) -> int:
                                        args.rounds, args.reject_above))
     results = {"machine": machine(), "tiny": args.tiny, "seconds": time.perf_counter() - t0,
                "load_avg_start": load_start, "sections": sections}
+    old = out_dir / "results.json"
+    if args.update and old.is_file():
+        before = json.loads(old.read_text())
+        ran = {s["name"] for s in sections}
+        kept = [s for s in before["sections"] if s["name"] not in ran]
+        order = [n.removeprefix("bench_") for n in SCRIPTS]
+        results["sections"] = sorted(kept + sections, key=lambda s: order.index(s["name"])
+                                     if s["name"] in order else len(order))
+        results["updated"] = {"sections": sorted(ran), "date": results["machine"]["date"],
+                              "first_written": before.get("updated", {}).get(
+                                  "first_written", before["machine"]["date"]),
+                              "seconds": results["seconds"]}
+        results["seconds"] = before["seconds"]
+        results["machine"] = {**results["machine"], "date": results["updated"]["first_written"]}
     write_json(out_dir / "results.json", results)
     (out_dir / "RESULTS.md").write_text(markdown(results))
     print(f"wrote {out_dir / 'results.json'} and {out_dir / 'RESULTS.md'} "

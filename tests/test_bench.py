@@ -16,7 +16,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPTS = ("bench_train", "bench_generate", "bench_data", "bench_prepare", "bench_inference",
-           "bench_predict")
+           "bench_predict", "bench_scale")
 METRIC_KEYS = {"key", "what", "ours", "unit", "ref", "ratio", "target", "met", "note"}
 
 
@@ -242,3 +242,12 @@ def test_make_bench_tiny_end_to_end(tmp_path):
     assert [s["name"] for s in results["sections"]] == ["prepare", "predict"]
     assert all(s["metrics"] for s in results["sections"])
     assert "| metric | ours |" in (tmp_path / "RESULTS.md").read_text()
+    again = subprocess.run([sys.executable, "-m", "bench", "--tiny", "--out-dir", str(tmp_path),
+                            "--only", "bench_prepare", "--update"],
+                           cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    updated = json.loads((tmp_path / "results.json").read_text())
+    assert [s["name"] for s in updated["sections"]] == ["prepare", "predict"]
+    assert updated["sections"][1] == results["sections"][1]  # predict kept as it was
+    assert updated["sections"][0]["seconds"] != results["sections"][0]["seconds"]
+    assert "Sections prepare re-run on" in (tmp_path / "RESULTS.md").read_text()

@@ -18,7 +18,7 @@ import wfdb
 from heartgpt.conf import CONF_DIR
 from hydra import compose, initialize_config_dir
 
-from heartgpt.data.pipeline import beat_targets
+from heartgpt.data.pipeline import beat_targets, resolve_workers
 from heartgpt.data.shards import (
     MANIFEST_NAME,
     ShardError,
@@ -27,7 +27,9 @@ from heartgpt.data.shards import (
     validate_shard_dir,
 )
 from heartgpt.data.tokenizer import resample, sliding_windows, tokenize_window
+from heartgpt.errors import ConfigError
 from heartgpt.prepare import prepare, prepare_spec
+from heartgpt.training.config_checks import PREPARE_CHECKS, check_values
 
 FS = 250  # Hz of the test recordings
 CONF = CONF_DIR
@@ -225,3 +227,20 @@ def test_config_uses_the_training_modality_group(tmp_path):
     assert cfg.out_dir == f"{tmp_path / 'data'}/shards/ppg/token"
     spec = prepare_spec(cfg)
     assert (spec.modality, spec.label_kind, spec.segment.length, spec.segment.stride) == ("ppg", "token", 200, 200)
+
+
+def test_num_workers_auto_is_the_usable_cpus_and_a_bad_value_is_named(tmp_path, monkeypatch):
+    cfg = _cfg(tmp_path)
+    assert cfg.num_workers == "auto"
+    check_values(cfg, PREPARE_CHECKS)  # the default passes, so do counts
+    check_values(_cfg(tmp_path, "num_workers=0"), PREPARE_CHECKS)
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert resolve_workers("auto") == usable >= 1
+    assert (resolve_workers(0), resolve_workers(3)) == (0, 3)
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)  # macOS, Windows
+    monkeypatch.setattr(os, "cpu_count", lambda: 7)
+    assert resolve_workers("auto") == 7
+    for value, shown in (("x", "'x'"), ("-1", "-1"), ("1.5", "1.5")):
+        with pytest.raises(ConfigError) as e:
+            check_values(_cfg(tmp_path, f"num_workers={value}"), PREPARE_CHECKS)
+        assert str(e.value) == f"num_workers: {shown} is not an integer >= 0 or 'auto'"

@@ -10,8 +10,11 @@ import wfdb
 from heartgpt.data.readers import (
     RecordError,
     RecordFile,
+    _parse_lines,
+    _parse_plain_numbers,
     dx_codes,
     find_records,
+    parse_text,
     read_recording,
     read_sidecar_beats,
     sidecar_path,
@@ -173,3 +176,92 @@ def test_a_rate_that_is_not_positive_is_refused(tmp_path):
     with pytest.raises(RecordError, match=r"zero.npz: sampling rate 0.0 Hz \(its fs\) is not a "
                                           r"positive number"):
         _read(path, "npy", 0)
+
+
+def _slow(path):
+    """parse_text's line-by-line path, which the numpy fast path must match to the bit."""
+    return _parse_lines(path.read_text(encoding="utf-8-sig").splitlines(), path, ".")
+
+
+def _same(a, b) -> bool:
+    return a[0] == b[0] and a[1].dtype == b[1].dtype and np.array_equal(a[1], b[1], equal_nan=True) \
+        and a[1].tobytes() == b[1].tobytes()  # bit for bit: -0.0, rounding
+
+
+_X = np.random.default_rng(7).standard_normal((40, 3)) * 10.0 ** np.arange(-4, 8, 4)
+
+
+@pytest.mark.parametrize(("text", "names", "shape"), [
+    ("ecg\n" + "".join(f"{v!r}\n" for v in _X[:, 0].tolist()), ["ecg"], (40, 1)),
+    ("time, ecg ,resp\n" + "".join(",".join(map(repr, r)) + "\n" for r in _X.tolist()),
+     ["time", "ecg", "resp"], (40, 3)),
+    ("".join(",".join(f"{v:.6g}" for v in r) + "\n" for r in _X.tolist()), None, (40, 3)),
+    ("a\tb\n" + "".join(f"{r[0]:.17e}\t{r[1]!r}\n" for r in _X.tolist()), ["a", "b"], (40, 2)),
+    ("x;y\n1.5;2.5\n3.5;4.5", ["x", "y"], (2, 2)),  # no final line end
+    ("  1.0   2.0 \n-3  4e2\n", None, (2, 2)),  # whitespace-separated
+    ("p,q\r\n1e-3,-2.5E+02\r\n-0,.5\r\n5.,+3\r\n1e400,-1e-400\r\n", ["p", "q"], (4, 2)),
+    ("n,m,k\n10,20,30\n-1,0,7\n123456789012345678901,2,3\n", ["n", "m", "k"], (3, 3)),
+], ids=["one column", "commas", "no header", "tabs", "semicolons", "spaces", "exponents", "integers"])
+def test_csv_fast_path_matches_the_line_by_line_parser(tmp_path, text, names, shape):
+    path = tmp_path / "rec.csv"
+    path.write_bytes(text.encode())
+    assert _parse_plain_numbers(path.read_text()) is not None  # the fast path is taken
+    got = parse_text(path)
+    assert got[0] == names and got[1].shape == shape and got[1].dtype == np.float64
+    assert _same(got, _slow(path))
+
+
+@pytest.mark.parametrize(("text", "names", "rows", "error"), [
+    ("a,b\n1,\n2,3\n", ["a", "b"], [[1, np.nan], [2, 3]], None),  # empty cell
+    ("1\n2\n\n4\n", None, [[1], [2], [np.nan], [4]], None),  # blank line in the middle
+    ("# made by hand\n1;2\n3;4\n", None, [[1, 2], [3, 4]], None),  # a comment line
+    ("v\nnan\n1_0\n", ["v"], [[np.nan], [10]], None),  # numbers that are not plain
+    ("v\n1\n2\n3\n4\n5\nx\n8\n", None, None, "line 7: not a number: 'x'"),
+    ("1,2\n3,4\n5,6,7\n", None, None, "line 3: 3 values, expected 2"),  # ragged
+    ("1,2\n3\n", None, None, "line 2: 1 values, expected 2"),
+    ("1.5;2\n3.5,4;5\n", None, None, "line 2: 3 values, expected 2"),  # mixed delimiters
+], ids=["empty cell", "blank line", "comment", "nan", "not a number", "ragged", "short", "mixed"])
+def test_csv_files_the_fast_path_leaves_alone_read_as_before(tmp_path, text, names, rows, error):
+    path = tmp_path / "rec.csv"
+    path.write_text(text)
+    assert _parse_plain_numbers(text) is None
+    if error:
+        for parse in (parse_text, _slow):
+            with pytest.raises(RecordError, match=error):
+                parse(path)
+        return
+    got = parse_text(path)
+    assert got[0] == names
+    np.testing.assert_array_equal(got[1], np.array(rows, dtype=np.float64))
+    assert _same(got, _slow(path))
+
+
+def test_csv_fast_path_rounds_like_float(tmp_path):
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(3000) * 10.0 ** rng.integers(-300, 300, 3000)
+    cells = [repr(v) for v in x.tolist()] + [f"{v:.25e}" for v in x[:500].tolist()] + [
+        "5e-324", "2.4703282292062327e-324", "1.7976931348623157e308", "0.1", "-0.0"]
+    path = tmp_path / "big.csv"
+    path.write_text("value\n" + "\n".join(cells) + "\n")
+    names, data = parse_text(path)
+    assert names == ["value"]
+    assert data[:, 0].tobytes() == np.array([float(c) for c in cells]).tobytes()
+
+
+def test_wfdb_whole_record_read_matches_the_one_channel_read(tmp_path, monkeypatch):
+    from heartgpt.data import readers
+
+    names = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+    x = np.random.default_rng(1).standard_normal((5000, 12)) * np.arange(1, 13)
+    wfdb.wrsamp("r12", fs=500, units=["mV"] * 12, sig_name=names, p_signal=x, fmt=["16"] * 12,
+                comments=["Dx: 426783006"], write_dir=str(tmp_path))
+    path = tmp_path / "r12.hea"
+    assert readers._wfdb_samples(path) == 60000
+    channels = [*range(12), -1, "v6", " aVR ", "3"]
+    whole = [readers.read_wfdb(path, c) for c in channels]  # one rdrecord of every lead
+    monkeypatch.setattr(readers, "_WFDB_WHOLE_READ_SAMPLES", 0)  # header, then the one lead
+    for c, (signal, meta) in zip(channels, whole, strict=True):
+        one, one_meta = readers.read_wfdb(path, c)
+        assert signal.tobytes() == one.tobytes() and meta == one_meta
+    with pytest.raises(RecordError, match="no channel named 'X'"):
+        readers.read_wfdb(path, "X")

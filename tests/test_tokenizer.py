@@ -93,3 +93,17 @@ def test_modalities():
 def test_sliding_windows():
     np.testing.assert_array_equal(sliding_windows(1000, 500, 250), [0, 250, 500])
     assert sliding_windows(499, 500, 50).size == 0
+
+
+@pytest.mark.parametrize("rate_in,rate_out", [(500, 100), (360, 100), (125, 50), (256, 100),
+                                              (1000, 50), (62.5, 50), (30, 50)])
+def test_resample_filter_designed_once_equals_scipys_own(rate_in, rate_out):
+    from fractions import Fraction
+
+    from scipy.signal import resample_poly
+
+    x = np.random.default_rng(0).normal(size=3 * int(rate_in))
+    r = Fraction(rate_out / rate_in).limit_denominator(1000)
+    expected = resample_poly(x, r.numerator, r.denominator)  # scipy designs the filter itself
+    assert np.array_equal(resample(x, rate_in, rate_out), expected)
+    assert np.array_equal(resample(x, rate_in, rate_out), expected)  # cached filter unchanged

@@ -58,7 +58,7 @@ def fold_count(cfg) -> int:
         return int(folds)
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
-    return len(datamodule.manifest.subjects)
+    return datamodule.manifest.row_index.num_subjects
 
 
 def read_predictions(path: Path) -> list[dict]:

@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import heartgpt.training.resolvers  # noqa: F401  (${cwd:} in conf/paths)
+from heartgpt.data.parts import merge_parts, part_dir, part_slice
 from heartgpt.data.pipeline import (
     BeatSpec,
     FilterSpec,
@@ -21,6 +22,7 @@ from heartgpt.data.pipeline import (
     SegmentSpec,
     prepare_records,
     read_labels_csv,
+    resolve_workers,
 )
 from heartgpt.data.readers import find_records
 from heartgpt.data.shards import MANIFEST_NAME, ShardError
@@ -109,6 +111,8 @@ def prepare(cfg: DictConfig) -> Any:
     """Run ``prepare`` for a composed config; returns the summary (files) or the manifests (demo)."""
     if cfg.source == "demo":
         return _demo(cfg)
+    if cfg.merge:
+        return _merge(cfg)
     if cfg.source != "files":
         raise ConfigError("source", f"must be 'files' or 'demo', got {cfg.source!r}")
     if not cfg.input:
@@ -119,22 +123,39 @@ def prepare(cfg: DictConfig) -> Any:
     suffixes = [cfg.annotations.sidecar_suffix] if cfg.annotations.sidecar_suffix else []
     inputs = list(cfg.input) if OmegaConf.is_list(cfg.input) else cfg.input
     files = find_records(inputs, cfg.format, exclude=exclude, exclude_suffixes=suffixes)
+    out_dir = Path(cfg.out_dir)
+    if cfg.nparts > 1 or cfg.part is not None:
+        if cfg.part is None or cfg.part >= cfg.nparts:
+            raise ConfigError("part", f"must be in 0..{cfg.nparts - 1} with nparts={cfg.nparts}, "
+                              f"got {cfg.part}")
+        files = part_slice(files, cfg.part, cfg.nparts)
+        out_dir = part_dir(out_dir, cfg.part, cfg.nparts)
     summary, manifest = prepare_records(
-        files, spec, cfg.out_dir,
+        files, spec, out_dir,
         source=cfg.source_description or f"{cfg.input} ({spec.modality}, channel {spec.channel})",
-        rows_per_shard=cfg.rows_per_shard, num_workers=cfg.num_workers,
-        compression=cfg.compression, progress=cfg.progress,
+        rows_per_shard=cfg.rows_per_shard, num_workers=resolve_workers(cfg.num_workers),
+        compression=cfg.compression, progress=cfg.progress, resume=cfg.resume,
     )
     print_summary(summary, f"prepare {spec.modality} {spec.label_kind}: {cfg.input}")
     if manifest is None:
         kept = (" (the shard set already there is unchanged)"
-                if (Path(cfg.out_dir) / MANIFEST_NAME).exists() else "")
+                if (out_dir / MANIFEST_NAME).exists() else "")
         why = "; ".join(f"{s['record']}: {s['reason']} ({s['detail']})" for s in summary.skipped[:2])
         more = f"; {len(summary.skipped) - 2} more above" if len(summary.skipped) > 2 else ""
-        raise ShardError(f"{cfg.out_dir}: no segment could be written from "
+        raise ShardError(f"{out_dir}: no segment could be written from "
                          f"{summary.records_found} record(s){kept}: "
                          f"{why or 'no recordings found'}{more}")
     return summary
+
+
+def _merge(cfg: DictConfig) -> Any:
+    """``merge=true``: join ``<out_dir>/part-*-of-N`` into one shard set in ``out_dir``."""
+    from rich.console import Console
+
+    manifest = merge_parts(cfg.out_dir)
+    Console().print(f"merged {len(manifest.shards)} shards ({manifest.total_rows} segments, "
+                    f"{manifest.num_subjects} subjects) into {manifest.directory}", markup=False)
+    return manifest
 
 
 def _demo(cfg: DictConfig) -> Any:

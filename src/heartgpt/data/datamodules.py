@@ -3,17 +3,21 @@
 Design (see ``data/README.md``):
 
 - Splits are by subject (:mod:`heartgpt.data.splits`); ``fold`` picks the k-fold/LOSO fold.
+  A split is a set of the row index's runs (:mod:`heartgpt.data.row_index`), never a per-row
+  array: setup time and memory grow with shards and subjects, not rows.
 - All randomness lives in :class:`WindowSampler`, in the main process: it yields
-  ``(row, offset)`` keys, fresh each epoch from ``np.random.default_rng([seed, epoch])``. The
-  datasets only read what a key names, so batches are identical for any ``num_workers``.
+  ``(row, offset)`` keys, fresh each epoch and computed from ``(seed, epoch)`` on demand
+  (:mod:`heartgpt.data.epoch_order`). The datasets only read what a key names, so batches are
+  identical for any ``num_workers``.
 - Each rank takes its own slice of every epoch (the DataModule handles DDP itself; run the
   Trainer with ``use_distributed_sampler=False``). Train drops the last ``< world_size`` keys so
   every rank has as many batches; val pads by repeating keys (``row`` lets you de-duplicate).
   The test loader (evaluation: ``split`` says which rows; ``python -m heartgpt.eval`` scores
   ``all``) uses an :class:`EvalSampler`: every window once over all ranks, in the batches one
   process would make, so the metrics do not depend on the number of devices.
-- h5py files are opened lazily in the process that reads them (reopened after a fork) and rows
-  are read on demand, so memory does not grow with the data set.
+- Setup checks each shard's size; h5py files are opened lazily in the process that reads them
+  (reopened after a fork; schema checked at first open; at most 64 open) and rows are read on
+  demand, so memory does not grow with the data set.
 - The train loader is :class:`ResumableDataLoader`: Lightning (>= 2.3) saves its
   ``state_dict()`` in checkpoints and restores it with ``load_state_dict()``, after which the
   next iteration skips the batches already consumed without reading them.
@@ -22,6 +26,7 @@ Design (see ``data/README.md``):
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,34 +36,43 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from heartgpt.data.epoch_order import BlockShuffle, RowRanges, mix
+from heartgpt.data.row_index import RowIndex
 from heartgpt.data.shards import (
     LABEL_KINDS,
     Manifest,
     ShardError,
     open_shard,
-    read_column,
     validate_shard_dir,
+    validate_shard_file,
 )
-from heartgpt.data.splits import SubjectSplit, read_split_file, split_subjects
+from heartgpt.data.splits import SubjectSplit, read_split_file, split_codes
 from heartgpt.data.tokenizer import get_modality
 
 SPLITS = ("train", "val", "test")
 EVAL_SPLITS = ("all", *SPLITS)  # the rows the test (evaluation) loader may serve
-_FIXED_STREAM = 2**31 - 1  # rng stream of the fixed (val/test) pre-training offsets
+_FIXED_STREAM = 2**31 - 1  # hash streams: fixed (val/test) offsets, random offsets
+_OFFSET_STREAM = 2**31 - 2
 
 
 # --------------------------------------------------------------------------------- reading rows
 
 
 class ShardRows:
-    """Row access to the shards of a manifest; h5py files open lazily, once per process."""
+    """Row access to the shards of a manifest; h5py files open lazily in the process that
+    reads them, at most :attr:`MAX_OPEN` at a time (least recently used closed first: each open
+    file holds about half a MB, so 50 k open shards would not fit a worker)."""
+
+    MAX_OPEN = 64
 
     def __init__(self, manifest: Manifest) -> None:
         self.paths = [str(p) for p in manifest.paths]
+        self.infos, self.meta = manifest.shards, manifest.meta
         self.offsets = np.concatenate([[0], np.cumsum([s.rows for s in manifest.shards])])
         self.vocab_size = int(manifest.meta.vocab_size)
-        self._files: dict[int, Any] | None = None
+        self._files: OrderedDict[int, tuple[Any, dict[str, Any]]] | None = None
         self._pid: int | None = None
+        self._checked: set[int] = set()  # shards whose schema this process has checked
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -66,26 +80,41 @@ class ShardRows:
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
         state["_files"], state["_pid"] = None, None  # handles never cross processes
+        state["_checked"] = set()
         return state
 
     @property
     def is_open(self) -> bool:
         return bool(self._files) and self._pid == os.getpid()
 
-    def _file(self, i: int):
+    def _dataset(self, i: int, name: str):
+        """Dataset ``name`` of shard ``i`` (the h5py objects are kept: looking a dataset up
+        costs 20x reading a window from it)."""
         if self._pid != os.getpid():  # first use here, or a forked worker: open our own
-            self._files, self._pid = {}, os.getpid()
+            self._files, self._pid, self._checked = OrderedDict(), os.getpid(), set()
         assert self._files is not None
-        f = self._files.get(i)
-        if f is None:
-            f = self._files[i] = open_shard(self.paths[i])
-        return f
+        entry = self._files.get(i)
+        if entry is None:
+            if i not in self._checked:  # schema, rows and attributes, once per process
+                validate_shard_file(self.paths[i], self.infos[i], self.meta)
+                self._checked.add(i)
+            if len(self._files) >= self.MAX_OPEN:
+                _, (oldest, _) = self._files.popitem(last=False)
+                oldest.close()
+            entry = self._files[i] = (open_shard(self.paths[i]), {})
+        else:
+            self._files.move_to_end(i)
+        f, datasets = entry
+        ds = datasets.get(name)
+        if ds is None:
+            ds = datasets[name] = f[name]
+        return ds
 
     def read(self, name: str, row: int, start: int, stop: int) -> np.ndarray:
         """``dataset[name][row, start:stop]`` of the global ``row``."""
         i = int(np.searchsorted(self.offsets, row, side="right")) - 1
         try:
-            return self._file(i)[name][row - int(self.offsets[i]), start:stop]
+            return self._dataset(i, name)[row - int(self.offsets[i]), start:stop]
         except OSError as e:
             raise ShardError(f"{self.paths[i]}: truncated or corrupt HDF5 file ({e})") from e
 
@@ -104,7 +133,7 @@ class ShardRows:
 
     def close(self) -> None:
         if self._files and self._pid == os.getpid():
-            for f in self._files.values():
+            for f, _ in self._files.values():
                 f.close()
         self._files, self._pid = None, None
 
@@ -128,21 +157,11 @@ class PretrainWindows(Dataset):
 class FinetuneWindows(Dataset):
     """``(row, offset) -> {"tokens", "label" | "targets", "subject", "row"}``."""
 
-    def __init__(
-        self,
-        rows: ShardRows,
-        block_size: int,
-        label_kind: str,
-        subject_names: list[str],
-        subject_codes: np.ndarray,
-        labels: np.ndarray | None,
-    ) -> None:
+    def __init__(self, rows: ShardRows, block_size: int, label_kind: str, index: RowIndex) -> None:
         self.rows = rows
         self.block_size = block_size
         self.label_kind = label_kind
-        self.subject_names = subject_names
-        self.subject_codes = subject_codes
-        self.labels = labels
+        self.index = index  # each row's subject and label
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -152,12 +171,11 @@ class FinetuneWindows(Dataset):
         stop = off + self.block_size
         item: dict[str, Any] = {
             "tokens": self.rows.tokens(row, off, stop),
-            "subject": self.subject_names[self.subject_codes[row]],
+            "subject": self.index.subject_of(row),
             "row": row,
         }
         if self.label_kind == "sequence":
-            assert self.labels is not None
-            item["label"] = torch.tensor(self.labels[row], dtype=torch.float32)
+            item["label"] = torch.tensor(self.index.label_of(row), dtype=torch.float32)
         else:
             item["targets"] = torch.from_numpy(self.rows.read("targets", row, off, stop).astype(np.float32))
         return item
@@ -167,25 +185,36 @@ class FinetuneWindows(Dataset):
 
 
 class WindowSampler(Sampler):
-    """Yields this rank's ``(row, offset)`` keys for one epoch.
+    """Yields this rank's ``(row, offset)`` keys for one epoch, computed chunk by chunk.
+
+    Nothing here grows with the number of rows: the epoch's order is a seeded bijection of the
+    key positions (:class:`~heartgpt.data.epoch_order.BlockShuffle` of ``(seed, epoch)``:
+    blocks of 4,096 keys in random order, keys shuffled within groups of 16 blocks, so a reader
+    touches ~16 shards at a time; sets up to 65,536 keys are one plain shuffle) and each key's
+    offset a hash of ``(seed, epoch, position)``, so any part of any epoch (this rank's, one
+    resumed mid-epoch) is computed on demand and the same ``(seed, epoch)`` always gives the
+    same keys.
 
     Args:
-        rows: global row indices of the split.
+        rows: the rows of the split (a :class:`RowRanges`, or a sorted array of distinct rows).
         segment_length: tokens per row (S).
         window: tokens read per item (block_size + 1 for pre-training, block_size for fine-tuning).
-        seed: base seed; epoch ``e`` draws from ``np.random.default_rng([seed, e])``.
+        seed: base seed of every draw.
         shuffle: random order each epoch (train) or the order of ``rows`` (val/test).
-        offsets: 'random' (fresh each epoch), 'fixed' (random once, same every epoch) or 'last'
-            (the last ``window`` tokens of the row).
-        rank, world_size: this process's slice; train truncates, val/test pad, to equal lengths.
+        offsets: 'random' (fresh each epoch), 'fixed' (random per row, the same every epoch) or
+            'last' (the last ``window`` tokens of the row).
+        rank, world_size: this process's slice (positions ``rank, rank + world_size, ...``);
+            train truncates, val/test pad by wrapping around, to equal lengths.
         repeats: keys per row per epoch (pre-training ``windows_per_segment``).
         replacement: with ``shuffle``, draw the epoch's rows with replacement (as many draws as
-            rows) instead of a permutation, as the released training code did.
+            keys) instead of a permutation, as the released training code did.
     """
+
+    CHUNK = 8192  # keys computed at a time
 
     def __init__(
         self,
-        rows: np.ndarray,
+        rows: RowRanges | np.ndarray,
         segment_length: int,
         window: int,
         *,
@@ -203,7 +232,9 @@ class WindowSampler(Sampler):
             raise ValueError(f"window {window} is longer than the segments ({segment_length})")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside world of {world_size}")
-        self.rows = np.repeat(np.asarray(rows, dtype=np.int64), repeats)
+        self.rows = rows if isinstance(rows, RowRanges) else RowRanges.from_rows(np.asarray(rows))
+        self.repeats = int(repeats)
+        self.num_global = len(self.rows) * self.repeats  # keys of an epoch over all ranks
         self.segment_length = segment_length
         self.window = window
         self.seed = seed
@@ -214,13 +245,14 @@ class WindowSampler(Sampler):
         self.replacement = replacement
         self.epoch = 0
         self.start = 0  # keys to skip at the next __iter__ (set by ResumableDataLoader)
+        self._order: tuple[int, BlockShuffle] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Lightning calls this at the start of every training epoch."""
         self.epoch = int(epoch)
 
     def _num_keys(self) -> int:
-        n, w = len(self.rows), self.world_size
+        n, w = self.num_global, self.world_size
         if w == 1:
             return n
         return (n // w) * w if self.shuffle else -(-n // w) * w
@@ -228,39 +260,46 @@ class WindowSampler(Sampler):
     def __len__(self) -> int:
         return self._num_keys() // self.world_size
 
-    def global_keys(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, offsets) of all ranks for ``epoch``, in order, before padding or sharding."""
-        rng = np.random.default_rng([self.seed, epoch])
-        if self.shuffle and self.replacement:
-            rows = self.rows[rng.integers(0, len(self.rows), len(self.rows))]
-        elif self.shuffle:
-            rows = self.rows[rng.permutation(len(self.rows))]
+    def positions(self, lo: int, hi: int) -> np.ndarray:
+        """Global positions of this rank's keys ``lo..hi-1`` (padding wraps around later)."""
+        return self.rank + self.world_size * np.arange(lo, hi, dtype=np.int64)
+
+    def keys_at(self, epoch: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, offsets) of the keys at global ``positions`` of ``epoch``."""
+        n = self.num_global
+        p = np.asarray(positions, dtype=np.int64) % max(1, n)  # val/test padding wraps around
+        if self.shuffle:
+            if self._order is None or self._order[0] != epoch:
+                self._order = (epoch, BlockShuffle(n, (self.seed, epoch),
+                                                   replacement=self.replacement))
+            key = self._order[1](p)
         else:
-            rows = self.rows
-        span = self.segment_length - self.window + 1
+            key = p
+        rows = self.rows.rows_at(key % len(self.rows))
+        span = np.uint64(self.segment_length - self.window + 1)
         if self.offsets == "last":
-            offs = np.full(len(rows), span - 1, dtype=np.int64)
+            offs = np.full(len(rows), int(span) - 1, dtype=np.int64)
         elif self.offsets == "fixed":
-            offs = np.random.default_rng([self.seed, _FIXED_STREAM]).integers(0, span, len(rows))
+            offs = (mix(self.seed, _FIXED_STREAM, rows) % span).astype(np.int64)
         else:
-            offs = rng.integers(0, span, len(rows))
+            offs = (mix(self.seed, epoch, p, _OFFSET_STREAM) % span).astype(np.int64)
         return rows, offs
 
+    def global_keys(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """(rows, offsets) of all ranks for ``epoch``, in order, before padding or sharding
+        (materialised: for small sets and tests)."""
+        return self.keys_at(epoch, np.arange(self.num_global, dtype=np.int64))
+
     def keys(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        """(rows, offsets) of this rank for ``epoch``."""
-        rows, offs = self.global_keys(epoch)
-        total = self._num_keys()
-        if total > len(rows):  # pad (val/test) by wrapping around
-            idx = np.arange(total) % max(1, len(rows))
-            rows, offs = rows[idx], offs[idx]
-        rows, offs = rows[:total], offs[:total]
-        return rows[self.rank :: self.world_size], offs[self.rank :: self.world_size]
+        """(rows, offsets) of this rank for ``epoch`` (materialised: for small sets and tests)."""
+        return self.keys_at(epoch, self.positions(0, len(self)))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        rows, offs = self.keys(self.epoch)
         start, self.start = self.start, 0
-        for i in range(start, len(rows)):
-            yield int(rows[i]), int(offs[i])
+        epoch, length = self.epoch, len(self)
+        for lo in range(start, length, self.CHUNK):
+            rows, offs = self.keys_at(epoch, self.positions(lo, min(lo + self.CHUNK, length)))
+            yield from zip(rows.tolist(), offs.tolist(), strict=True)
 
 
 class EvalSampler(WindowSampler):
@@ -274,34 +313,37 @@ class EvalSampler(WindowSampler):
     keys: an idle rank would hang the metrics' sync.
     """
 
-    def __init__(self, rows: np.ndarray, segment_length: int, window: int, *, seed: int,
-                 offsets: str, batch_size: int, rank: int = 0, world_size: int = 1,
+    def __init__(self, rows: RowRanges | np.ndarray, segment_length: int, window: int, *,
+                 seed: int, offsets: str, batch_size: int, rank: int = 0, world_size: int = 1,
                  repeats: int = 1) -> None:
         super().__init__(rows, segment_length, window, seed=seed, shuffle=False, offsets=offsets,
                          rank=rank, world_size=world_size, repeats=repeats)
-        if len(self.rows) < world_size:
-            raise ValueError(f"{len(self.rows)} window(s) cannot be spread over {world_size} "
+        if self.num_global < world_size:
+            raise ValueError(f"{self.num_global} window(s) cannot be spread over {world_size} "
                              "processes without leaving one idle: evaluate on fewer devices")
         self.batch_size = int(batch_size)
 
-    def _indices(self) -> np.ndarray:
-        """Positions in the global order of this rank's keys."""
-        n, w = len(self.rows), self.world_size
-        everything = np.arange(n, dtype=np.int64)
-        if -(-n // self.batch_size) >= w:
-            batches = [everything[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
-        else:
-            batches = np.array_split(everything, w)
-        mine = batches[self.rank :: w]
-        return np.concatenate(mine) if mine else everything[:0]
+    @property
+    def _batched(self) -> bool:
+        """Whole batches go round the ranks (else: ``world_size`` contiguous runs)."""
+        return -(-self.num_global // self.batch_size) >= self.world_size
 
     def __len__(self) -> int:
-        return len(self._indices())
+        n, w, bs = self.num_global, self.world_size, self.batch_size
+        if not self._batched:
+            return len(np.array_split(np.arange(n), w)[self.rank])
+        last = -(-n // bs) - 1  # the last batch, the only one that may be short
+        mine = len(range(self.rank, last + 1, w))
+        short = bs * (last + 1) - n if (last - self.rank) % w == 0 else 0
+        return mine * bs - short
 
-    def keys(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
-        rows, offs = self.global_keys(epoch)
-        idx = self._indices()
-        return rows[idx], offs[idx]
+    def positions(self, lo: int, hi: int) -> np.ndarray:
+        j = np.arange(lo, hi, dtype=np.int64)
+        if not self._batched:  # fewer keys than ranks x batch: a few, materialise
+            return np.array_split(np.arange(self.num_global, dtype=np.int64),
+                                  self.world_size)[self.rank][lo:hi]
+        bs = self.batch_size
+        return (self.rank + self.world_size * (j // bs)) * bs + j % bs
 
 
 class ResumableDataLoader(DataLoader):
@@ -357,46 +399,17 @@ class ResumableDataLoader(DataLoader):
 # --------------------------------------------------------------------------------- shared setup
 
 
-class _Index:
-    """What setup learns from the shards: manifest, subject of each row, labels."""
-
-    def __init__(self, manifest: Manifest, with_labels: bool) -> None:
-        self.manifest = manifest
-        code_of: dict[str, int] = {}
-        codes, labels = [], []
-        for path in manifest.paths:
-            uniq, inverse = np.unique(read_column(path, "subject"), return_inverse=True)
-            mapping = np.array([code_of.setdefault(str(u), len(code_of)) for u in uniq], dtype=np.int32)
-            codes.append(mapping[inverse])
-            if with_labels:
-                labels.append(read_column(path, "label").astype(np.float32))
-        self.code_of = code_of
-        self.subject_names = list(code_of)
-        self.subject_codes = np.concatenate(codes)  # (N,) int32
-        self.labels = np.concatenate(labels) if with_labels else None  # (N,) float32
-
-    def subject_classes(self) -> dict[str, int]:
-        """Each subject's majority label (rounded mean), for stratified splits."""
-        assert self.labels is not None
-        sums = np.bincount(self.subject_codes, weights=self.labels, minlength=len(self.subject_names))
-        counts = np.bincount(self.subject_codes, minlength=len(self.subject_names))
-        return {s: int(np.round(sums[i] / counts[i])) for i, s in enumerate(self.subject_names)}
-
-    def rows_of(self, subjects: tuple[str, ...]) -> np.ndarray:
-        wanted = np.array([self.code_of[s] for s in subjects], dtype=np.int32)
-        return np.flatnonzero(np.isin(self.subject_codes, wanted)).astype(np.int64)
-
-
-def _open_index(
+def _open_manifest(
     shard_dir: str | Path,
     modality: str,
     vocab_size: int | None,
     label_kinds: tuple[str, ...],
     min_length: int,
     need: str,
-    with_labels: bool,
-) -> _Index:
-    manifest = validate_shard_dir(shard_dir, modality=modality, label_kind=label_kinds)
+) -> Manifest:
+    # Sizes only here: each reader checks a shard's schema when it first opens it.
+    manifest = validate_shard_dir(shard_dir, modality=modality, label_kind=label_kinds,
+                                  open_files=False)
     meta = manifest.meta
     if vocab_size is not None and meta.vocab_size != vocab_size:
         raise ShardError(
@@ -407,7 +420,7 @@ def _open_index(
             f"{shard_dir}: segments hold {meta.segment_length} tokens but {need} = {min_length}; "
             f"re-run `python -m heartgpt.prepare` with segment.samples >= {min_length}"
         )
-    return _Index(manifest, with_labels)
+    return manifest
 
 
 def _rank_world(dm: L.LightningDataModule) -> tuple[int, int]:
@@ -434,15 +447,19 @@ def _loader_kwargs(dm: Any) -> dict[str, Any]:
     return kw
 
 
-def _split(index: _Index, seed: int, val_fraction: float, test_fraction: float, folds, fold: int,
-           stratify: bool, split_file: str | None = None) -> SubjectSplit:
+def _split_codes(index: RowIndex, seed: int, val_fraction: float, test_fraction: float, folds,
+                 fold: int, stratify: bool, split_file: str | None = None) -> np.ndarray:
+    """TRAIN/VAL/TEST (int8) for each subject of ``index``, in its subject-table order."""
     if split_file:
-        return read_split_file(split_file, index.subject_names)
-    classes = index.subject_classes() if stratify and index.labels is not None else None
-    return split_subjects(
-        index.subject_names, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
-        folds=folds, fold=fold, subject_classes=classes,
-    )
+        stated = read_split_file(split_file, index.names())
+        codes = np.zeros(index.num_subjects, dtype=np.int8)
+        for code, name in enumerate(SPLITS):
+            wanted = np.char.encode(np.asarray(stated.of(name), dtype=str), "utf-8")
+            codes[np.searchsorted(index.subject_names, wanted)] = code
+        return codes
+    classes = index.subject_classes() if stratify else None
+    return split_codes(index.num_subjects, seed=seed, val_fraction=val_fraction,
+                       test_fraction=test_fraction, folds=folds, fold=fold, classes=classes)
 
 
 # --------------------------------------------------------------------------------- the base
@@ -519,9 +536,9 @@ class ShardDataModule(L.LightningDataModule):
         self.persistent_workers = persistent_workers
         self.prefetch_factor = prefetch_factor
         self.verify_checksums = verify_checksums
-        self._index: _Index | None = None
-        self._split: SubjectSplit | None = None
-        self._rows: dict[str, np.ndarray] = {}
+        self._manifest: Manifest | None = None
+        self._split_of_subject: np.ndarray | None = None  # TRAIN/VAL/TEST per subject
+        self._ranges: dict[str, RowRanges] = {}
         self._dataset: Dataset | None = None
 
     @property
@@ -538,11 +555,11 @@ class ShardDataModule(L.LightningDataModule):
         """Tokens a window reads from a segment."""
         raise NotImplementedError
 
-    def _open(self) -> tuple[_Index, bool]:
-        """The shard set's index (checked for this DataModule) and whether to stratify."""
+    def _open(self) -> tuple[Manifest, bool]:
+        """The shard set's manifest (checked for this DataModule) and whether to stratify."""
         raise NotImplementedError
 
-    def _make_dataset(self, index: _Index) -> Dataset:
+    def _make_dataset(self, manifest: Manifest) -> Dataset:
         raise NotImplementedError
 
     def _sampler_options(self, train: bool) -> dict[str, Any]:
@@ -554,48 +571,54 @@ class ShardDataModule(L.LightningDataModule):
             validate_shard_dir(self.shard_dir, modality=self.modality, verify_checksums=True)
 
     def setup(self, stage: str | None = None) -> None:
-        if self._index is not None:
+        if self._manifest is not None:
             return
-        index, stratify = self._open()
+        manifest, stratify = self._open()
+        index = manifest.row_index
         try:
-            self._split = _split(index, self.seed, self.val_fraction, self.test_fraction,
-                                 self.folds, self.fold, stratify=stratify,
+            codes = _split_codes(index, self.seed, self.val_fraction, self.test_fraction,
+                                 self.folds, self.fold, stratify=stratify and manifest.meta.has_label,
                                  split_file=self.split_file)
-            self._rows = {s: index.rows_of(self._split.of(s)) for s in SPLITS}
+            self._ranges = {s: index.rows_of(codes == c) for c, s in enumerate(SPLITS)}
+            self._split_of_subject = codes
         except ValueError:
             if self.eval_split != "all":
                 raise
-            self._split, self._rows = None, {}  # e.g. one subject: nothing to split, all to score
-        self._rows["all"] = np.arange(len(index.subject_codes), dtype=np.int64)
-        self._dataset = self._make_dataset(index)
-        self._index = index
+            self._split_of_subject, self._ranges = None, {}  # e.g. one subject: all to score
+        self._ranges["all"] = RowRanges(np.zeros(1), np.array([manifest.total_rows]))
+        self._dataset = self._make_dataset(manifest)
+        self._manifest = manifest
 
     @property
     def manifest(self) -> Manifest:
         self.setup()
-        assert self._index is not None
-        return self._index.manifest
+        assert self._manifest is not None
+        return self._manifest
 
     @property
     def split(self) -> SubjectSplit:
-        """Subjects of each split (for leak checks and cross-validation)."""
+        """Subjects of each split, by name (for leak checks and cross-validation)."""
         self.setup()
-        if self._split is None:
+        if self._split_of_subject is None:
             raise ValueError(f"{self.shard_dir}: its subjects cannot be split with these "
                              "settings (split=all, which scores every row, needs no split)")
-        return self._split
+        return SubjectSplit.from_codes(self.manifest.row_index.names(), self._split_of_subject)
+
+    def row_ranges(self, split: str) -> RowRanges:
+        """The rows of ``split`` (``all``: every row) as ranges."""
+        self.setup()
+        if split != "all" and self._split_of_subject is None:
+            _ = self.split  # raises: the subjects could not be split
+        return self._ranges[split]
 
     def rows(self, split: str) -> np.ndarray:
-        """Global row indices of ``split`` (``all``: every row)."""
-        if split != "all":
-            _ = self.split  # raises when the subjects could not be split
-        self.setup()
-        return self._rows[split]
+        """Global row indices of ``split`` (materialised: for small sets and tests)."""
+        return self.row_ranges(split).to_array()
 
     def _loader(self, split: str, evaluate: bool = False) -> DataLoader | list:
         """Windows of ``split``: training (shuffled, random offsets), validation (fixed
         windows, padded across ranks) or, with ``evaluate``, an :class:`EvalSampler`'s."""
-        rows = self.rows(split)
+        rows = self.row_ranges(split)
         train = split == "train" and not evaluate
         if not train and len(rows) == 0:
             return []  # Lightning skips an empty list of loaders
@@ -672,13 +695,13 @@ class PretrainDataModule(ShardDataModule):
     def window(self) -> int:
         return self.block_size + 1
 
-    def _open(self) -> tuple[_Index, bool]:
-        index = _open_index(self.shard_dir, self.modality, self.vocab_size, LABEL_KINDS,
-                            self.window, "block_size + 1", with_labels=False)
-        return index, False
+    def _open(self) -> tuple[Manifest, bool]:
+        manifest = _open_manifest(self.shard_dir, self.modality, self.vocab_size, LABEL_KINDS,
+                                  self.window, "block_size + 1")
+        return manifest, False
 
-    def _make_dataset(self, index: _Index) -> Dataset:
-        return PretrainWindows(ShardRows(index.manifest), self.block_size)
+    def _make_dataset(self, manifest: Manifest) -> Dataset:
+        return PretrainWindows(ShardRows(manifest), self.block_size)
 
     def _sampler_options(self, train: bool) -> dict[str, Any]:
         return {"offsets": "random" if train else "fixed",
@@ -738,14 +761,14 @@ class FinetuneDataModule(ShardDataModule):
     def window(self) -> int:
         return self.block_size
 
-    def _open(self) -> tuple[_Index, bool]:
-        index = _open_index(self.shard_dir, self.modality, self.vocab_size, (self.label_kind,),
-                            self.window, "block_size", with_labels=self.label_kind == "sequence")
-        return index, self.stratify
+    def _open(self) -> tuple[Manifest, bool]:
+        manifest = _open_manifest(self.shard_dir, self.modality, self.vocab_size,
+                                  (self.label_kind,), self.window, "block_size")
+        return manifest, self.stratify
 
-    def _make_dataset(self, index: _Index) -> Dataset:
-        return FinetuneWindows(ShardRows(index.manifest), self.block_size, self.label_kind,
-                               index.subject_names, index.subject_codes, index.labels)
+    def _make_dataset(self, manifest: Manifest) -> Dataset:
+        return FinetuneWindows(ShardRows(manifest), self.block_size, self.label_kind,
+                               manifest.row_index)
 
     def _sampler_options(self, train: bool) -> dict[str, Any]:
         return {"offsets": "random" if train else "last"}

@@ -17,6 +17,7 @@ conventions, documented in ``data/README.md``:
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import os
 import re
@@ -196,14 +197,22 @@ def parse_text(path: Path, decimal: str = ".") -> tuple[list[str] | None, np.nda
     if decimal not in DECIMALS:
         raise ValueError(f"decimal must be '.' or ',', got {decimal!r}")
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise RecordError(path, "not a text file (cannot decode as UTF-8)") from None
     if decimal == ".":
-        evidence = _decimal_comma_evidence(lines)
+        evidence = _may_have_decimal_commas(text) and _decimal_comma_evidence(text.splitlines())
         if evidence:
             raise RecordError(path, f"numbers written with a decimal comma ({evidence}); "
                                     """read them with 'csv_decimal=","' (the tools: --csv-decimal ,)""")
+        plain = _parse_plain_numbers(text)
+        if plain is not None:
+            return plain
+    return _parse_lines(text.splitlines(), path, decimal)
+
+
+def _parse_lines(lines: list[str], path: Path, decimal: str) -> tuple[list[str] | None, np.ndarray]:
+    """:func:`parse_text` line by line in Python: every case, with its errors."""
     delimiters = _DELIMITED if decimal == "." else _DELIMITED_NO_COMMA
     rows: list[list[float]] = []
     names: list[str] | None = None
@@ -215,10 +224,7 @@ def parse_text(path: Path, decimal: str = ".") -> tuple[list[str] | None, np.nda
         if not line:
             blanks += 1
             continue
-        if delimiters.search(line):
-            cells = [c.strip() for c in delimiters.split(line)]
-        else:
-            cells = line.split()
+        cells = _split_cells(line, delimiters)
         if decimal == ",":
             cells = [c.replace(",", ".") for c in cells]
         try:
@@ -238,6 +244,76 @@ def parse_text(path: Path, decimal: str = ".") -> tuple[list[str] | None, np.nda
     if not rows:
         return names, np.zeros((0, 1))
     return names, np.asarray(rows, dtype=np.float64)
+
+
+def _split_cells(line: str, delimiters: re.Pattern) -> list[str]:
+    """The cells of a stripped line: split at ``delimiters`` if it has any, else at whitespace."""
+    if delimiters.search(line):
+        return [c.strip() for c in delimiters.split(line)]
+    return line.split()
+
+
+_PLAIN_NUMBER = r"[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?"  # no nan, inf, 1_0
+_PLAIN_LINE = re.compile(rf" *{_PLAIN_NUMBER}(?: *[,;\t ] *{_PLAIN_NUMBER})* *")
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_rows(delimiter: str, columns: int) -> re.Pattern:
+    """Lines of exactly ``columns`` plain numbers split by ``delimiter`` (" ": spaces), to the end."""
+    sep = " +" if delimiter == " " else f" *{re.escape(delimiter)} *"
+    row = rf" *{_PLAIN_NUMBER}(?:{sep}{_PLAIN_NUMBER}){{{columns - 1}}} *"
+    return re.compile(rf"(?:{row}(?:\r?\n|\Z))+")
+
+
+def _parse_plain_numbers(text: str) -> tuple[list[str] | None, np.ndarray] | None:
+    """:func:`parse_text` (decimal point) of a file of plain numbers in numpy's C parser, or None.
+
+    Applies only to an optional header line followed at once by rows of the same number of
+    plain numbers (no nan/inf) split by one delimiter (``,``, ``;`` or tab) or by spaces, with
+    LF or CRLF line ends; anything else (empty cells, blank or ``#`` lines, ragged rows,
+    a header whose cells all read as numbers) is None, left to :func:`_parse_lines`. Both
+    parsers round correctly, so the numbers are the same to the bit.
+    """
+    first, _, rest = text.partition("\n")
+    first = first.removesuffix("\r")
+    names = None
+    body = text
+    if not _PLAIN_LINE.fullmatch(first):  # a header line, or not plain at all
+        head = first.strip()
+        if len(first.splitlines()) != 1 or head.startswith("#"):
+            return None
+        cells = _split_cells(head, _DELIMITED)
+        if all(not c or _is_float(c) for c in cells):  # numbers that are not plain: no header
+            return None
+        names, body = cells, rest
+    row = body.partition("\n")[0]
+    if not row.strip():
+        return None
+    delimiters = set(_DELIMITED.findall(row)) or {" "}
+    if len(delimiters) != 1:
+        return None
+    delimiter = delimiters.pop()
+    columns = len(row.split()) if delimiter == " " else row.count(delimiter) + 1
+    if not _plain_rows(delimiter, columns).fullmatch(body):
+        return None
+    n_rows = body.count("\n") + (not body.endswith("\n"))
+    if delimiter in ",;":
+        body = body.replace(delimiter, " ")
+    data = np.fromstring(body, dtype=np.float64, sep=" ")
+    if data.size != n_rows * columns:  # cannot happen after the match; never guess
+        return None
+    return names, data.reshape(n_rows, columns)
+
+
+# what the second sign of _decimal_comma_evidence needs; one literal start each (fast to scan)
+_LEADING_ZERO_PAIR = tuple(re.compile(p) for p in (r",\s*0\d", r"-0\s*,", r"\+0\s*,"))
+
+
+def _may_have_decimal_commas(text: str) -> bool:
+    """False when :func:`_decimal_comma_evidence` cannot find any (a whole-text test, in C):
+    its first sign needs a comma and a semicolon or tab, its second ``,0<digit>`` or ``-0,``."""
+    return ("," in text and (";" in text or "\t" in text)) or any(
+        p.search(text) for p in _LEADING_ZERO_PAIR)
 
 
 def _decimal_comma_evidence(lines: list[str]) -> str | None:
@@ -340,15 +416,43 @@ def read_mat(path: Path, channel: int | str) -> tuple[np.ndarray, dict]:
     return _from_mapping(d, path, channel, "val")
 
 
+_WFDB_WHOLE_READ_SAMPLES = 4_000_000  # records up to this many samples (all channels) are read whole
+
+
+def _wfdb_samples(path: Path) -> int | None:
+    """Channels x samples from a WFDB header's record line; None if it does not say (or is a
+    multi-segment record, or cannot be read)."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    fields = next((ln.split() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")), [])
+    if len(fields) < 4 or "/" in fields[0] or not (fields[1].isdigit() and fields[3].isdigit()):
+        return None
+    return int(fields[1]) * int(fields[3])
+
+
 def read_wfdb(path: Path, channel: int | str) -> tuple[np.ndarray, dict]:
     import wfdb
 
     rec_path = str(path.with_suffix(""))
-    header = wfdb.rdheader(rec_path)
-    j = _pick(header.sig_name, channel, header.n_sig, path)
-    record = wfdb.rdrecord(rec_path, channels=[j], physical=True)
+    record = None
+    if (_wfdb_samples(path) or _WFDB_WHOLE_READ_SAMPLES + 1) <= _WFDB_WHOLE_READ_SAMPLES:
+        # every channel in one rdrecord: wfdb parses the header (most of the time here) once, not
+        # twice; a record it cannot read so is read below as before, for the same error
+        try:
+            record = wfdb.rdrecord(rec_path, physical=True)
+        except Exception:
+            record = None
+    if record is not None:
+        j = _pick(record.sig_name, channel, record.n_sig, path)
+    else:
+        header = wfdb.rdheader(rec_path)
+        record = wfdb.rdrecord(rec_path, channels=[_pick(header.sig_name, channel, header.n_sig, path)],
+                               physical=True)
+        j = 0
     meta: dict = {"fs": float(record.fs), "comments": list(record.comments or [])}
-    return record.p_signal[:, 0].astype(np.float64), meta
+    return record.p_signal[:, j].astype(np.float64), meta
 
 
 def dx_codes(comments: Sequence[str]) -> list[str]:

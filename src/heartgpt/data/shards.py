@@ -10,21 +10,27 @@ written last. Each shard has one row per fixed-length segment:
 - ``label``   float32 [N]    optional, sequence task (e.g. AF 0/1)
 - ``targets`` uint8 [N, S]   optional, per-token task (e.g. 1 at each beat)
 
-and attributes describing the data (:class:`ShardMeta`). See ``data/README.md``.
+and attributes describing the data (:class:`ShardMeta`). Beside them, the row index
+(:mod:`heartgpt.data.row_index`: each row's subject and label as runs, two small ``.npy`` files)
+lets a DataModule open 200 M rows in memory that grows with subjects, not rows. See
+``data/README.md``.
 
-Writing is atomic: shards are written as ``*.h5.partial`` and only renamed, the old shards
-removed and the manifest written once the whole run has succeeded, so an interrupted run never
-leaves a directory that validates. Files carry no timestamps: the same rows give byte-identical
-files and the same sha256 in the manifest.
+Writing is atomic: shards are staged in ``.prepare-work/`` (written as ``*.partial``, fsynced,
+renamed there) and only moved in, the old shards removed and the manifest written once the
+whole run has succeeded, so an interrupted run never leaves a directory that validates. Files
+carry no timestamps: the same rows give byte-identical files and the same sha256 in the
+manifest.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
+import shutil
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +39,7 @@ import h5py
 import numpy as np
 
 import heartgpt
+from heartgpt.data.row_index import INDEX_FILES, RowIndex, RowIndexBuilder
 from heartgpt.files import sha256_file, write_json_atomic
 
 FORMAT_VERSION = 1
@@ -40,6 +47,7 @@ MANIFEST_NAME = "manifest.json"
 SUMMARY_NAME = "summary.json"
 SHARD_GLOB = "shard-*.h5"
 PARTIAL_SUFFIX = ".partial"
+WORK_DIR = ".prepare-work"  # staged shards (and prepare's journal) until the set is committed
 LABEL_KINDS = ("unlabelled", "sequence", "token")
 _LEGACY_LABEL_KINDS = {"pretrain": "unlabelled"}  # heartgpt 0.1 stored label_kind as `task`
 _CHUNK_BYTES = 64 * 1024  # rows per HDF5 chunk ~ this many tokens: cheap random row reads
@@ -117,8 +125,8 @@ class ShardInfo:
     rows: int
     bytes: int
     sha256: str
-    subjects: dict[str, int]  # subject -> rows in this shard
-    label_counts: dict[str, int] | None  # label value -> rows (sequence task, integer labels)
+    label_counts: dict[str, int] | None = None  # label value -> rows (sequence task, integer labels)
+    subjects: dict[str, int] | None = None  # manifests before the row index: subject -> rows
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,8 @@ class Manifest:
     directory: Path
     meta: ShardMeta
     shards: tuple[ShardInfo, ...]
+    index: dict[str, dict[str, Any]] | None = None  # row-index file -> {bytes, sha256}
+    num_subjects: int | None = None
 
     @property
     def paths(self) -> list[Path]:
@@ -137,12 +147,22 @@ class Manifest:
     def total_rows(self) -> int:
         return sum(s.rows for s in self.shards)
 
+    @functools.cached_property
+    def row_index(self) -> RowIndex:
+        """Each row's subject and label (memory-mapped; a set written before the index
+        existed has it built from its shards' columns, in memory that grows with rows)."""
+        if self.index is None:
+            return _index_from_shards(self.paths, self.meta.has_label)
+        try:
+            return RowIndex.load(self.directory, self.total_rows)
+        except (OSError, ValueError) as e:
+            raise ShardError(f"{self.directory}: damaged row index ({e}); re-run prepare") from e
+
     @property
     def subjects(self) -> dict[str, int]:
-        c: Counter[str] = Counter()
-        for s in self.shards:
-            c.update(s.subjects)
-        return dict(sorted(c.items()))
+        """subject -> rows (a dict of every subject: for small sets and reports)."""
+        index = self.row_index
+        return dict(zip(index.names(), index.rows_per_subject().tolist(), strict=True))
 
     @property
     def label_counts(self) -> dict[str, int] | None:
@@ -158,10 +178,19 @@ class Manifest:
             "format_version": self.meta.format_version,
             "meta": asdict(self.meta),
             "total_rows": self.total_rows,
-            "subjects": self.subjects,
+            "num_subjects": self.num_subjects,
             "label_counts": self.label_counts,
-            "shards": [asdict(s) for s in self.shards],
+            "index": self.index,
+            "shards": [{k: v for k, v in asdict(s).items() if k != "subjects"} for s in self.shards],
         }
+
+
+def _index_from_shards(paths: Sequence[Path], with_labels: bool) -> RowIndex:
+    builder = RowIndexBuilder()
+    for path in paths:
+        builder.add(read_column(path, "subject"),
+                    read_column(path, "label") if with_labels else None)
+    return builder.finish()
 
 
 def _label_counts(label: np.ndarray | None) -> dict[str, int] | None:
@@ -201,9 +230,13 @@ def _write_h5(path: Path, meta: ShardMeta, rows: dict[str, np.ndarray], compress
 class ShardWriter:
     """Collects rows and writes them as shards of ``rows_per_shard`` rows, atomically.
 
-    Use as a context manager: leaving the block normally commits (renames the partial files,
-    removes older shards, writes ``manifest.json`` last); leaving it with an exception removes
-    the partial files and leaves the directory as it was.
+    Use as a context manager: leaving the block normally commits (moves the staged shards in,
+    removes older shards, writes the row index and ``manifest.json`` last); leaving it with an
+    exception removes what it staged and leaves the directory as it was.
+
+    Shards are staged in ``<out_dir>/.prepare-work/`` as they fill. A resumable writer (what
+    ``prepare`` makes, :mod:`heartgpt.data.journal`) is given the shards an earlier, killed run
+    staged (``staged``) and told of each new one (``on_shard``); on an exception it keeps them.
 
     >>> with ShardWriter(out_dir, meta, rows_per_shard=4096) as w:  # doctest: +SKIP
     ...     w.add(tokens, subjects, records, starts, label=labels)
@@ -215,20 +248,35 @@ class ShardWriter:
         meta: ShardMeta,
         rows_per_shard: int,
         compression: str | None = None,
+        *,
+        staged: Sequence[tuple[Path, ShardInfo]] | None = None,
+        on_shard: Callable[[ShardInfo, tuple[int, int]], None] | None = None,
     ) -> None:
         if rows_per_shard <= 0:
             raise ValueError(f"rows_per_shard must be positive, got {rows_per_shard}")
         self.out_dir = Path(out_dir)
+        self.work_dir = self.out_dir / WORK_DIR
         self.meta = meta
         self.rows_per_shard = rows_per_shard
         self.compression = compression
+        self.resumable = staged is not None
+        self.on_shard = on_shard
         self._buf: dict[str, list[np.ndarray]] = {}
+        self._origins: list[list[int]] = []  # [record, first row in it, rows] per buffered chunk
         self._buffered = 0
-        self._partials: list[tuple[Path, ShardInfo]] = []
+        self._staged: list[tuple[Path, ShardInfo]] = list(staged or [])
+        self._index = RowIndexBuilder()
         self.manifest: Manifest | None = None
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if not self.resumable:
+            shutil.rmtree(self.work_dir, ignore_errors=True)  # left by an interrupted run
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.work_dir.glob(f"*{PARTIAL_SUFFIX}"):
+            stale.unlink()
         for stale in self.out_dir.glob(f"*{PARTIAL_SUFFIX}"):
-            stale.unlink()  # left by an interrupted run
+            stale.unlink()  # left by heartgpt <= 0.3, which staged shards beside the set
+        for path, _ in self._staged:  # the index holds every row committed so far
+            self._index.add(read_column(path, "subject"),
+                            read_column(path, "label") if meta.has_label else None)
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -247,8 +295,13 @@ class ShardWriter:
         start: np.ndarray,
         label: np.ndarray | None = None,
         targets: np.ndarray | None = None,
+        origin: tuple[int, int] = (0, 0),
     ) -> None:
-        """Append rows: ``tokens`` (n, S) in 0..vocab-1, one subject/record/start per row."""
+        """Append rows: ``tokens`` (n, S) in 0..vocab-1, one subject/record/start per row.
+
+        ``origin`` is (record number, first row of that record) of these rows, for the
+        journal of a resumable run: each staged shard reports where it ends.
+        """
         tokens = np.asarray(tokens)
         n = len(tokens)
         if n == 0:
@@ -274,33 +327,49 @@ class ShardWriter:
             rows["targets"] = np.asarray(targets, dtype=np.uint8).reshape(n, S)
         for key, value in rows.items():
             self._buf.setdefault(key, []).append(value)
+        self._origins.append([int(origin[0]), int(origin[1]), n])
         self._buffered += n
         while self._buffered >= self.rows_per_shard:
             self._flush(self.rows_per_shard)
+
+    def _take_origins(self, n: int) -> tuple[int, int]:
+        """Drop ``n`` rows from the buffered chunks' origins; (record, row) where they end."""
+        end = (0, 0)
+        while n:
+            chunk = self._origins[0]
+            used = min(n, chunk[2])
+            end = (chunk[0], chunk[1] + used)
+            chunk[1] += used
+            chunk[2] -= used
+            n -= used
+            if not chunk[2]:
+                self._origins.pop(0)
+        return end
 
     def _flush(self, n: int) -> None:
         rows = {k: np.concatenate(v) for k, v in self._buf.items()}
         now = {k: v[:n] for k, v in rows.items()}
         self._buf = {k: [v[n:]] for k, v in rows.items()}
         self._buffered -= n
-        name = f"shard-{len(self._partials):05d}.h5"
-        path = self.out_dir / (name + PARTIAL_SUFFIX)
-        _write_h5(path, self.meta, now, self.compression)
-        subjects, counts = np.unique(now["subject"], return_counts=True)
-        info = ShardInfo(
-            file=name,
-            rows=n,
-            bytes=path.stat().st_size,
-            sha256=sha256_file(path),
-            subjects={str(s): int(c) for s, c in zip(subjects, counts, strict=True)},
-            label_counts=_label_counts(now.get("label")),
-        )
-        self._partials.append((path, info))
+        end = self._take_origins(n)
+        name = f"shard-{len(self._staged):05d}.h5"
+        partial = self.work_dir / (name + PARTIAL_SUFFIX)
+        _write_h5(partial, self.meta, now, self.compression)
+        with open(partial, "rb+") as f:
+            os.fsync(f.fileno())
+        path = self.work_dir / name
+        os.replace(partial, path)
+        info = ShardInfo(file=name, rows=n, bytes=path.stat().st_size, sha256=sha256_file(path),
+                         label_counts=_label_counts(now.get("label")))
+        self._staged.append((path, info))
+        self._index.add(now["subject"], now.get("label"))
+        if self.on_shard is not None:
+            self.on_shard(info, end)
 
     @property
     def pending_shards(self) -> int:
         """Shards this writer will have written once committed."""
-        return len(self._partials) + (1 if self._buffered else 0)
+        return len(self._staged) + (1 if self._buffered else 0)
 
     def commit(self, summary: dict[str, Any] | None = None) -> Manifest:
         """Write the last shard, replace the directory's old shards and write the manifest."""
@@ -308,29 +377,64 @@ class ShardWriter:
             return self.manifest
         if self._buffered:
             self._flush(self._buffered)
-        if not self._partials:
-            self.abort()
+        if not self._staged:
+            self.discard()
             raise ShardError(f"{self.out_dir}: no rows to write (every record was skipped?)")
-        manifest_path = self.out_dir / MANIFEST_NAME
-        # From here until the new manifest exists the directory does not validate.
-        manifest_path.unlink(missing_ok=True)
-        for old in self.out_dir.glob(SHARD_GLOB):
-            old.unlink()
-        for path, info in self._partials:
-            os.replace(path, self.out_dir / info.file)
-        self.manifest = Manifest(self.out_dir, self.meta, tuple(i for _, i in self._partials))
-        if summary is not None:
-            write_json_atomic(self.out_dir / SUMMARY_NAME, summary)
-        write_json_atomic(manifest_path, self.manifest.to_json())
+        self.manifest = commit_shard_set(self.out_dir, self.meta, self._staged,
+                                         self._index.finish(), summary)
+        shutil.rmtree(self.work_dir, ignore_errors=True)
         return self.manifest
 
     def abort(self) -> None:
-        """Remove the partial files written so far; the directory's old content stays."""
-        for path, _ in self._partials:
-            path.unlink(missing_ok=True)
-        self._partials = []
-        self._buf = {}
-        self._buffered = 0
+        """Forget the buffered rows; remove what was staged unless this writer is resumable
+        (then the staged shards wait for the next run). The directory's old content stays."""
+        if self.resumable:
+            for stale in self.work_dir.glob(f"*{PARTIAL_SUFFIX}"):
+                stale.unlink()
+        else:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
+        self._buf, self._origins, self._buffered = {}, [], 0
+
+    def discard(self) -> None:
+        """Remove everything staged, resumable or not (a run with nothing to write)."""
+        self.resumable = False
+        self.abort()
+        self._staged = []
+
+
+def commit_shard_set(
+    out_dir: Path,
+    meta: ShardMeta,
+    staged: Sequence[tuple[Path, ShardInfo]],
+    index: RowIndex,
+    summary: dict[str, Any] | None = None,
+) -> Manifest:
+    """Make ``out_dir`` the shard set of the ``staged`` files (moved in under their
+    ``ShardInfo.file`` names, in order) with this row index; the old set's shards go.
+
+    The manifest is removed first and written last: in between the directory does not validate.
+    """
+    if index.total_rows != sum(info.rows for _, info in staged):
+        raise ShardError(f"{out_dir}: the row index holds {index.total_rows} rows, the shards "
+                         f"{sum(info.rows for _, info in staged)}")
+    index_paths = index.save(out_dir, suffix=PARTIAL_SUFFIX)
+    index_info = {p.name.removesuffix(PARTIAL_SUFFIX): {"bytes": p.stat().st_size,
+                                                        "sha256": sha256_file(p)}
+                  for p in index_paths}
+    manifest_path = out_dir / MANIFEST_NAME
+    manifest_path.unlink(missing_ok=True)
+    for old in [*out_dir.glob(SHARD_GLOB), *(out_dir / name for name in INDEX_FILES)]:
+        old.unlink(missing_ok=True)
+    for path, info in staged:
+        os.replace(path, out_dir / info.file)
+    for path in index_paths:
+        os.replace(path, out_dir / path.name.removesuffix(PARTIAL_SUFFIX))
+    manifest = Manifest(out_dir, meta, tuple(info for _, info in staged), index_info,
+                        index.num_subjects)
+    if summary is not None:
+        write_json_atomic(out_dir / SUMMARY_NAME, summary)
+    write_json_atomic(manifest_path, manifest.to_json())
+    return manifest
 
 
 # --------------------------------------------------------------------------------- reading
@@ -360,11 +464,15 @@ def read_manifest(shard_dir: str | os.PathLike) -> Manifest:
     try:
         meta = ShardMeta.from_mapping(d["meta"])
         shards = tuple(ShardInfo(**s) for s in d["shards"])
+        index = d.get("index")  # None: written before the row index (built from the shards)
+        if index is not None and set(index) != set(INDEX_FILES):
+            raise ValueError(f"index lists {sorted(index)}, expected {list(INDEX_FILES)}")
+        num_subjects = d.get("num_subjects")
     except (KeyError, TypeError, ValueError) as e:
         raise ShardError(f"{path}: malformed manifest ({e})") from e
     if not shards:
         raise ShardError(f"{path}: lists no shard files")
-    return Manifest(shard_dir, meta, shards)
+    return Manifest(shard_dir, meta, shards, index, num_subjects)
 
 
 def _check_meta(path: Path, found: ShardMeta, expected: ShardMeta) -> None:
@@ -386,14 +494,10 @@ def validate_shard_file(
     Raises :class:`ShardError` naming the file.
     """
     path = Path(path)
-    if not path.is_file():
+    if info is None and not path.is_file():
         raise ShardError(f"{path}: shard file missing")
     if info is not None:
-        size = path.stat().st_size
-        if size != info.bytes:
-            raise ShardError(
-                f"{path}: {size} bytes but the manifest says {info.bytes} (truncated or rewritten)"
-            )
+        _check_size(path, info)
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -419,6 +523,17 @@ def validate_shard_file(
         if digest != info.sha256:
             raise ShardError(f"{path}: sha256 {digest[:12]}... differs from the manifest's {info.sha256[:12]}...")
     return found
+
+
+def _check_size(path: Path, info: ShardInfo) -> None:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise ShardError(f"{path}: shard file missing") from None
+    if size != info.bytes:
+        raise ShardError(
+            f"{path}: {size} bytes but the manifest says {info.bytes} (truncated or rewritten)"
+        )
 
 
 def _check_datasets(path: Path, f: h5py.File, meta: ShardMeta, info: ShardInfo | None) -> None:
@@ -449,6 +564,7 @@ def validate_shard_dir(
     modality: str | None = None,
     label_kind: str | Sequence[str] | None = None,
     verify_checksums: bool = False,
+    open_files: bool = True,
 ) -> Manifest:
     """Read the manifest and check every shard it lists; return the :class:`Manifest`.
 
@@ -456,6 +572,10 @@ def validate_shard_dir(
     run; ``verify_checksums`` also hashes every file. ``modality``/``label_kind`` are what the run
     expects. Stray files (``*.partial`` from an interrupted run, anything not listed) are
     ignored. Raises :class:`ShardError` naming the bad file.
+
+    ``open_files=False`` checks each file's existence and size only (a ``stat``: 16 M rows in
+    4 k shards in milliseconds, where opening each takes seconds); the reader then checks each
+    file's schema when it first opens it (:class:`heartgpt.data.datamodules.ShardRows`).
     """
     manifest = read_manifest(shard_dir)
     where = Path(shard_dir) / MANIFEST_NAME
@@ -469,8 +589,23 @@ def validate_shard_dir(
             raise ShardError(f"{where}: shards are {manifest.meta.label_kind!r} (label_kind), "
                              f"this run needs {allowed}")
     for path, info in zip(manifest.paths, manifest.shards, strict=True):
-        validate_shard_file(path, info, manifest.meta, verify_checksum=verify_checksums)
+        if open_files or verify_checksums:
+            validate_shard_file(path, info, manifest.meta, verify_checksum=verify_checksums)
+        else:
+            _check_size(path, info)
+    for name, info in (manifest.index or {}).items():
+        _check_index_file(Path(shard_dir) / name, info, verify_checksums)
     return manifest
+
+
+def _check_index_file(path: Path, info: dict[str, Any], verify_checksum: bool) -> None:
+    if not path.is_file():
+        raise ShardError(f"{path}: row index file missing (re-run prepare)")
+    if path.stat().st_size != info["bytes"]:
+        raise ShardError(f"{path}: {path.stat().st_size} bytes but the manifest says "
+                         f"{info['bytes']} (truncated or rewritten)")
+    if verify_checksum and sha256_file(path) != info["sha256"]:
+        raise ShardError(f"{path}: sha256 differs from the manifest's")
 
 
 @dataclass

@@ -44,6 +44,14 @@ class SubjectSplit:
             raise ValueError(f"split must be 'train', 'val' or 'test', got {name!r}")
         return getattr(self, name)
 
+    @classmethod
+    def from_codes(cls, names: Sequence[str], codes: np.ndarray) -> SubjectSplit:
+        """The split :func:`split_codes` gives ``names`` (sorted), as tuples of names."""
+        parts = [tuple(str(names[i]) for i in np.flatnonzero(codes == c)) for c in (TRAIN, VAL, TEST)]
+        split = cls(*parts)
+        split.assert_disjoint()
+        return split
+
     def assert_disjoint(self) -> None:
         """Raise if a subject is in two splits."""
         for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
@@ -65,32 +73,80 @@ def num_folds(folds: int | str | None, n_subjects: int) -> int:
     return int(folds)
 
 
-def _stratified_order(
-    subjects: Sequence[str], classes: Mapping[str, int] | None, rng: np.random.Generator
-) -> list[str]:
-    """A random order in which every prefix and every contiguous block holds the classes in
-    about their overall proportions (plain shuffle when no classes are given)."""
-    subjects = list(subjects)
-    if not classes:
-        return [subjects[i] for i in rng.permutation(len(subjects))]
-    by_class: dict[int, list[str]] = {}
-    for s in subjects:
-        by_class.setdefault(int(classes[s]), []).append(s)
-    keyed = []
-    for c in sorted(by_class):
-        members = by_class[c]
-        tie = rng.random()  # which class comes first where keys are equal
-        for rank, i in enumerate(rng.permutation(len(members))):
-            # Evenly spaced fractional rank within the class: interleaves the classes so that
-            # any contiguous block holds each within one of its proportional share.
-            keyed.append(((rank + 0.5) / len(members), tie, members[i]))
-    return [s for _, _, s in sorted(keyed)]
+TRAIN, VAL, TEST = 0, 1, 2  # what :func:`split_codes` says of each subject
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def _stratified_order(n: int, classes: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    """A random order of ``0..n-1`` in which every prefix and every contiguous block holds the
+    classes in about their overall proportions (a plain shuffle when ``classes`` is None)."""
+    if classes is None:
+        return rng.permutation(n)
+    fraction = np.zeros(n, dtype=np.float64)
+    tie = np.zeros(n, dtype=np.float64)
+    for c in np.unique(classes):
+        members = np.flatnonzero(classes == c)
+        tie[members] = rng.random()  # which class comes first where fractions are equal
+        # Evenly spaced fractional rank within the class: interleaves the classes so that
+        # any contiguous block holds each within one of its proportional share.
+        ranks = np.empty(len(members), dtype=np.float64)
+        ranks[rng.permutation(len(members))] = np.arange(len(members))
+        fraction[members] = (ranks + 0.5) / len(members)
+    return np.lexsort((np.arange(n), tie, fraction))
 
 
 def _count(fraction: float, n: int) -> int:
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"split fractions must be in [0, 1), got {fraction}")
     return 0 if fraction == 0 else max(1, round(fraction * n))
+
+
+def split_codes(
+    n: int,
+    *,
+    seed: int,
+    val_fraction: float,
+    test_fraction: float = 0.0,
+    folds: int | str | None = None,
+    fold: int = 0,
+    classes: np.ndarray | None = None,
+) -> np.ndarray:
+    """The split of each of ``n`` subjects, given in sorted order: int8 ``TRAIN``/``VAL``/
+    ``TEST`` per subject (arrays only, so millions of subjects cost megabytes).
+
+    ``classes`` (int per subject) stratifies every draw; see the module docstring.
+    ``test_fraction`` is ignored when ``folds`` is set (the fold is the test set).
+    """
+    if n == 0:
+        raise ValueError("no subjects to split")
+    k = num_folds(folds, n)
+    if folds is not None and not 0 <= fold < k:
+        raise ValueError(f"fold must be in 0..{k - 1} for folds={folds!r} ({n} subjects), got {fold}")
+    if classes is not None:
+        classes = np.asarray(classes, dtype=np.int64)
+    rng = np.random.default_rng([seed, 0])
+    is_test = np.zeros(n, dtype=bool)
+    if folds is None:
+        is_test[_stratified_order(n, classes, rng)[: _count(test_fraction, n)]] = True
+    elif isinstance(folds, str):
+        is_test[fold] = True
+    else:
+        # Contiguous blocks of a stratified order are stratified folds.
+        order = _stratified_order(n, classes, rng)
+        is_test[order[np.array_split(np.arange(n), k)[fold]]] = True
+    rest = np.flatnonzero(~is_test)  # sorted
+    val_rng = np.random.default_rng([seed, _VAL_STREAM, fold])
+    rest_order = _stratified_order(len(rest), None if classes is None else classes[rest], val_rng)
+    n_val = _count(val_fraction, len(rest))
+    if n_val >= len(rest):
+        raise ValueError(
+            f"no training subjects left: {n} subjects, val_fraction={val_fraction}, "
+            f"test_fraction={test_fraction}, folds={folds!r}"
+        )
+    codes = np.full(n, TRAIN, dtype=np.int8)
+    codes[is_test] = TEST
+    codes[rest[rest_order[:n_val]]] = VAL
+    return codes
 
 
 def split_subjects(
@@ -103,43 +159,14 @@ def split_subjects(
     fold: int = 0,
     subject_classes: Mapping[str, int] | None = None,
 ) -> SubjectSplit:
-    """Split ``subjects`` (duplicates ignored) into train/val/test; see the module docstring.
-
-    ``test_fraction`` is ignored when ``folds`` is set (the fold is the test set).
-    """
+    """Split ``subjects`` (duplicates ignored) into train/val/test; see the module docstring
+    and :func:`split_codes`, which does the work on the sorted subjects."""
     pool = sorted(set(map(str, subjects)))
-    n = len(pool)
-    if n == 0:
-        raise ValueError("no subjects to split")
-    k = num_folds(folds, n)
-    if folds is not None and not 0 <= fold < k:
-        raise ValueError(f"fold must be in 0..{k - 1} for folds={folds!r} ({n} subjects), got {fold}")
-    rng = np.random.default_rng([seed, 0])
-    if folds is None:
-        order = _stratified_order(pool, subject_classes, rng)
-        n_test = _count(test_fraction, n)
-        test, rest = order[:n_test], order[n_test:]
-    elif isinstance(folds, str):
-        test = [pool[fold]]
-        rest = [s for s in pool if s != pool[fold]]
-    else:
-        order = _stratified_order(pool, subject_classes, rng)
-        # Contiguous blocks of a stratified order are stratified folds.
-        blocks = np.array_split(np.arange(n), k)
-        test = [order[i] for i in blocks[fold]]
-        rest = [s for s in order if s not in set(test)]
-    val_rng = np.random.default_rng([seed, _VAL_STREAM, fold])
-    rest_order = _stratified_order(sorted(rest), subject_classes, val_rng)
-    n_val = _count(val_fraction, len(rest))
-    val, train = rest_order[:n_val], rest_order[n_val:]
-    if not train:
-        raise ValueError(
-            f"no training subjects left: {n} subjects, val_fraction={val_fraction}, "
-            f"test_fraction={test_fraction}, folds={folds!r}"
-        )
-    split = SubjectSplit(tuple(sorted(train)), tuple(sorted(val)), tuple(sorted(test)))
-    split.assert_disjoint()
-    return split
+    classes = (np.array([int(subject_classes[s]) for s in pool], dtype=np.int64)
+               if subject_classes else None)
+    codes = split_codes(len(pool), seed=seed, val_fraction=val_fraction,
+                        test_fraction=test_fraction, folds=folds, fold=fold, classes=classes)
+    return SubjectSplit.from_codes(pool, codes)
 
 
 def read_split_file(path: str | os.PathLike, subjects: Sequence[str]) -> SubjectSplit:

@@ -9,11 +9,12 @@ with a ``ValueError`` instead of producing NaNs as the released code does.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from fractions import Fraction
 
 import numpy as np
-from scipy.signal import resample_poly
+from scipy.signal import firwin, resample_poly
 
 LEVELS = 100  # tokens take the values 0..LEVELS
 
@@ -57,7 +58,18 @@ def resample(signal: np.ndarray, rate_in: float, rate_out: float) -> np.ndarray:
     if rate_in == rate_out:
         return x
     ratio = Fraction(rate_out / rate_in).limit_denominator(1000)
-    return resample_poly(x, ratio.numerator, ratio.denominator)
+    up, down = ratio.numerator, ratio.denominator
+    return resample_poly(x, up, down, window=_antialias_filter(up, down))
+
+
+@functools.lru_cache(maxsize=64)
+def _antialias_filter(up: int, down: int) -> np.ndarray:
+    """The low-pass FIR filter ``resample_poly`` designs for ``(up, down)`` by default (Kaiser
+    window, beta 5; the same taps to the bit), designed once per ratio instead of per record."""
+    max_rate = max(up, down)
+    taps = firwin(2 * 10 * max_rate + 1, 1.0 / max_rate, window=("kaiser", 5.0))
+    taps.setflags(write=False)  # resample_poly copies it before scaling
+    return taps
 
 
 def check_window(window: np.ndarray, length: int | None = None) -> np.ndarray:

@@ -89,6 +89,13 @@ def devices(v: Any) -> str | None:
     return f"{v!r} is not 'auto', -1, a positive count or a list of device indices"
 
 
+def workers(v: Any) -> str | None:
+    """A process count >= 0, or 'auto' (the CPUs this process may use)."""
+    if v == "auto" or (_is_int(v) and v >= 0):
+        return None
+    return f"{v!r} is not an integer >= 0 or 'auto'"
+
+
 def betas(v: Any) -> str | None:
     if (isinstance(v, (list, tuple)) and len(v) == 2
             and all(_is_number(b) and 0 <= b < 1 for b in v)):
@@ -159,6 +166,11 @@ PREPARE_CHECKS: dict[str, Check] = {
     "format": one_of(*RECORDING_FORMATS),
     "label_kind": one_of("unlabelled", "sequence", "token"),
     "source": one_of("files", "demo"),
+    "num_workers": workers,  # prepare's may be 'auto' (predict's is a count: CHECKS)
+    "nparts": integer(1),
+    "part": integer(0, nullable=True),
+    "resume": one_of(True, False),
+    "merge": one_of(True, False),
 }
 PREDICT_CHECKS: dict[str, Check] = {"format": one_of(*RECORDING_FORMATS)}
 
