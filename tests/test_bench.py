@@ -234,18 +234,17 @@ def test_worker_peak_memory_is_its_own_not_the_parents():
 def test_make_bench_tiny_end_to_end(tmp_path):
     """``python -m bench --tiny``: scripts in their own processes, measured in spawned children,
     into one results.json and RESULTS.md (two scripts: every script's tiny mode runs above)."""
-    proc = subprocess.run([sys.executable, "-m", "bench", "--tiny", "--out-dir", str(tmp_path),
-                           "--only", "bench_prepare", "bench_predict"],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    def bench(*args: str) -> None:
+        proc = subprocess.run([sys.executable, "-m", "bench", "--tiny", "--out-dir", str(tmp_path),
+                               *args], cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+    bench("--only", "bench_prepare", "bench_predict")
     results = json.loads((tmp_path / "results.json").read_text())
     assert [s["name"] for s in results["sections"]] == ["prepare", "predict"]
     assert all(s["metrics"] for s in results["sections"])
     assert "| metric | ours |" in (tmp_path / "RESULTS.md").read_text()
-    again = subprocess.run([sys.executable, "-m", "bench", "--tiny", "--out-dir", str(tmp_path),
-                            "--only", "bench_prepare", "--update"],
-                           cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    bench("--only", "bench_prepare", "--update")  # one section again, the other kept
     updated = json.loads((tmp_path / "results.json").read_text())
     assert [s["name"] for s in updated["sections"]] == ["prepare", "predict"]
     assert updated["sections"][1] == results["sections"][1]  # predict kept as it was

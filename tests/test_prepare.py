@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -190,35 +188,6 @@ def test_cli_runs_and_prints_summary(tmp_path):
     assert "records read" in out.stdout and "segments written" in out.stdout
     validate_shard_dir(tmp_path / "out", verify_checksums=True)
     assert not (tmp_path / "outputs").exists()  # prepare leaves no Hydra run folder
-
-
-@pytest.mark.slow
-def test_killed_prepare_leaves_nothing_valid_and_rerun_completes(tmp_path):
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    x = _ecg_like(10, 0)  # 5 segments each
-    for i in range(300):
-        np.save(raw / f"r{i:03d}.npy", np.roll(x, i))
-    out = tmp_path / "out"
-    args = _cli(tmp_path, f"input={raw}", f"sample_rate={FS}", "segment.samples=200", f"out_dir={out}",
-                "rows_per_shard=4", "num_workers=1", "progress=false")
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 60
-        while not list(out.glob("*.partial")) and time.monotonic() < deadline:
-            time.sleep(0.002)
-        assert proc.poll() is None, "prepare finished before it could be interrupted"
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait()
-    assert list(out.glob("*.partial"))  # it was killed mid-run
-    assert not list(out.glob("shard-*.h5"))  # no file that looks like a finished shard
-    with pytest.raises(ShardError, match="incomplete"):
-        validate_shard_dir(out)
-    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
-    m = validate_shard_dir(out, verify_checksums=True)
-    assert m.total_rows == 300 * 5 and not list(out.glob("*.partial"))
 
 
 def test_config_uses_the_training_modality_group(tmp_path):

@@ -202,6 +202,8 @@ def test_sigkilled_prepare_resumes_to_the_same_bytes(tmp_path):
         proc.wait()
     staged = len(list((out / WORK_DIR).glob("shard-*.h5")))
     assert staged >= 20 and not (out / "manifest.json").exists()
+    with pytest.raises(ShardError, match="incomplete"):
+        validate_shard_dir(out)  # killed mid-run: nothing there validates
     again = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     assert "resuming an interrupted run" in again.stderr

@@ -344,7 +344,16 @@ def hydra_main(cfg: DictConfig) -> float | None:
                                                throw_on_resolution_failure=False)):
         check_config(cfg, TRAIN_RENAMES)
         check_values(cfg)
+        _check_lora_task(cfg)
         return train(cfg)
+
+
+def _check_lora_task(cfg: DictConfig) -> None:
+    """``finetune=lora`` adapts a fine-tuning task; pre-training has nothing to adapt."""
+    target = str(OmegaConf.select(cfg, "module._target_", default=""))
+    if OmegaConf.select(cfg, "module.lora") and not target.endswith("FinetuneModule"):
+        raise ConfigError("finetune", "lora adapts a fine-tuning task (task=af, task=beats), "
+                                      "not pre-training: drop finetune=lora")
 
 
 def main() -> float | None:

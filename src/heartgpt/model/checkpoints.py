@@ -343,7 +343,8 @@ def load_safetensors(path: str | os.PathLike) -> LoadedModel:
 
 
 def load_lightning(path: str | os.PathLike) -> LoadedModel:
-    """Load the GPT out of one of our Lightning ``.ckpt`` files (eval mode).
+    """Load the GPT out of one of our Lightning ``.ckpt`` files (eval mode); a LoRA run's
+    adapters are merged into their layers (:func:`heartgpt.model.lora.merge_lora_weights`).
 
     The LightningModules keep the network as ``self.model`` and save ``model_config`` (the
     :class:`GPTConfig` fields), ``modality`` and ``task`` as plain hyper-parameters, so this
@@ -360,6 +361,10 @@ def load_lightning(path: str | os.PathLike) -> LoadedModel:
     weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
                if k.startswith("model.")}
     weights = {k.removeprefix("_orig_mod."): v for k, v in weights.items()}  # torch.compile
+    if hparams.get("lora"):  # a LoRA run: its adapters folded in, a plain model of the same outputs
+        from heartgpt.model.lora import merge_lora_weights
+
+        weights = merge_lora_weights(weights, **dict(hparams["lora"]))
     model = _model_of(hparams["model_config"], weights, path)
     return LoadedModel(model, hparams.get("modality"), hparams.get("task", "pretrain"), str(path),
                        bool(hparams.get("synthetic_data", False)))
@@ -487,5 +492,7 @@ def init_from_pretrained(model: GPT, path: str | os.PathLike, modality: str | No
     if theirs.n_out != ours.n_out:
         weights = {k: v for k, v in weights.items() if not k.startswith("head.")}
     missing, unexpected = model.load_state_dict(weights, strict=False)
-    assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)
+    # a new head, and LoRA adapters (heartgpt.model.lora) the starting point does not have
+    assert not unexpected and all(k.startswith("head.") or ".lora_" in k for k in missing), (
+        missing, unexpected)
     return loaded

@@ -39,6 +39,7 @@ from heartgpt.data.tokenizer import get_modality
 from heartgpt.files import atomic_path
 from heartgpt.inference.beat_metrics import BeatDetectionScores, beat_rows
 from heartgpt.model import GPT, GPTConfig
+from heartgpt.model.lora import add_lora
 from heartgpt.training.base import GPTLightningModule, plain
 
 STAGES = ("train", "val", "test")
@@ -75,6 +76,9 @@ class FinetuneModule(GPTLightningModule):
             beats (``peak_max_width_ms`` None: no width limit).
         seed: base of the per-batch dropout seeds.
         compile: ``torch.compile`` the network.
+        lora: ``{rank, alpha, dropout, targets}``: LoRA adapters on those layers of every block
+            (:func:`heartgpt.model.lora.add_lora`; config group ``finetune=lora``); they train
+            whatever the freeze strategy. None: no adapters.
 
     Testing writes ``predictions_file`` (every window's probability, or beat count and mean
     probability) into the run directory and, for token heads when ``beats_file`` is set, one row
@@ -106,6 +110,7 @@ class FinetuneModule(GPTLightningModule):
         seed: int,
         compile: bool = False,
         decay_params: str = "linear",
+        lora: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if head not in HEADS:
@@ -123,6 +128,8 @@ class FinetuneModule(GPTLightningModule):
         if config.vocab_size != expected:
             raise ValueError(f"{modality} needs vocab_size {expected}, got {config.vocab_size}")
         self.model = GPT(config)
+        if lora:  # before any weights load: pretrained ones leave the adapters at zero
+            add_lora(self.model, **plain(lora))
         rate = get_modality(modality).sample_rate
         self.register_buffer("pos_weight", torch.tensor(float(pos_weight or 1.0)),
                              persistent=False)

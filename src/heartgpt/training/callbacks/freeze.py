@@ -10,6 +10,7 @@ gradients nor optimiser state. Parameters are grouped from the top of the networ
 - ``last_block``: head + final LayerNorm + the last transformer block (the paper's recipe,
   49,985 trainable parameters on the released size).
 - ``last_n``: head + final LayerNorm + the last ``n`` blocks.
+- LoRA adapters (``finetune=lora``), when the model has them, train under every strategy.
 - ``gradual``: head + final LayerNorm first, then one more block from the top every
   ``every_k_epochs`` epochs, the embeddings last (ULMFiT); each newly unfrozen group may get a
   learning rate ``lr_decay`` times that of the group above it.
@@ -23,6 +24,7 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+from heartgpt.model.lora import lora_parameters
 from heartgpt.training.optim import param_groups
 
 STRATEGIES = ("full", "head", "last_block", "last_n", "gradual")
@@ -47,6 +49,14 @@ def trainable_modules(model: nn.Module, strategy: str, n: int | None = None) -> 
             raise ValueError(f"freeze.n must be in 0..{len(model.blocks)} for last_n, got {n}")
         return [model.head, model.ln_f, *list(model.blocks)[len(model.blocks) - n_blocks:]]
     raise ValueError(f"unknown freeze strategy {strategy!r}; expected one of {STRATEGIES}")
+
+
+def _train_adapters(model: nn.Module) -> None:
+    """LoRA adapters (``module.lora``, :mod:`heartgpt.model.lora`) train under every strategy:
+    ``freeze=head finetune=lora`` is the head plus the adapters; their base weights stay as the
+    strategy leaves them."""
+    for p in lora_parameters(model):
+        p.requires_grad_(True)
 
 
 def count_trainable(module: nn.Module) -> int:
@@ -75,6 +85,7 @@ class Freeze(BaseFinetuning):
         keep = trainable_modules(model, self.strategy, self.n)
         self.freeze(model, train_bn=True)
         self.make_trainable(keep)
+        _train_adapters(model)
 
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int,
                           optimizer: Optimizer) -> None:
@@ -101,6 +112,7 @@ class GradualUnfreeze(BaseFinetuning):
         model = pl_module.model
         self.freeze(model, train_bn=True)
         self.make_trainable([model.head, model.ln_f])
+        _train_adapters(model)
 
     def finetune_function(self, pl_module: pl.LightningModule, epoch: int,
                           optimizer: Optimizer) -> None:
