@@ -131,10 +131,9 @@ def markdown(results: dict) -> str:
         "",
         f"Written by `make bench` (`python -m bench`, {results['seconds']:.0f} s) on "
         f"{m['date']}. Do not edit: rerun. How to read it: `bench/README.md`."
-        + (f" Sections {', '.join(results['updated']['sections'])} re-run on "
-           f"{results['updated']['date']} (`python -m bench --only ... --update`, "
-           f"{results['updated']['seconds']:.0f} s); the others are from the first date."
-           if results.get("updated") else ""),
+        + (" Re-run since (`python -m bench --only ... --update`): "
+           + ", ".join(f"{name} on {date}" for name, date in results["updated"]["sections"].items())
+           + "; the other sections are from the first date." if results.get("updated") else ""),
         "",
         f"- **Machine**: {m['cpu']}, {m['cpu_count']} cores, {m['ram_gb']} GB RAM; "
         f"{m['platform']}.",
@@ -244,10 +243,14 @@ def main(argv: list[str] | None = None) -> int:
         order = [n.removeprefix("bench_") for n in SCRIPTS]
         results["sections"] = sorted(kept + sections, key=lambda s: order.index(s["name"])
                                      if s["name"] in order else len(order))
-        results["updated"] = {"sections": sorted(ran), "date": results["machine"]["date"],
-                              "first_written": before.get("updated", {}).get(
-                                  "first_written", before["machine"]["date"]),
-                              "seconds": results["seconds"]}
+        earlier = before.get("updated", {})
+        dates = earlier.get("sections", {})
+        if isinstance(dates, list):  # written before sections carried their own dates
+            dates = dict.fromkeys(dates, earlier.get("date"))
+        dates = {**dates, **dict.fromkeys(ran, results["machine"]["date"])}
+        results["updated"] = {"sections": dict(sorted(dates.items())),
+                              "first_written": earlier.get("first_written",
+                                                           before["machine"]["date"])}
         results["seconds"] = before["seconds"]
         results["machine"] = {**results["machine"], "date": results["updated"]["first_written"]}
     write_json(out_dir / "results.json", results)

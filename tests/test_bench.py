@@ -249,4 +249,5 @@ def test_make_bench_tiny_end_to_end(tmp_path):
     assert [s["name"] for s in updated["sections"]] == ["prepare", "predict"]
     assert updated["sections"][1] == results["sections"][1]  # predict kept as it was
     assert updated["sections"][0]["seconds"] != results["sections"][0]["seconds"]
-    assert "Sections prepare re-run on" in (tmp_path / "RESULTS.md").read_text()
+    assert "Re-run since (`python -m bench --only ... --update`): prepare on" in (
+        tmp_path / "RESULTS.md").read_text()
