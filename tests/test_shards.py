@@ -124,6 +124,20 @@ def test_corruption_of_same_size_caught_by_checksum(tmp_path):
         validate_shard_dir(tmp_path / "s", verify_checksums=True)
 
 
+def test_damaged_metadata_of_the_same_size_is_a_shard_error(tmp_path):
+    """Bytes of a dataset's header overwritten: h5py raises KeyError opening it; that is a
+    corrupt file named as such, and with checksums on the sha256 says so before h5py reads."""
+    _write(tmp_path / "s", n=25, rows_per_shard=10)
+    path = tmp_path / "s" / "shard-00000.h5"
+    data = bytearray(path.read_bytes())
+    data[-200:-190] = bytes(10)
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=r"shard-00000\.h5: truncated or corrupt HDF5 file"):
+        validate_shard_dir(tmp_path / "s")
+    with pytest.raises(ShardError, match=r"shard-00000\.h5: sha256"):
+        validate_shard_dir(tmp_path / "s", verify_checksums=True)
+
+
 def test_wrong_version_modality_label_kind(tmp_path):
     _write(tmp_path / "s")
     with pytest.raises(ShardError, match="'ecg' data but this run is 'ppg'"):

@@ -76,9 +76,10 @@ class SeededPermutation:
 
 
 class RowRanges:
-    """A set of global rows held as sorted, disjoint ranges ``[start, start + length)``.
+    """A set of global rows held as disjoint ranges ``[start, start + length)``.
 
-    Position ``i`` (``0 <= i < len(self)``) is the ``i``-th row of the set in ascending order.
+    Position ``i`` (``0 <= i < len(self)``) is the ``i``-th row of the ranges in the order
+    given: ascending for a split's rows, a shuffled order of blocks in :class:`BlockShuffle`.
     """
 
     def __init__(self, starts: np.ndarray, lengths: np.ndarray) -> None:
@@ -111,7 +112,6 @@ class RowRanges:
     def to_array(self) -> np.ndarray:
         """Every row, ascending (materialised: for small sets)."""
         return self.rows_at(np.arange(len(self), dtype=np.int64))
-
 
 
 class BlockShuffle:
@@ -155,12 +155,10 @@ class BlockShuffle:
         for g in np.unique(groups).tolist():
             sel = groups == g
             ids, sizes = self._members(g)
-            cumulative = np.concatenate([[0], np.cumsum(sizes)])
-            size = int(cumulative[-1])
+            keys = RowRanges(ids * self.block, sizes)  # the group's blocks, in their order
             if self.replacement:
-                idx = (mix(*self.key, g, within[sel]) % np.uint64(size)).astype(np.int64)
+                idx = (mix(*self.key, g, within[sel]) % np.uint64(len(keys))).astype(np.int64)
             else:
-                idx = SeededPermutation(size, (*self.key, g))(within[sel])
-            member = np.searchsorted(cumulative, idx, side="right") - 1
-            out[sel] = ids[member] * self.block + (idx - cumulative[member])
+                idx = SeededPermutation(len(keys), (*self.key, g))(within[sel])
+            out[sel] = keys.rows_at(idx)
         return out

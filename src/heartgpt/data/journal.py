@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from heartgpt.data.shards import ShardInfo
-from heartgpt.files import sha256_file, write_text_atomic
+from heartgpt.data.shards import ShardError, ShardInfo, validate_shard_file
+from heartgpt.files import write_text_atomic
 
 JOURNAL_NAME = "journal.jsonl"
 
@@ -109,8 +109,9 @@ class PrepareJournal:
             elif "shard" in entry:
                 info = ShardInfo(**entry["shard"])
                 path = self.work_dir / info.file
-                if (not path.is_file() or path.stat().st_size != info.bytes
-                        or sha256_file(path) != info.sha256):
+                try:
+                    validate_shard_file(path, info, verify_checksum=True)
+                except ShardError:
                     break  # staged file lost or damaged: resume before it
                 point.staged.append((path, info))
                 point.ends.append([int(v) for v in entry["end"]])

@@ -14,6 +14,7 @@ parts; until the manifest is written ``D`` does not validate and the parts are u
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -115,8 +116,7 @@ def merge_parts(out_dir: str | os.PathLike) -> Manifest:
                 os.link(path, target)
             except OSError:  # another file system, or no hard links: copy
                 shutil.copyfile(path, target)
-            staged.append((target, ShardInfo(name, info.rows, info.bytes, info.sha256,
-                                              info.label_counts)))
+            staged.append((target, dataclasses.replace(info, file=name)))
     index = RowIndex.concatenate([m.row_index for m in manifests])
     summary = _merged_summary(out_dir, parts, index, len(staged))
     manifest = commit_shard_set(out_dir, meta, staged, index, summary)

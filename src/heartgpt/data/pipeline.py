@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import multiprocessing
+import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -404,8 +405,6 @@ def resolve_workers(value: int | str) -> int:
     """``num_workers`` as a count: ``"auto"`` is the number of CPUs this process may use."""
     if value != "auto":
         return int(value)
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -464,9 +463,9 @@ def prepare_records(
     counter = SummaryCounter(out_dir, len(files))
     for outcome in point.outcomes:
         counter.add(outcome)
-    writer = ShardWriter(out_dir, meta, rows_per_shard, compression, staged=point.staged,
-                         on_shard=journal.shard)
     try:
+        writer = ShardWriter(out_dir, meta, rows_per_shard, compression, staged=point.staged,
+                             on_shard=journal.shard)
         with Progress(disable=not progress, transient=True) as bar:
             task = bar.add_task(f"prepare {mod.name} -> {out_dir}", total=len(files),
                                 completed=point.record)

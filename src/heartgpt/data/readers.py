@@ -437,7 +437,8 @@ def read_wfdb(path: Path, channel: int | str) -> tuple[np.ndarray, dict]:
 
     rec_path = str(path.with_suffix(""))
     record = None
-    if (_wfdb_samples(path) or _WFDB_WHOLE_READ_SAMPLES + 1) <= _WFDB_WHOLE_READ_SAMPLES:
+    samples = _wfdb_samples(path)
+    if samples is not None and samples <= _WFDB_WHOLE_READ_SAMPLES:
         # every channel in one rdrecord: wfdb parses the header (most of the time here) once, not
         # twice; a record it cannot read so is read below as before, for the same error
         try:

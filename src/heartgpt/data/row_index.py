@@ -33,6 +33,13 @@ def _same(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a == b) | (np.isnan(a) & np.isnan(b))
 
 
+def _run_starts(subjects: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """True where an entry's (subject, label) differs from the one before (the first: True)."""
+    starts = np.ones(len(subjects), dtype=bool)
+    starts[1:] = (subjects[1:] != subjects[:-1]) | ~_same(labels[1:], labels[:-1])
+    return starts
+
+
 class RowIndex:
     """Runs of rows with one subject and label; see the module docstring.
 
@@ -69,9 +76,7 @@ class RowIndex:
         runs["start"] = np.concatenate([p.run_start + o for p, o in zip(parts, offsets, strict=False)])
         runs["subject"] = codes.reshape(-1)
         runs["label"] = np.concatenate([p.run_label for p in parts])
-        keep = np.ones(len(runs), dtype=bool)  # a subject continuing across parts: one run
-        keep[1:] = (runs["subject"][1:] != runs["subject"][:-1]) | ~_same(runs["label"][1:],
-                                                                            runs["label"][:-1])
+        keep = _run_starts(runs["subject"], runs["label"])  # a subject across parts: one run
         return cls(runs[keep], table, int(offsets[-1]))
 
     # ------------------------------------------------------------------------ files
@@ -103,7 +108,7 @@ class RowIndex:
     def check(self) -> None:
         """Raise ``ValueError`` unless the runs tile ``0..total_rows`` and name known subjects."""
         start = self.run_start
-        if len(start) == 0 or start[0] != 0 or (len(start) and start[-1] >= self.total_rows):
+        if len(start) == 0 or start[0] != 0 or start[-1] >= self.total_rows:
             raise ValueError(f"runs do not cover rows 0..{self.total_rows - 1}")
         if len(start) > 1 and not np.all(np.diff(start) > 0):
             raise ValueError("run starts are not increasing")
@@ -171,8 +176,7 @@ class RowIndexBuilder:
             return
         label = (np.full(n, np.nan, dtype=np.float32) if labels is None
                  else np.asarray(labels, dtype=np.float32).reshape(n))
-        new = np.ones(n, dtype=bool)
-        new[1:] = (subjects[1:] != subjects[:-1]) | ~_same(label[1:], label[:-1])
+        new = _run_starts(subjects, label)
         if self._last is not None:
             new[0] = (subjects[0] != self._last[0]) or not _same(label[:1], np.float32([self._last[1]]))[0]
         at = np.flatnonzero(new)

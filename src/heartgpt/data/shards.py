@@ -187,10 +187,15 @@ class Manifest:
 
 def _index_from_shards(paths: Sequence[Path], with_labels: bool) -> RowIndex:
     builder = RowIndexBuilder()
+    _add_shard_rows(builder, paths, with_labels)
+    return builder.finish()
+
+
+def _add_shard_rows(builder: RowIndexBuilder, paths: Sequence[Path], with_labels: bool) -> None:
+    """Give ``builder`` the subject (and label) of every row of the shard files ``paths``."""
     for path in paths:
         builder.add(read_column(path, "subject"),
                     read_column(path, "label") if with_labels else None)
-    return builder.finish()
 
 
 def _label_counts(label: np.ndarray | None) -> dict[str, int] | None:
@@ -274,9 +279,8 @@ class ShardWriter:
             stale.unlink()
         for stale in self.out_dir.glob(f"*{PARTIAL_SUFFIX}"):
             stale.unlink()  # left by heartgpt <= 0.3, which staged shards beside the set
-        for path, _ in self._staged:  # the index holds every row committed so far
-            self._index.add(read_column(path, "subject"),
-                            read_column(path, "label") if meta.has_label else None)
+        # the index holds every row committed so far
+        _add_shard_rows(self._index, [path for path, _ in self._staged], meta.has_label)
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -497,7 +501,11 @@ def validate_shard_file(
     if info is None and not path.is_file():
         raise ShardError(f"{path}: shard file missing")
     if info is not None:
-        _check_size(path, info)
+        _check_size(path, info.bytes)
+    if verify_checksum and info is not None:  # before h5py reads what may be damaged metadata
+        digest = sha256_file(path)
+        if digest != info.sha256:
+            raise ShardError(f"{path}: sha256 {digest[:12]}... differs from the manifest's {info.sha256[:12]}...")
     try:
         f = h5py.File(path, "r")
     except OSError as e:
@@ -516,23 +524,21 @@ def validate_shard_file(
             if meta is not None:
                 _check_meta(path, found, meta)
             _check_datasets(path, f, found, info)
-    except OSError as e:  # h5py raises OSError when reading corrupt metadata
+    except (OSError, KeyError) as e:  # h5py's errors for corrupt metadata (a dataset present
+        # by name whose header does not read is a KeyError)
         raise ShardError(f"{path}: truncated or corrupt HDF5 file ({e})") from e
-    if verify_checksum and info is not None:
-        digest = sha256_file(path)
-        if digest != info.sha256:
-            raise ShardError(f"{path}: sha256 {digest[:12]}... differs from the manifest's {info.sha256[:12]}...")
     return found
 
 
-def _check_size(path: Path, info: ShardInfo) -> None:
+def _check_size(path: Path, expected: int, what: str = "shard file", fix: str = "") -> None:
+    """``path`` exists and has the ``expected`` size the manifest gives."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
-        raise ShardError(f"{path}: shard file missing") from None
-    if size != info.bytes:
+        raise ShardError(f"{path}: {what} missing{fix}") from None
+    if size != expected:
         raise ShardError(
-            f"{path}: {size} bytes but the manifest says {info.bytes} (truncated or rewritten)"
+            f"{path}: {size} bytes but the manifest says {expected} (truncated or rewritten)"
         )
 
 
@@ -592,18 +598,14 @@ def validate_shard_dir(
         if open_files or verify_checksums:
             validate_shard_file(path, info, manifest.meta, verify_checksum=verify_checksums)
         else:
-            _check_size(path, info)
+            _check_size(path, info.bytes)
     for name, info in (manifest.index or {}).items():
         _check_index_file(Path(shard_dir) / name, info, verify_checksums)
     return manifest
 
 
 def _check_index_file(path: Path, info: dict[str, Any], verify_checksum: bool) -> None:
-    if not path.is_file():
-        raise ShardError(f"{path}: row index file missing (re-run prepare)")
-    if path.stat().st_size != info["bytes"]:
-        raise ShardError(f"{path}: {path.stat().st_size} bytes but the manifest says "
-                         f"{info['bytes']} (truncated or rewritten)")
+    _check_size(path, info["bytes"], "row index file", " (re-run prepare)")
     if verify_checksum and sha256_file(path) != info["sha256"]:
         raise ShardError(f"{path}: sha256 differs from the manifest's")
 
