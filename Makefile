@@ -34,7 +34,7 @@ endif
 # "$(TORCH)" again: no dependency may swap in another (CUDA) torch; pip stops instead
 	$(PYTHON) -m pip install -e ".[dev]" "$(strip $(TORCH))"
 
-data: ## build the synthetic demo shards (ECG and PPG) under data/demo/
+data: ## build the synthetic demo (ECG and PPG) under data/demo/: shards, and recordings with labels prepared through labels_csv
 	$(PYTHON) -m heartgpt.prepare source=demo $(ARGS)
 
 train: ## the main job: pre-train on the demo shards (built if absent); ARGS= for overrides

@@ -14,6 +14,7 @@ torch and Lightning per command.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -80,6 +81,13 @@ PLAN: dict[str, Step] = {
     "python -m heartgpt.train -m experiment=demo_af freeze=head,last_block,full logger=[wandb,csv]":
         run(*TINY, *SHORT),
     "python -m heartgpt.compare outputs/af_ecg/multiruns/<time>": run(),
+    "python -m heartgpt.train -m experiment=demo_hr,demo_rhythm,demo_hr_tag,demo_af,demo_af_lora "
+    "++module.pretrained=ECGPT_560k_iters.zip run_name=demo_heads": run(*SHORT),
+    "python -m heartgpt.compare outputs/demo_heads/multiruns/<time>": run(),
+    "python -m heartgpt.train -m experiment=demo_af hparams_search=demo_af_optuna":
+        compose("12 trials: the 3-trial command below runs"),
+    "python -m heartgpt.train -m experiment=demo_af hparams_search=demo_af_optuna "
+    "hydra.sweeper.n_trials=3": run(*TINY, *SHORT),
     "python -m heartgpt.cv experiment=demo_af data.folds=5": run(*TINY, *SHORT),
     "python -m heartgpt.cv experiment=paper_ppg_af data.folds=loso":
         run(*SHORT, "data.shard_dir=data/demo/ppg/af"),
@@ -192,7 +200,8 @@ def test_documented_commands_run_as_typed(shared_dir, tmp_path):
     env.pop("HYDRA_FULL_ERROR", None)
     # a small demo set first (6 subjects: a leave-one-subject-out run has 6 folds, not 200)
     prep = subprocess.run([sys.executable, "-m", "heartgpt.prepare", "source=demo",
-                           "demo.subjects=6", "demo.seconds=40"], cwd=cwd, env=env,
+                           "demo.subjects=6", "demo.seconds=40", "demo.target_subjects=6",
+                           "demo.target_records=2"], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=300)
     assert prep.returncode == 0, prep.stdout + prep.stderr
     write_recording_csv(cwd / "recording.csv", shared_dir)
@@ -223,7 +232,8 @@ def test_documented_commands_run_as_typed(shared_dir, tmp_path):
     assert not failures, "\n\n".join(failures)
 
     # each multirun: one run directory per point, under outputs/<task>/multiruns/<time>/
-    sweeps = sorted((cwd / "outputs" / "af_ecg" / "multiruns").iterdir(), key=lambda p: p.name)
+    sweeps = sorted((s for s in (cwd / "outputs" / "af_ecg" / "multiruns").iterdir()
+                     if not (s / "optimization_results.yaml").is_file()), key=lambda p: p.name)
     assert len(sweeps) == 2, sweeps
     for sweep, points in zip(sweeps, (3, 5), strict=True):
         runs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
@@ -234,6 +244,16 @@ def test_documented_commands_run_as_typed(shared_dir, tmp_path):
     freezes = [(s / ".hydra" / "overrides.yaml").read_text() for s in sorted(sweeps[0].iterdir())
                if s.is_dir()]
     assert [re.search(r"freeze=(\w+)", o).group(1) for o in freezes] == ["head", "last_block", "full"]
+    # the search wrote its best parameters; the heads' sweep checked what each run expects
+    (search,) = [s for s in (cwd / "outputs" / "af_ecg" / "multiruns").iterdir()
+                 if (s / "optimization_results.yaml").is_file()]
+    assert "best_params" in (search / "optimization_results.yaml").read_text()
+    (heads,) = (cwd / "outputs" / "demo_heads" / "multiruns").iterdir()
+    with open(heads / "comparison.csv", newline="") as f:
+        table = list(csv.DictReader(f))
+    assert [r["experiment"] for r in table] == ["demo_hr", "demo_rhythm", "demo_hr_tag", "demo_af",
+                                                "demo_af_lora"]
+    assert all(r["met"] in ("yes", "NO") for r in table)  # 2 steps: judged, not necessarily met
     # the fine-tunes say which checkpoint they started from (a finished run, by sha256)
     (demo_af,) = (cwd / "outputs" / "af_ecg" / "runs").iterdir()
     assert "sha256" in (demo_af / "config.yaml").read_text()

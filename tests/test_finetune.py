@@ -189,14 +189,13 @@ def test_sequence_head_pools_the_chosen_positions(pooling):
     module = FinetuneModule(
         model_config={"vocab_size": 101, "block_size": 16, "n_embd": 16, "n_head": 2, "n_layer": 1,
                       "dropout": 0.0},
-        modality="ecg", task="af", head="sequence", pooling=pooling, pretrained=None, lr=1e-3,
-        betas=[0.9, 0.95], weight_decay=0.1, warmup_steps=0, lr_decay_steps=10, min_lr_ratio=0.1,
-        pos_weight=None, beat_tolerance_ms=150, peak_height=0.5, peak_distance_ms=300,
-        peak_max_width_ms=None, seed=0)
+        modality="ecg", task="af", head={"kind": "classify", "outputs": 1, "pooling": pooling},
+        pretrained=None, lr=1e-3, betas=[0.9, 0.95], weight_decay=0.1, warmup_steps=0,
+        lr_decay_steps=10, min_lr_ratio=0.1, beats=None, seed=0)
     x = torch.randint(0, 101, (3, 16))
     per_position = module.model(x)[..., 0]  # (3, 16)
     want = per_position[:, -1] if pooling == "last" else per_position.mean(1)
-    torch.testing.assert_close(module(x), want)
+    torch.testing.assert_close(module(x)[:, 0], want)
     assert module.model.config.n_out == 1
 
 

@@ -24,11 +24,14 @@ NOT_OURS = {"data", "prepare"}  # the data engineer's groups
 NOT_TRAINING = {"hydra", "mode"}  # mode: predict's group (tests/test_predict.py composes it)
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir()
                 if p.is_dir() and p.name not in NOT_OURS | NOT_TRAINING)
-OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))]
+# `_name.yaml`: a base the group's options extend (task/_finetune), not an option
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((CONF_DIR / g).glob("*.yaml"))
+           if not p.stem.startswith("_")]
 EXPERIMENTS = [o for g, o in OPTIONS if g == "experiment"]
 # Declared at Lightning's defaults on purpose: overriding them then needs no "+".
 # The demo fine-tunes start from the newest demo pre-training, which these tests do not run.
-NO_PRETRAINED = {name: ["module.pretrained=null"] for name in ("demo_af", "demo_beats")}
+NO_PRETRAINED = {name: ["module.pretrained=null"] for name in (
+    "demo_af", "demo_af_lora", "demo_beats", "demo_hr", "demo_rhythm", "demo_hr_tag")}
 DECLARED = {"Trainer": {"accelerator", "devices", "strategy", "precision", "num_nodes"},
             "WandbLogger": {"id"}}
 
@@ -42,13 +45,14 @@ def test_tree_has_the_expected_options():
     have = set(OPTIONS)
     for group, options in {
         "modality": ["ecg", "ppg"], "model": ["paper", "medium", "large"],
-        "task": ["pretrain", "af", "beats"],
+        "task": ["pretrain", "af", "beats", "classify", "regress", "tag"],
         "freeze": ["none", "full", "head", "last_block", "last_n", "gradual"],
         "trainer": ["default", "cpu", "gpu", "ddp", "ddp_cpu", "fsdp"],
         "logger": ["wandb", "csv", "none"], "callbacks": ["default"], "paths": ["default"],
         "debug": ["fast", "overfit"],
         "experiment": ["paper_ecg_pretrain", "paper_ppg_pretrain", "demo", "paper_ecg_af",
-                       "paper_ppg_af", "paper_ppg_beats", "demo_af", "demo_beats"],
+                       "paper_ppg_af", "paper_ppg_beats", "demo_af", "demo_beats", "demo_af_lora",
+                       "demo_hr", "demo_rhythm", "demo_hr_tag"],
     }.items():
         assert {(group, o) for o in options} <= have, group
     assert (CONF_DIR / "hydra" / "launcher" / "slurm.yaml").is_file()
@@ -132,7 +136,8 @@ def test_paper_presets_compose_to_the_paper_recipe(experiment, paths):
     assert cfg.freeze.strategy == fact["freeze"] and cfg.test
     assert cfg.module.pretrained.endswith(f"/{fact['weights']}")
     assert cfg.data.folds == fact["folds"]
-    assert cfg.module.head == cfg.data.label_kind == fact["head"]
+    assert cfg.data.label_kind == fact["head"]
+    assert cfg.module.head.kind == {"sequence": "classify", "token": "tag"}[fact["head"]]
     assert cfg.callbacks.model_checkpoint.monitor is None  # the final model is tested
     if fact["folds"] == "loso":  # every other subject trains
         assert cfg.data.val_fraction == fact["val_fraction"]
@@ -173,7 +178,9 @@ def test_model_presets_are_gpt_configs(paths):
 
 
 @pytest.mark.parametrize(("task", "module"), [("pretrain", PretrainModule), ("af", FinetuneModule),
-                                              ("beats", FinetuneModule)])
+                                              ("beats", FinetuneModule),
+                                              ("classify", FinetuneModule),
+                                              ("regress", FinetuneModule), ("tag", FinetuneModule)])
 def test_task_preset_matches_the_module_signature(task, module, paths):
     cfg = compose_train([f"task={task}"], **paths)
     params = inspect.signature(module.__init__).parameters
@@ -251,9 +258,9 @@ def test_beat_metrics_find_peaks_as_detect_beats_does(paths):
 
     cfg = compose_train(["experiment=demo_beats"], **paths)
     rate = cfg.modality.sample_rate
-    assert cfg.module.peak_height == PEAK_HEIGHT
-    assert round(cfg.module.peak_distance_ms * rate / 1000) == PEAK_DISTANCE
-    assert (None, round(cfg.module.peak_max_width_ms * rate / 1000)) == PEAK_WIDTH
+    assert cfg.module.beats.peak_height == PEAK_HEIGHT
+    assert round(cfg.module.beats.peak_distance_ms * rate / 1000) == PEAK_DISTANCE
+    assert (None, round(cfg.module.beats.peak_max_width_ms * rate / 1000)) == PEAK_WIDTH
 
 
 @pytest.mark.parametrize(("experiment", "runs", "make_it"), [

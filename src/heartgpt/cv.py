@@ -99,12 +99,18 @@ def undefined_metrics(metrics: dict, rows: list[dict]) -> dict[str, str]:
     if not rows or "label" not in rows[0]:
         return {}
     present = {int(float(r["label"])) for r in rows}
+    classes = sum(k.startswith("prob_") for k in rows[0])  # K >= 2 classes: a prob_k per class
     undefined = {}
     for key in metrics:
-        needs = _NEEDS.get(key.rsplit("/", 1)[-1], ())
+        name = key.rsplit("/", 1)[-1]
+        if classes:  # a macro AUROC needs every class
+            needs: tuple[int, ...] = tuple(range(classes)) if name == "auroc" else ()
+        else:
+            needs = _NEEDS.get(name, ())
         missing = [c for c in needs if c not in present]
         if missing:  # rows are not empty: one class at most is missing
-            what = "positives" if missing == [1] else "negatives"
+            what = ("positives" if missing == [1] else "negatives") if not classes else \
+                f"class {', '.join(map(str, missing))} windows"
             undefined[key] = f"undefined: no {what} among the fold's {len(rows)} held-out windows"
     return undefined
 

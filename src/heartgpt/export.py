@@ -2,8 +2,11 @@
 
     python -m heartgpt.export checkpoint=ECGPT_AF_1k_iters.zip              # outputs/export/ECGPT_AF_1k_iters.onnx
     python -m heartgpt.export checkpoint=last.ckpt format=torch_export out=model.pt2
+    python -m heartgpt.export checkpoint=lora/last.ckpt format=safetensors   # LoRA merged
 
-Writes an ONNX file (ONNX Runtime) or a ``torch.export`` program (``.pt2``), then runs it on
+Writes an ONNX file (ONNX Runtime), a ``torch.export`` program (``.pt2``) or the plain weights
+(``.safetensors``: a LoRA run's adapters merged into their layers, a model of the released
+layout and the adapted model's outputs), then runs it on
 deterministic token windows and compares it with the PyTorch model
 (:func:`heartgpt.model.export.check_export`): one line with the file, its size and the largest
 differences of the probabilities and logits; a file that disagrees beyond the tolerances is
@@ -22,7 +25,7 @@ from omegaconf import DictConfig
 
 import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} before Hydra composes)
 from heartgpt.errors import ConfigError, InputError, error_line, one_line_errors
-from heartgpt.model.checkpoints import find_weights, load_model, require_torch
+from heartgpt.model.checkpoints import find_weights, load_model, require_torch, save_safetensors
 from heartgpt.model.export import (
     FORMATS,
     PROB_ATOL,
@@ -35,7 +38,7 @@ from heartgpt.training.config_checks import CHECKPOINT_WANTED, require_given
 
 
 def output_path(cfg: DictConfig, checkpoint: Path) -> Path:
-    """``cfg.out``, or ``<paths.log_dir>/export/<checkpoint stem>.onnx|.pt2``."""
+    """``cfg.out``, or ``<paths.log_dir>/export/<checkpoint stem>.onnx|.pt2|.safetensors``."""
     if cfg.get("out"):
         return Path(cfg.out)
     return Path(cfg.paths.log_dir) / "export" / f"{checkpoint.stem}{FORMATS[cfg.format]}"
@@ -57,14 +60,23 @@ def export(cfg: DictConfig) -> ExportCheck:
     """
     fmt = cfg.format
     if fmt not in FORMATS:
-        raise InputError(f"format={fmt}", f"unknown export format; use {' or '.join(FORMATS)}")
+        *first, last = FORMATS
+        raise InputError(f"format={fmt}", f"unknown export format; use {', '.join(first)} or {last}")
     checkpoint = find_weights(cfg.checkpoint, cfg.paths.get("weights_dir")).resolve()
     loaded = load_model(checkpoint)
     require_torch(loaded, "exporting")
+    if loaded.head_state:  # a plain GPT file cannot hold them: its outputs would be misread
+        raise InputError(str(checkpoint), f"its {loaded.head.get('kind') if loaded.head else ''} "
+                         f"head keeps state outside the network ({', '.join(loaded.head_state)}: "
+                         "attention pooling or a regression's target mean and std) that an "
+                         "export cannot hold; use the .ckpt (python -m heartgpt.eval)")
     out = output_path(cfg, checkpoint)
     start = time.perf_counter()
     if fmt == "onnx":
         export_onnx(loaded, out, opset=cfg.get("opset"))
+    elif fmt == "safetensors":  # a LoRA .ckpt loads merged: a plain GPT, no lora keys
+        save_safetensors(loaded.model, out, loaded.modality, loaded.task, loaded.synthetic,
+                         head=loaded.head)
     else:
         export_program(loaded, out)
     seconds = time.perf_counter() - start
@@ -77,7 +89,8 @@ def export(cfg: DictConfig) -> ExportCheck:
         out.unlink(missing_ok=True)
         raise InputError(out, f"{check.problem()}; the file was removed")
     shapes = ", ".join(f"{b}x{t}" for b, t in check.shapes)
-    kind = "ONNX model" if fmt == "onnx" else "torch.export program"
+    kind = {"onnx": "ONNX model", "torch_export": "torch.export program",
+            "safetensors": "safetensors weights"}[fmt]
     print(f"{out}: {kind} of {checkpoint.name} ({_size_text(out.stat().st_size)}, "
           f"{seconds:.1f} s); max |difference| from PyTorch on tokens {shapes}: probabilities "
           f"{check.prob_diff:.1e} (<= {PROB_ATOL:g}), logits {check.logit_diff:.1e} "

@@ -6,6 +6,7 @@ The work is done in :mod:`heartgpt.data`; this module maps the Hydra config
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import heartgpt.training.resolvers  # noqa: F401  (${cwd:} in conf/paths)
+from heartgpt.data.demo import NATIVE_RATE
+from heartgpt.data.demo_targets import HR_SECONDS, RHYTHMS, TARGETS_SOURCE, write_target_recordings
+from heartgpt.data.labels import LabelSchema, LabelsError, read_labels_csv
 from heartgpt.data.parts import merge_parts, part_dir, part_slice
 from heartgpt.data.pipeline import (
     BeatSpec,
@@ -20,8 +24,8 @@ from heartgpt.data.pipeline import (
     PrepareSpec,
     PrepareSummary,
     SegmentSpec,
+    TargetSpec,
     prepare_records,
-    read_labels_csv,
     resolve_workers,
 )
 from heartgpt.data.readers import find_records
@@ -53,12 +57,20 @@ def prepare_spec(cfg: DictConfig) -> PrepareSpec:
     """The picklable per-record settings of a ``source=files`` run."""
     mod = get_modality(cfg.modality.name)
     ann = cfg.annotations
+    segment = segment_spec(cfg, mod.sample_rate)
+    labels, schema = _labels(cfg)
+    targets = _target_spec(cfg, mod.sample_rate, segment)
+    if targets.sidecar_suffix:
+        t = cfg.targets
+        classes = tuple(str(c) for c in t.classes) if t.classes else None
+        schema = LabelSchema(names=(str(t.name),), kind="class" if classes else "value",
+                             classes=classes, stride=targets.stride)
     return PrepareSpec(
         modality=mod.name,
         label_kind=cfg.label_kind,
         channel=cfg.channel,
         sample_rate=cfg.sample_rate,
-        segment=segment_spec(cfg, mod.sample_rate),
+        segment=segment,
         filter=FilterSpec(cfg.filter.low_hz, cfg.filter.high_hz, cfg.filter.order),
         beats=BeatSpec(
             wfdb_extension=ann.wfdb_extension,
@@ -69,10 +81,55 @@ def prepare_spec(cfg: DictConfig) -> PrepareSpec:
             index_base=ann.index_base,
             tolerance=ann.tolerance,
         ),
-        labels=read_labels_csv(cfg.labels_csv) if cfg.labels_csv else {},
+        targets=targets,
+        labels=labels,
+        label_schema=None if schema is None or cfg.label_kind == "unlabelled" else schema.to_dict(),
         dx_positive=tuple(str(c) for c in cfg.dx_positive) if cfg.dx_positive else None,
         csv_decimal=str(cfg.csv_decimal),
     )
+
+
+def _labels(cfg: DictConfig) -> tuple[dict, LabelSchema | None]:
+    """``labels_csv`` read with ``label_columns`` / ``label_type`` / ``classes``."""
+    if not cfg.labels_csv:
+        if cfg.label_columns:
+            raise ConfigError("label_columns", "needs labels_csv=<the CSV holding them>")
+        return {}, None
+    columns = list(cfg.label_columns) if cfg.label_columns else None
+    classes = [str(c) for c in cfg.classes] if cfg.classes else None
+    if cfg.label_kind == "sequence" and columns is None:
+        columns = None  # the CSV's `label` column, if it has one
+    try:
+        labels, schema = read_labels_csv(cfg.labels_csv, columns, cfg.label_type, classes)
+    except LabelsError as e:
+        raise ConfigError("labels_csv", str(e)) from None
+    if cfg.label_kind == "sequence" and schema is None:
+        raise ConfigError("label_columns", f"{cfg.labels_csv} has no `label` column: name the "
+                          "label column(s), e.g. label_columns=[sbp,dbp]")
+    return labels, schema
+
+
+def _target_spec(cfg: DictConfig, rate: float, segment: SegmentSpec) -> TargetSpec:
+    """Per-position values from sidecar files (``targets.*``), one every ``rate / targets.rate``
+    tokens; the segment stride must keep whole chunks."""
+    t = cfg.targets
+    if not t.sidecar_suffix:
+        return TargetSpec()
+    if cfg.label_kind != "token":
+        raise ConfigError("targets", "per-position targets need label_kind=token")
+    if not t.rate or t.rate <= 0:
+        raise ConfigError("targets.rate", "not given: the values' rate in Hz, e.g. 0.5 (one every 2 s)")
+    stride = rate / float(t.rate)
+    if abs(stride - round(stride)) > 1e-9 or round(stride) < 1:
+        raise ConfigError("targets.rate", f"{t.rate} Hz does not divide the {rate:g} Hz token rate "
+                          "into whole tokens per value")
+    stride = round(stride)
+    if segment.stride % stride:
+        raise ConfigError("segment", f"stride {segment.stride} must be a multiple of the {stride} "
+                          "tokens of one target value (each segment starts at a value's start)")
+    return TargetSpec(sidecar_suffix=str(t.sidecar_suffix), record_suffix=t.record_suffix,
+                      column=t.column, stride=stride,
+                      classes=tuple(str(c) for c in t.classes) if t.classes else None)
 
 
 def print_summary(summary: PrepareSummary, title: str) -> None:
@@ -120,7 +177,7 @@ def prepare(cfg: DictConfig) -> Any:
                           "synthetic demo)")
     spec = prepare_spec(cfg)
     exclude = [cfg.labels_csv] if cfg.labels_csv else []
-    suffixes = [cfg.annotations.sidecar_suffix] if cfg.annotations.sidecar_suffix else []
+    suffixes = [x for x in (cfg.annotations.sidecar_suffix, cfg.targets.sidecar_suffix) if x]
     inputs = list(cfg.input) if OmegaConf.is_list(cfg.input) else cfg.input
     files = find_records(inputs, cfg.format, exclude=exclude, exclude_suffixes=suffixes)
     out_dir = Path(cfg.out_dir)
@@ -135,6 +192,7 @@ def prepare(cfg: DictConfig) -> Any:
         source=cfg.source_description or f"{cfg.input} ({spec.modality}, channel {spec.channel})",
         rows_per_shard=cfg.rows_per_shard, num_workers=resolve_workers(cfg.num_workers),
         compression=cfg.compression, progress=cfg.progress, resume=cfg.resume,
+        synthetic=bool(cfg.synthetic),
     )
     print_summary(summary, f"prepare {spec.modality} {spec.label_kind}: {cfg.input}")
     if manifest is None:
@@ -158,19 +216,39 @@ def _merge(cfg: DictConfig) -> Any:
     return manifest
 
 
+# The targets demo's shard sets: prepare overrides over data/demo/<modality>/recordings, the
+# same settings a user's recordings with a labels CSV and per-2-s sidecars would take.
+DEMO_TARGET_SETS: dict[str, dict[str, Any]] = {
+    "hr": {"label_kind": "sequence", "label_columns": ["hr_bpm"], "label_type": "value"},
+    "rhythm": {"label_kind": "sequence", "label_columns": ["rhythm"], "label_type": "class",
+               "classes": list(RHYTHMS)},
+    "hr_tag": {"label_kind": "token", "targets.sidecar_suffix": "_hr.csv",
+               "targets.record_suffix": ".npy", "targets.rate": 1 / HR_SECONDS,
+               "targets.name": "hr_bpm", "segment.stride_samples": 1000},
+}
+
+
 def _demo(cfg: DictConfig) -> Any:
     from rich.console import Console
 
     from heartgpt.data.demo import build_demo_all
 
     d = cfg.demo
-    manifests, seconds = build_demo_all(
-        cfg.paths.data_dir, list(d.modalities), subjects=d.subjects, seconds=d.seconds, seed=cfg.seed,
-        pretrain_samples=d.pretrain_samples, finetune_samples=d.finetune_samples,
-        finetune_stride=d.finetune_stride, beat_tolerance=d.beat_tolerance,
-        rows_per_shard=d.rows_per_shard,
-    )
+    manifests: dict[str, dict[str, Any]] = {m: {} for m in d.modalities}
+    seconds = 0.0
+    if "classic" in d.sets:
+        manifests, seconds = build_demo_all(
+            cfg.paths.data_dir, list(d.modalities), subjects=d.subjects, seconds=d.seconds,
+            seed=cfg.seed, pretrain_samples=d.pretrain_samples,
+            finetune_samples=d.finetune_samples, finetune_stride=d.finetune_stride,
+            beat_tolerance=d.beat_tolerance, rows_per_shard=d.rows_per_shard,
+        )
     console = Console()
+    if "targets" in d.sets:
+        t0 = time.perf_counter()
+        for modality in d.modalities:
+            manifests[modality].update(prepare_demo_targets(cfg, modality))
+        seconds += time.perf_counter() - t0
     for modality, sets in manifests.items():
         for name, m in sets.items():
             labels = f", labels {m.label_counts}" if m.label_counts else ""
@@ -181,6 +259,35 @@ def _demo(cfg: DictConfig) -> Any:
             )
     console.print(f"demo built in {seconds:.1f} s")
     return manifests
+
+
+def prepare_demo_targets(cfg: DictConfig, modality: str) -> dict[str, Any]:
+    """Write the targets demo's recordings of ``modality`` (:mod:`heartgpt.data.demo_targets`)
+    and prepare them as a user's would be: ``hr`` (regression), ``rhythm`` (3 classes) and
+    ``hr_tag`` (heart rate every 2 s), through ``labels_csv`` and sidecar files."""
+    from heartgpt.data.shards import read_manifest
+
+    mod = get_modality(modality)
+    root = Path(cfg.paths.data_dir) / "demo" / mod.name
+    d = cfg.demo
+    labels = write_target_recordings(root / "recordings", mod.name, subjects=d.target_subjects,
+                                     records_per_subject=d.target_records, seed=cfg.seed)
+    out = {}
+    for name, overrides in DEMO_TARGET_SETS.items():
+        run = OmegaConf.merge(cfg, {"source": "files", "modality": {
+            "name": mod.name, "sample_rate": mod.sample_rate, "vocab_size": mod.vocab_size}})
+        for key, value in {
+            "input": str(labels.parent / "*.npy"), "format": "npy",
+            "sample_rate": NATIVE_RATE[mod.name], "labels_csv": str(labels),
+            "out_dir": str(root / name), "segment.samples": 500, "synthetic": True,
+            "progress": False, "source_description": TARGETS_SOURCE.format(
+                modality=mod.name.upper(), subjects=d.target_subjects, seed=cfg.seed),
+            **overrides,
+        }.items():
+            OmegaConf.update(run, key, value, force_add=True)
+        prepare(run)
+        out[name] = read_manifest(root / name)
+    return out
 
 
 @hydra.main(config_path="pkg://heartgpt.conf", config_name="prepare", version_base="1.3")

@@ -246,7 +246,9 @@ def train(cfg: DictConfig) -> float | None:
                                   initial=module.initial_weights())
             results = trainer.test(module, datamodule=datamodule, ckpt_path=best or ckpt_path)
             if trainer.is_global_zero:
-                write_test_metrics(cfg.paths.output_dir, results, best or ckpt_path)
+                trained = {"trainable_params": sum(p.numel() for p in module.parameters()
+                                                   if p.requires_grad)} if cfg.get("train") else {}
+                write_test_metrics(cfg.paths.output_dir, results, best or ckpt_path, trained)
         if trainer.checkpoint_callback is not None:
             for lg in trainer.loggers:
                 lg.log_hyperparams({"checkpoints/best": best,
@@ -303,9 +305,11 @@ def completed_training(trainer: L.Trainer) -> bool:
     return trainer.max_epochs is not None and trainer.current_epoch >= trainer.max_epochs
 
 
-def write_test_metrics(output_dir: str, results: list[dict[str, float]], ckpt: str | None) -> None:
+def write_test_metrics(output_dir: str, results: list[dict[str, float]], ckpt: str | None,
+                       extra: dict[str, Any] | None = None) -> None:
     """``<run dir>/test_metrics.json``: the test metrics of the tested checkpoint (for
-    :mod:`heartgpt.cv` and for comparing sweep runs without a logger)."""
+    :mod:`heartgpt.cv` and for comparing sweep runs without a logger), and ``extra`` facts of
+    the run (the parameters it trained)."""
     if not results:
         return
     from heartgpt.cv import PREDICTIONS, null_undefined, read_predictions
@@ -316,7 +320,8 @@ def write_test_metrics(output_dir: str, results: list[dict[str, float]], ckpt: s
         metrics = null_undefined(metrics, read_predictions(predictions))
         if "undefined" in metrics:
             log.warning("test metrics undefined on this test set: %s", metrics["undefined"])
-    write_json_atomic(Path(output_dir) / TEST_METRICS, {**metrics, "checkpoint": ckpt or ""})
+    write_json_atomic(Path(output_dir) / TEST_METRICS,
+                      {**metrics, **(extra or {}), "checkpoint": ckpt or ""})
 
 
 def route_lightning_logs() -> None:

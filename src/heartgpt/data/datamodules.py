@@ -37,12 +37,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from heartgpt.data.epoch_order import BlockShuffle, RowRanges, mix
+from heartgpt.data.labels import LabelSchema
 from heartgpt.data.row_index import RowIndex
 from heartgpt.data.shards import (
     LABEL_KINDS,
     Manifest,
     ShardError,
     open_shard,
+    read_column,
     validate_shard_dir,
     validate_shard_file,
 )
@@ -110,7 +112,7 @@ class ShardRows:
             ds = datasets[name] = f[name]
         return ds
 
-    def read(self, name: str, row: int, start: int, stop: int) -> np.ndarray:
+    def read(self, name: str, row: int, start: int, stop: int | None) -> np.ndarray:
         """``dataset[name][row, start:stop]`` of the global ``row``."""
         i = int(np.searchsorted(self.offsets, row, side="right")) - 1
         try:
@@ -155,13 +157,18 @@ class PretrainWindows(Dataset):
 
 
 class FinetuneWindows(Dataset):
-    """``(row, offset) -> {"tokens", "label" | "targets", "subject", "row"}``."""
+    """``(row, offset) -> {"tokens", "label" | "targets", "subject", "row"}``.
 
-    def __init__(self, rows: ShardRows, block_size: int, label_kind: str, index: RowIndex) -> None:
+    ``label`` is float32 () for one column (read from the row index) or (L,) for several;
+    ``targets`` float32 (block_size // stride,) (class indices or values, NaN: none)."""
+
+    def __init__(self, rows: ShardRows, block_size: int, label_kind: str, index: RowIndex,
+                 schema: LabelSchema) -> None:
         self.rows = rows
         self.block_size = block_size
         self.label_kind = label_kind
-        self.index = index  # each row's subject and label
+        self.index = index  # each row's subject and (first) label
+        self.schema = schema
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -174,10 +181,14 @@ class FinetuneWindows(Dataset):
             "subject": self.index.subject_of(row),
             "row": row,
         }
-        if self.label_kind == "sequence":
+        if self.label_kind == "sequence" and self.schema.width == 1:
             item["label"] = torch.tensor(self.index.label_of(row), dtype=torch.float32)
+        elif self.label_kind == "sequence":
+            item["label"] = torch.from_numpy(self.rows.read("label", row, 0, None).astype(np.float32))
         else:
-            item["targets"] = torch.from_numpy(self.rows.read("targets", row, off, stop).astype(np.float32))
+            step = self.schema.stride
+            targets = self.rows.read("targets", row, off // step, stop // step)
+            item["targets"] = torch.from_numpy(targets.astype(np.float32))
         return item
 
 
@@ -399,6 +410,16 @@ class ResumableDataLoader(DataLoader):
 # --------------------------------------------------------------------------------- shared setup
 
 
+def _rows_between(ranges: RowRanges, lo: int, hi: int) -> np.ndarray:
+    """The rows of ``ranges`` in ``lo .. hi - 1``, sorted."""
+    starts = np.maximum(ranges.starts, lo)
+    stops = np.minimum(ranges.starts + ranges.lengths, hi)
+    keep = stops > starts
+    if not keep.any():
+        return np.zeros(0, dtype=np.int64)
+    return np.concatenate([np.arange(a, b) for a, b in zip(starts[keep], stops[keep], strict=True)])
+
+
 def _open_manifest(
     shard_dir: str | Path,
     modality: str,
@@ -577,7 +598,7 @@ class ShardDataModule(L.LightningDataModule):
         index = manifest.row_index
         try:
             codes = _split_codes(index, self.seed, self.val_fraction, self.test_fraction,
-                                 self.folds, self.fold, stratify=stratify and manifest.meta.has_label,
+                                 self.folds, self.fold, stratify=stratify,
                                  split_file=self.split_file)
             self._ranges = {s: index.rows_of(codes == c) for c, s in enumerate(SPLITS)}
             self._split_of_subject = codes
@@ -764,11 +785,55 @@ class FinetuneDataModule(ShardDataModule):
     def _open(self) -> tuple[Manifest, bool]:
         manifest = _open_manifest(self.shard_dir, self.modality, self.vocab_size,
                                   (self.label_kind,), self.window, "block_size")
-        return manifest, self.stratify
+        schema = manifest.meta.label_schema
+        assert schema is not None  # a labelled label_kind
+        if schema.stride > 1 and manifest.meta.segment_length != self.block_size:
+            raise ShardError(
+                f"{self.shard_dir}: targets every {schema.stride} tokens need segments of exactly "
+                f"block_size={self.block_size} tokens (they hold {manifest.meta.segment_length}); "
+                f"re-run prepare with segment.samples={self.block_size}")
+        return manifest, self.stratify and schema.kind == "class"
+
+    @property
+    def label_schema(self) -> LabelSchema:
+        """What the shards' labels are: names, classes or values, class mapping, stride."""
+        schema = self.manifest.meta.label_schema
+        assert schema is not None
+        return schema
+
+    def label_statistics(self, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+        """Mean and standard deviation (float64, one per label column) of the value labels of
+        ``split``'s rows, NaNs left out: what a regression head standardises its targets by.
+        Reads the label column shard by shard (per-position targets: the whole rows)."""
+        ranges = self.row_ranges(split)
+        manifest = self.manifest
+        name = "label" if self.label_kind == "sequence" else "targets"
+        width = self.label_schema.width if self.label_kind == "sequence" else 1
+        total, squares, count = np.zeros(width), np.zeros(width), np.zeros(width)
+        first = 0
+        for path, info in zip(manifest.paths, manifest.shards, strict=True):
+            lo, hi = first, first + info.rows
+            first = hi
+            take = _rows_between(ranges, lo, hi) - lo
+            if not len(take):
+                continue
+            values = read_column(path, name)[take].astype(np.float64).reshape(len(take), -1)
+            if name == "targets":
+                values = values.reshape(-1, 1)
+            ok = np.isfinite(values)
+            values = np.where(ok, values, 0.0)
+            total += values.sum(axis=0)
+            squares += (values**2).sum(axis=0)
+            count += ok.sum(axis=0)
+        if not count.all():
+            raise ShardError(f"{self.shard_dir}: the {split} split has no {name} values to "
+                             "standardise a regression head by")
+        mean = total / count
+        return mean, np.sqrt(np.maximum(squares / count - mean**2, 0.0))
 
     def _make_dataset(self, manifest: Manifest) -> Dataset:
         return FinetuneWindows(ShardRows(manifest), self.block_size, self.label_kind,
-                               manifest.row_index)
+                               manifest.row_index, manifest.meta.label_schema)
 
     def _sampler_options(self, train: bool) -> dict[str, Any]:
         return {"offsets": "random" if train else "last"}

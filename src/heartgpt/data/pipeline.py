@@ -9,7 +9,6 @@ counted by reason, never fatal.
 
 from __future__ import annotations
 
-import csv
 import multiprocessing
 import os
 from collections import Counter
@@ -22,6 +21,7 @@ import numpy as np
 from scipy.signal import butter, sosfiltfilt
 
 from heartgpt.data.journal import PrepareJournal, fingerprint
+from heartgpt.data.labels import read_sidecar_values
 from heartgpt.data.plausibility import recording_problems
 from heartgpt.data.readers import (
     RecordError,
@@ -90,6 +90,19 @@ class BeatSpec:
 
 
 @dataclass(frozen=True)
+class TargetSpec:
+    """Per-position targets from a sidecar file of values at a fixed rate (label_kind 'token'
+    without beats): value ``j`` describes the record's ``j/rate .. (j+1)/rate`` seconds, and
+    becomes the target of tokens ``j*stride .. (j+1)*stride - 1`` at the modality rate."""
+
+    sidecar_suffix: str | None = None  # CSV beside the record, e.g. '_hr.csv'
+    record_suffix: str | None = None  # part of the record file name the sidecar suffix replaces
+    column: int | str | None = None  # sidecar column (None: first)
+    stride: int = 1  # tokens per value: modality rate / the values' rate
+    classes: tuple[str, ...] | None = None  # class names (index order); None: numbers
+
+
+@dataclass(frozen=True)
 class PrepareSpec:
     """Everything a worker needs to turn one file into segments (picklable)."""
 
@@ -100,7 +113,9 @@ class PrepareSpec:
     sample_rate: float | None = None
     filter: FilterSpec = field(default_factory=FilterSpec)
     beats: BeatSpec = field(default_factory=BeatSpec)
-    labels: dict[str, tuple[str | None, float | None]] = field(default_factory=dict)
+    targets: TargetSpec = field(default_factory=TargetSpec)
+    labels: dict[str, tuple[str | None, tuple[float, ...] | None]] = field(default_factory=dict)
+    label_schema: dict[str, Any] | None = None  # LabelSchema.to_dict(); None: legacy binary
     dx_positive: tuple[str, ...] | None = None
     csv_decimal: str = "."  # decimal mark of CSV/text records
 
@@ -113,8 +128,8 @@ class RecordResult:
     subject: str = ""
     tokens: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.uint8))  # (n, S)
     starts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (n,)
-    label: float | None = None
-    targets: np.ndarray | None = None  # (n, S) uint8
+    label: float | tuple[float, ...] | None = None
+    targets: np.ndarray | None = None  # (n, S // stride): uint8 classes or float32 values
     segments_skipped: Counter = field(default_factory=Counter)
     skip_reason: str | None = None
     detail: str = ""
@@ -194,18 +209,20 @@ def segment_recording(
     segment: SegmentSpec,
     filt: FilterSpec = FilterSpec(),
     tolerance: int = 0,
+    target_stride: int = 1,
 ) -> RecordResult:
     """Filter, resample to the modality rate, cut segments and tokenise each one.
 
     ``rec.subject``/``rec.label``/``rec.beats`` must already be final (label_kind 'sequence' needs a
-    label, 'token' beats). Segments that cannot be tokenised (NaN, flat) are dropped and counted.
+    label, 'token' beats or ``rec.targets``: one per ``target_stride`` tokens, NaN-padded past
+    their end). Segments that cannot be tokenised (NaN, flat) are dropped and counted.
     """
     res = RecordResult(name=rec.name, subject=rec.subject or rec.name, label=rec.label)
     if label_kind == "sequence" and rec.label is None:
         res.skip_reason, res.detail = NO_LABEL, "no label in the file or labels_csv"
         return res
-    if label_kind == "token" and rec.beats is None:
-        res.skip_reason, res.detail = NO_BEATS, "no beat annotations found"
+    if label_kind == "token" and rec.beats is None and rec.targets is None:
+        res.skip_reason, res.detail = NO_BEATS, "no beat annotations or target values found"
         return res
     if rec.sample_rate is None:
         raise ValueError(f"{rec.path}: unknown sampling rate")
@@ -232,7 +249,9 @@ def segment_recording(
         res.detail = f"{x.size} samples at {rate:g} Hz, a segment needs {segment.length}"
         return res
     targets = None
-    if label_kind == "token":
+    if label_kind == "token" and rec.targets is not None:
+        targets = rec.targets  # one per target_stride tokens
+    elif label_kind == "token":
         targets = beat_targets(rec.beats, rec.sample_rate, rate, x.size, tolerance)
     kept, toks = [], []
     for s in starts:
@@ -254,9 +273,20 @@ def segment_recording(
         return res
     res.starts = np.asarray(kept, dtype=np.int64)
     res.tokens = np.stack(toks).astype(np.uint8)
-    if targets is not None:
+    if targets is not None and rec.targets is not None:
+        res.targets = np.stack([_chunk_targets(targets, s // target_stride, segment.length // target_stride)
+                                for s in res.starts])
+    elif targets is not None:
         res.targets = np.stack([targets[s : s + segment.length] for s in res.starts])
     return res
+
+
+def _chunk_targets(values: np.ndarray, first: int, n: int) -> np.ndarray:
+    """``values[first : first + n]``, NaN past the end of the sidecar's values."""
+    out = np.full(n, np.nan, dtype=np.float32)
+    part = values[first : first + n]
+    out[: len(part)] = part
+    return out
 
 
 def _attach_annotations(rec: Recording, rf: RecordFile, spec: PrepareSpec) -> Recording:
@@ -264,9 +294,15 @@ def _attach_annotations(rec: Recording, rf: RecordFile, spec: PrepareSpec) -> Re
     key = rf.name if rf.name in spec.labels else rf.name.rsplit("/", 1)[-1]
     subject, label = spec.labels.get(key, (None, None))
     rec.subject = subject or rec.subject
-    rec.label = label if label is not None else rec.label
-    b = spec.beats
-    if spec.label_kind == "token":
+    if spec.label_schema is not None:  # labels_csv names the label columns: only they count
+        rec.label = label if label is None or len(label) > 1 else label[0]
+    elif label is not None:
+        rec.label = label[0]
+    b, t = spec.beats, spec.targets
+    if spec.label_kind == "token" and t.sidecar_suffix:
+        side = sidecar_path(rf.path, t.sidecar_suffix, t.record_suffix)
+        rec.targets = read_sidecar_values(side, t.column, t.classes) if side.exists() else None
+    elif spec.label_kind == "token":
         if b.wfdb_extension and rf.format == "wfdb":
             ann = rf.path.with_suffix("." + b.wfdb_extension)
             rec.beats = read_wfdb_beats(rf.path, b.wfdb_extension, b.symbols) if ann.exists() else None
@@ -287,7 +323,7 @@ def process_file(rf: RecordFile, spec: PrepareSpec) -> RecordResult:
     except Exception as e:
         return RecordResult(name=rf.name, skip_reason=UNREADABLE, detail=f"{type(e).__name__}: {e}")
     res = segment_recording(rec, spec.modality, spec.label_kind, spec.segment, spec.filter,
-                            spec.beats.tolerance)
+                            spec.beats.tolerance, spec.targets.stride)
     if not res.skip_reason:
         res.warnings = recording_problems(rec.signal, rec.sample_rate, spec.modality).warnings()
     return res
@@ -309,23 +345,6 @@ def _work(rf: RecordFile) -> RecordResult:
 # --------------------------------------------------------------------------------- many records
 
 
-def read_labels_csv(path: str | Path) -> dict[str, tuple[str | None, float | None]]:
-    """``record -> (subject, label)`` from a CSV with a ``record`` column and optional
-    ``subject`` and ``label`` columns (blank cells mean "not given")."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        cols = {c.strip().lower(): c for c in reader.fieldnames or []}
-        if "record" not in cols:
-            raise ValueError(f"{path}: needs a 'record' column (found {reader.fieldnames})")
-        out = {}
-        for row in reader:
-            rec = row[cols["record"]].strip()
-            subject = row[cols["subject"]].strip() if "subject" in cols else ""
-            label = row[cols["label"]].strip() if "label" in cols else ""
-            out[rec] = (subject or None, float(label) if label else None)
-    return out
-
-
 def tokenizer_settings(spec: PrepareSpec) -> dict[str, Any]:
     """What produced the tokens, stored in every shard's ``tokenizer`` attribute."""
     return {
@@ -338,14 +357,16 @@ def tokenizer_settings(spec: PrepareSpec) -> dict[str, Any]:
         "segment_stride": spec.segment.stride,
         "max_per_record": spec.segment.max_per_record,
         "beat_tolerance": spec.beats.tolerance if spec.label_kind == "token" else None,
+        **({"target_values": asdict(spec.targets)} if spec.targets.sidecar_suffix else {}),
     }
 
 
 class SummaryCounter:
     """Accumulates records' outcomes (:meth:`RecordResult.outcome`) into a :class:`PrepareSummary`."""
 
-    def __init__(self, out_dir: Path, records_found: int) -> None:
+    def __init__(self, out_dir: Path, records_found: int, count_labels: bool = True) -> None:
         self.summary = PrepareSummary(out_dir=str(out_dir), records_found=records_found)
+        self.count_labels = count_labels  # False for values: counting them makes no sense
         self._rec: Counter[str] = Counter()
         self._seg: Counter[str] = Counter()
         self._subjects: set[str] = set()
@@ -364,7 +385,7 @@ class SummaryCounter:
         self.summary.records_read += 1
         self.summary.segments_written += n
         self._subjects.add(outcome["subject"])
-        if label is not None and float(label).is_integer():
+        if self.count_labels and isinstance(label, int | float) and float(label).is_integer():
             self._labels[str(int(label))] += n
 
     def finish(self, shards: int) -> PrepareSummary:
@@ -395,7 +416,8 @@ def add_rows(writer: ShardWriter, r: RecordResult, record: int = 0, skip: int = 
         return
     writer.add(
         r.tokens[skip:], [r.subject] * n, [r.name] * n, r.starts[skip:],
-        label=None if r.label is None else np.full(n, r.label, np.float32),
+        label=None if r.label is None else np.broadcast_to(
+            np.asarray(r.label, np.float32), (n, *np.shape(r.label))),
         targets=None if r.targets is None else r.targets[skip:],
         origin=(record, skip),
     )
@@ -431,6 +453,7 @@ def prepare_records(
     compression: str | None = None,
     progress: bool = True,
     resume: bool = True,
+    synthetic: bool = False,
 ) -> tuple[PrepareSummary, Manifest | None]:
     """Turn ``files`` into shards under ``out_dir``; return the summary and the manifest.
 
@@ -449,7 +472,7 @@ def prepare_records(
     meta = ShardMeta(
         modality=mod.name, sample_rate=mod.sample_rate, vocab_size=mod.vocab_size,
         segment_length=spec.segment.length, label_kind=spec.label_kind, source=source,
-        synthetic=False, tokenizer=tokenizer_settings(spec),
+        synthetic=synthetic, tokenizer=tokenizer_settings(spec), labels=spec.label_schema or {},
     )
     settings = {"spec": asdict(spec), "meta": meta.to_attrs(), "rows_per_shard": rows_per_shard,
                 "compression": compression, "names": [rf.name for rf in files]}
@@ -460,7 +483,8 @@ def prepare_records(
             f"prepare: resuming an interrupted run in {out_dir}: {len(point.staged)} shard(s), "
             f"{point.rows} rows kept; reading from record {point.record + 1} of {len(files)}",
             markup=False)
-    counter = SummaryCounter(out_dir, len(files))
+    schema = spec.label_schema
+    counter = SummaryCounter(out_dir, len(files), count_labels=not schema or schema["kind"] == "class")
     for outcome in point.outcomes:
         counter.add(outcome)
     try:

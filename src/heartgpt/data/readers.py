@@ -49,8 +49,9 @@ class Recording:
     signal: np.ndarray  # (n,) float64
     sample_rate: float | None  # Hz; None when the file does not say
     subject: str | None = None
-    label: float | None = None
+    label: float | tuple[float, ...] | None = None  # one value, or one per label column
     beats: np.ndarray | None = None  # sample indices at sample_rate, 0-based
+    targets: np.ndarray | None = None  # per-chunk targets (sidecar values: one per target stride)
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,12 @@ written last. Each shard has one row per fixed-length segment:
 - ``subject`` str   [N]      who the segment comes from (splits are by subject)
 - ``record``  str   [N]      the recording it was cut from
 - ``start``   int64 [N]      first sample of the segment in the resampled recording
-- ``label``   float32 [N]    optional, sequence task (e.g. AF 0/1)
-- ``targets`` uint8 [N, S]   optional, per-token task (e.g. 1 at each beat)
+- ``label``   float32 [N] or [N, L]  optional, sequence task (e.g. AF 0/1; L named columns)
+- ``targets`` uint8 or float32 [N, S // stride]  optional, per-token task (e.g. 1 at each beat)
 
-and attributes describing the data (:class:`ShardMeta`). Beside them, the row index
+and attributes describing the data (:class:`ShardMeta`), the labels among them
+(:class:`~heartgpt.data.labels.LabelSchema`: names, classes or values, class mapping, stride).
+Beside them, the row index
 (:mod:`heartgpt.data.row_index`: each row's subject and label as runs, two small ``.npy`` files)
 lets a DataModule open 200 M rows in memory that grows with subjects, not rows. See
 ``data/README.md``.
@@ -39,6 +41,7 @@ import h5py
 import numpy as np
 
 import heartgpt
+from heartgpt.data.labels import LabelSchema
 from heartgpt.data.row_index import INDEX_FILES, RowIndex, RowIndexBuilder
 from heartgpt.files import sha256_file, write_json_atomic
 
@@ -77,6 +80,7 @@ class ShardMeta:
     source: str  # free text: where the rows come from ("SYNTHETIC ..." for demo data)
     synthetic: bool = False
     tokenizer: dict[str, Any] = field(default_factory=dict)  # settings used to make tokens
+    labels: dict[str, Any] = field(default_factory=dict)  # LabelSchema.to_dict(); {}: legacy
     format_version: int = FORMAT_VERSION
     heartgpt_version: str = heartgpt.__version__
 
@@ -85,6 +89,31 @@ class ShardMeta:
             raise ValueError(f"label_kind must be one of {LABEL_KINDS}, got {self.label_kind!r}")
         if self.segment_length <= 0:
             raise ValueError(f"segment_length must be positive, got {self.segment_length}")
+        if self.labels and self.label_kind == "unlabelled":
+            raise ValueError("an unlabelled shard set has no label schema")
+        schema = self.label_schema  # raises on a malformed schema
+        if schema is not None and schema.stride > self.segment_length:
+            raise ValueError(f"target stride {schema.stride} is longer than a segment "
+                             f"({self.segment_length} tokens)")
+
+    @property
+    def label_schema(self) -> LabelSchema | None:
+        """What the labels are (None: unlabelled); sets written before the schema get
+        :meth:`LabelSchema.legacy`."""
+        if self.labels:
+            return LabelSchema.from_dict(self.labels)
+        return LabelSchema.legacy(self.label_kind)
+
+    def label_shape(self, n: int) -> tuple[int, ...]:
+        """Shape of ``label`` for ``n`` rows: (n,) for one column, (n, L) for several."""
+        schema = self.label_schema
+        return (n,) if schema is None or schema.width == 1 else (n, schema.width)
+
+    def targets_shape(self, n: int) -> tuple[int, int]:
+        """Shape of ``targets`` for ``n`` rows: one per whole ``stride`` tokens (a last part
+        chunk has none)."""
+        schema = self.label_schema
+        return (n, self.segment_length // (schema.stride if schema else 1))
 
     @property
     def has_label(self) -> bool:
@@ -97,12 +126,17 @@ class ShardMeta:
     def to_attrs(self) -> dict[str, Any]:
         d = asdict(self)
         d["tokenizer"] = json.dumps(self.tokenizer, sort_keys=True)
+        if self.labels:
+            d["labels"] = json.dumps(self.labels, sort_keys=True)
+        else:
+            del d["labels"]  # sets without a schema keep their attributes byte for byte
         return d
 
     @classmethod
     def from_mapping(cls, d: dict[str, Any]) -> ShardMeta:
         d = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in d.items()}
         tok = d.get("tokenizer", "{}")
+        labels = d.get("labels") or {}
         return cls(
             modality=str(d["modality"]),
             sample_rate=float(d["sample_rate"]),
@@ -112,6 +146,7 @@ class ShardMeta:
             source=str(d["source"]),
             synthetic=bool(d.get("synthetic", False)),
             tokenizer=json.loads(tok) if isinstance(tok, str) else dict(tok),
+            labels=json.loads(labels) if isinstance(labels, str) else dict(labels),
             format_version=int(d["format_version"]),
             heartgpt_version=str(d.get("heartgpt_version", "")),
         )
@@ -166,7 +201,8 @@ class Manifest:
 
     @property
     def label_counts(self) -> dict[str, int] | None:
-        if not self.meta.has_label:
+        schema = self.meta.label_schema
+        if not self.meta.has_label or schema is None or schema.kind != "class":
             return None
         c: Counter[str] = Counter()
         for s in self.shards:
@@ -194,15 +230,18 @@ def _index_from_shards(paths: Sequence[Path], with_labels: bool) -> RowIndex:
 def _add_shard_rows(builder: RowIndexBuilder, paths: Sequence[Path], with_labels: bool) -> None:
     """Give ``builder`` the subject (and label) of every row of the shard files ``paths``."""
     for path in paths:
-        builder.add(read_column(path, "subject"),
-                    read_column(path, "label") if with_labels else None)
+        label = read_column(path, "label") if with_labels else None
+        builder.add(read_column(path, "subject"), _index_label(label))
 
 
-def _label_counts(label: np.ndarray | None) -> dict[str, int] | None:
-    if label is None:
-        return None
-    if not np.all(label == np.round(label)):
-        return None  # regression targets: counting values makes no sense
+def _index_label(label: np.ndarray | None) -> np.ndarray | None:
+    """The label the row index keeps: the first column of several (for splits and reports)."""
+    return label[:, 0] if label is not None and label.ndim == 2 else label
+
+
+def _label_counts(label: np.ndarray | None, schema: LabelSchema | None) -> dict[str, int] | None:
+    if label is None or schema is None or schema.kind != "class":
+        return None  # values: counting them makes no sense
     values, counts = np.unique(label.astype(np.int64), return_counts=True)
     return {str(int(v)): int(n) for v, n in zip(values, counts, strict=True)}
 
@@ -224,7 +263,8 @@ def _write_h5(path: Path, meta: ShardMeta, rows: dict[str, np.ndarray], compress
             opts["compression"] = compression
         f.create_dataset("tokens", data=rows["tokens"], chunks=(chunk_rows, s), **opts)
         if "targets" in rows:
-            f.create_dataset("targets", data=rows["targets"], chunks=(chunk_rows, s), **opts)
+            targets = rows["targets"]
+            f.create_dataset("targets", data=targets, chunks=(chunk_rows, targets.shape[1]), **opts)
         if "label" in rows:
             f.create_dataset("label", data=rows["label"], track_times=False)
         f.create_dataset("start", data=rows["start"], track_times=False)
@@ -324,11 +364,13 @@ class ShardWriter:
         if self.meta.has_label:
             if label is None:
                 raise ValueError("this shard set has a 'sequence' task: every row needs a label")
-            rows["label"] = np.asarray(label, dtype=np.float32).reshape(n)
+            rows["label"] = np.asarray(label, dtype=np.float32).reshape(self.meta.label_shape(n))
         if self.meta.has_targets:
             if targets is None:
                 raise ValueError("this shard set has a 'token' task: every row needs targets")
-            rows["targets"] = np.asarray(targets, dtype=np.uint8).reshape(n, S)
+            schema = self.meta.label_schema
+            rows["targets"] = np.asarray(targets, dtype=schema.target_dtype).reshape(
+                self.meta.targets_shape(n))
         for key, value in rows.items():
             self._buf.setdefault(key, []).append(value)
         self._origins.append([int(origin[0]), int(origin[1]), n])
@@ -364,9 +406,9 @@ class ShardWriter:
         path = self.work_dir / name
         os.replace(partial, path)
         info = ShardInfo(file=name, rows=n, bytes=path.stat().st_size, sha256=sha256_file(path),
-                         label_counts=_label_counts(now.get("label")))
+                         label_counts=_label_counts(now.get("label"), self.meta.label_schema))
         self._staged.append((path, info))
-        self._index.add(now["subject"], now.get("label"))
+        self._index.add(now["subject"], _index_label(now.get("label")))
         if self.on_shard is not None:
             self.on_shard(info, end)
 
@@ -480,7 +522,8 @@ def read_manifest(shard_dir: str | os.PathLike) -> Manifest:
 
 
 def _check_meta(path: Path, found: ShardMeta, expected: ShardMeta) -> None:
-    for key in ("format_version", "modality", "sample_rate", "vocab_size", "segment_length", "label_kind"):
+    for key in ("format_version", "modality", "sample_rate", "vocab_size", "segment_length", "label_kind",
+                "labels"):
         a, b = getattr(found, key), getattr(expected, key)
         if a != b:
             raise ShardError(f"{path}: attribute {key}={a!r} but the manifest says {b!r}")
@@ -555,9 +598,9 @@ def _check_datasets(path: Path, f: h5py.File, meta: ShardMeta, info: ShardInfo |
         raise ShardError(f"{path}: {n} rows but the manifest says {info.rows}")
     wanted = {"subject": (n,), "record": (n,), "start": (n,)}
     if meta.has_label:
-        wanted["label"] = (n,)
+        wanted["label"] = meta.label_shape(n)
     if meta.has_targets:
-        wanted["targets"] = (n, meta.segment_length)
+        wanted["targets"] = meta.targets_shape(n)
     for name, shape in wanted.items():
         if name not in f:
             raise ShardError(f"{path}: no {name!r} dataset (label_kind {meta.label_kind!r} needs it)")

@@ -57,7 +57,11 @@ def load_tool_model(
         need: ``"lm"`` (a pre-trained next-token model), ``"binary"`` (a 1-output fine-tune)
             or ``"any"``.
         modality: the user's statement ('ecg'/'ppg'); must agree with the checkpoint.
-        refuse_task: a fine-tune task this tool cannot use (e.g. 'beats' for AF screening).
+        refuse_task: a fine-tune task this tool cannot use: 'beats' for the tools reading one
+            probability per window (AF screening), 'af' for those reading one per position
+            (beat detection). A 1-output checkpoint whose head is known (ours, exports, the
+            released ones) must also be read as it was trained: a binary ``classify`` head at
+            the last position, or a binary ``tag`` head at every position (never a regression).
         device: where to put the model.
     """
     if need not in ("lm", "binary", "any"):
@@ -72,9 +76,31 @@ def load_tool_model(
         raise InputError(path, f"is {kind}; this tool needs a fine-tuned 1-output model")
     if refuse_task is not None and loaded.task == refuse_task:
         raise InputError(path, f"is fine-tuned for task {refuse_task!r}, not for this tool")
+    if need == "binary" and loaded.head is not None:
+        why = _unreadable_head(loaded.head, reads_positions=refuse_task == "af")
+        if why:
+            raise InputError(path, f"{why}; this tool reads a binary "
+                             f"{'tag head at every position' if refuse_task == 'af' else 'classify head at the last position'}")
     mod = resolve_modality(loaded, modality)
     loaded.model.to(device).eval()
     return loaded, mod
+
+
+def _unreadable_head(head: dict, reads_positions: bool) -> str | None:
+    """Why a tool reading one probability per window (or, ``reads_positions``, per token) would
+    misread the outputs of a fine-tune with ``head`` (None: it reads them as trained)."""
+    kind = head.get("kind")
+    if kind == "regress" or head.get("target") == "value":
+        return f"is a {kind} head predicting values (standardised), not probabilities"
+    if kind == "tag" and not reads_positions:
+        return f"is a tag head (a probability every {head.get('stride', 1)} tokens)"
+    if kind == "tag" and int(head.get("stride", 1)) != 1:
+        return f"is a tag head of stride {head.get('stride')}, not every position"
+    if kind == "classify" and reads_positions:
+        return "is a classify head (one probability per window)"
+    if kind == "classify" and head.get("pooling", "last") != "last":
+        return f"was trained to read pooling={head.get('pooling')} of the positions, not the last"
+    return None
 
 
 @contextmanager

@@ -49,6 +49,29 @@ class LoadedModel:
     task: str  # 'pretrain', or for released fine-tunes 'af' / 'beats' / 'binary'
     source: str  # path it came from
     synthetic: bool = False  # trained on the SYNTHETIC demo data (its numbers mean nothing real)
+    head: dict[str, Any] | None = None  # the fine-tune's module.head (kind, outputs, pooling, ...)
+    head_state: tuple[str, ...] = ()  # tensors of the head outside the GPT (.ckpt task_head.*)
+
+
+def legacy_head(head: str, pooling: str = "last", pos_weight: float | None = None) -> dict[str, Any]:
+    """``module.head`` of a checkpoint from before heads were config (``head: sequence|token``)."""
+    if head == "sequence":
+        return {"kind": "classify", "outputs": 1, "pooling": pooling, "pos_weight": pos_weight}
+    if head == "token":
+        return {"kind": "tag", "outputs": 1, "target": "class", "stride": 1, "pos_weight": pos_weight}
+    raise ValueError(f"head must be a mapping (kind: classify|regress|tag), got {head!r}")
+
+
+# The released fine-tunes' heads: AF reads the last position, the beat detector every position.
+RELEASED_HEADS = {"af": legacy_head("sequence"), "beats": legacy_head("token")}
+
+
+def head_of(hparams: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``module.head`` a LightningModule's hyper-parameters state (None: not a fine-tune)."""
+    head = hparams.get("head")
+    if isinstance(head, str):
+        return legacy_head(head, hparams.get("pooling", "last"), hparams.get("pos_weight"))
+    return dict(head) if isinstance(head, dict) else None
 
 
 def warn_if_synthetic(loaded: LoadedModel, log: logging.Logger) -> None:
@@ -247,15 +270,17 @@ def load_released(path: str | os.PathLike) -> LoadedModel:
     model.load_state_dict(convert_released_state_dict(sd, config, head, path), strict=True)
     model.eval()
     modality = {101: "ecg", 102: "ppg"}.get(config.vocab_size)
-    return LoadedModel(model, modality, _guess_released_task(path, head), str(path))
+    task = _guess_released_task(path, head)
+    return LoadedModel(model, modality, task, str(path), head=RELEASED_HEADS.get(task))
 
 
 def save_safetensors(
     model: GPT, path: str | os.PathLike, modality: str | None = None, task: str = "pretrain",
-    synthetic: bool = False,
+    synthetic: bool = False, head: dict[str, Any] | None = None,
 ) -> Path:
-    """Export ``model`` to a safetensors file that carries its own config (and whether it was
-    trained on the SYNTHETIC demo data); written atomically."""
+    """Export ``model`` to a safetensors file that carries its own config, its fine-tuning
+    ``head`` (how its outputs are read) and whether it was trained on the SYNTHETIC demo data;
+    written atomically."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -266,6 +291,7 @@ def save_safetensors(
         "task": task,
         "synthetic": "true" if synthetic else "false",
         "heartgpt_version": __version__,
+        **({"head": json.dumps(head, sort_keys=True)} if head else {}),
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -338,13 +364,20 @@ def load_safetensors(path: str | os.PathLike) -> LoadedModel:
     except ValueError:
         raise CheckpointError(path, "its 'config' metadata is not JSON") from None
     model = _model_of(config, tensors, path)
-    return LoadedModel(model, metadata.get("modality") or None, metadata.get("task", "pretrain"),
-                       str(path), metadata.get("synthetic") == "true")
+    task = metadata.get("task", "pretrain")
+    try:
+        head = json.loads(metadata["head"]) if metadata.get("head") else RELEASED_HEADS.get(task)
+    except ValueError:
+        raise CheckpointError(path, "its 'head' metadata is not JSON") from None
+    return LoadedModel(model, metadata.get("modality") or None, task, str(path),
+                       metadata.get("synthetic") == "true", head=head)
 
 
 def load_lightning(path: str | os.PathLike) -> LoadedModel:
     """Load the GPT out of one of our Lightning ``.ckpt`` files (eval mode); a LoRA run's
-    adapters are merged into their layers (:func:`heartgpt.model.lora.merge_lora_weights`).
+    adapters are merged into their layers (:func:`heartgpt.model.lora.merge_lora_weights`). A
+    LoRA checkpoint that holds the adapters only reads the rest from the base file it names,
+    which must be there with the recorded sha256 (:mod:`heartgpt.training.adapter_checkpoint`).
 
     The LightningModules keep the network as ``self.model`` and save ``model_config`` (the
     :class:`GPTConfig` fields), ``modality`` and ``task`` as plain hyper-parameters, so this
@@ -358,6 +391,10 @@ def load_lightning(path: str | os.PathLike) -> LoadedModel:
     if not isinstance(hparams, dict) or "model_config" not in hparams or "state_dict" not in ckpt:
         raise CheckpointError(path, "not a heartgpt Lightning checkpoint "
                               "(no 'state_dict' or no 'model_config' hyper-parameter)")
+    if ckpt.get("base_weights"):  # a LoRA run's adapters: the rest from its (verified) base
+        from heartgpt.training.adapter_checkpoint import fill_from_base
+
+        fill_from_base(ckpt, source=path)
     weights = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()
                if k.startswith("model.")}
     weights = {k.removeprefix("_orig_mod."): v for k, v in weights.items()}  # torch.compile
@@ -366,8 +403,11 @@ def load_lightning(path: str | os.PathLike) -> LoadedModel:
 
         weights = merge_lora_weights(weights, **dict(hparams["lora"]))
     model = _model_of(hparams["model_config"], weights, path)
+    head_state = tuple(k.removeprefix("task_head.") for k in ckpt["state_dict"]
+                       if k.startswith("task_head."))
     return LoadedModel(model, hparams.get("modality"), hparams.get("task", "pretrain"), str(path),
-                       bool(hparams.get("synthetic_data", False)))
+                       bool(hparams.get("synthetic_data", False)), head=head_of(hparams),
+                       head_state=head_state)
 
 
 def weights_dirs(weights_dir: str | os.PathLike | None = None) -> list[Path]:

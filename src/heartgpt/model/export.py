@@ -14,6 +14,10 @@ the last position, beats at every one) or ``softmax`` (language models) as the P
   ``model(x)`` (AF screening, beat detection, exact-mode generation).
 - :func:`export_program` writes a ``torch.export`` program (``.pt2``) with the same metadata
   as the JSON extra file ``heartgpt.json``; :func:`load_program` reads it back.
+- ``format=safetensors`` of ``python -m heartgpt.export`` writes the weights of a plain
+  :class:`~heartgpt.model.GPT` (:func:`heartgpt.model.checkpoints.save_safetensors`): a LoRA
+  run's ``.ckpt`` comes out merged (adapters folded into their layers, no ``lora`` keys), the
+  adapted model's outputs from the released layout.
 - :func:`check_export` runs an exported file on deterministic token windows and compares it with
   the PyTorch model; ``python -m heartgpt.export`` refuses a file that fails it.
 
@@ -59,7 +63,8 @@ INPUT_NAME = "tokens"  # int64 (batch, time)
 OUTPUT_NAME = "logits"  # float32 (batch, time, n_out)
 ONNX_PREFIX = "heartgpt."  # metadata_props keys of an .onnx file: heartgpt.config, ...
 PROGRAM_METADATA = "heartgpt.json"  # the extra file of a .pt2 holding the same metadata
-FORMATS = {"onnx": ".onnx", "torch_export": ".pt2"}  # export format -> file suffix
+# export format -> file suffix; safetensors: the plain weights (a LoRA run's adapters merged)
+FORMATS = {"onnx": ".onnx", "torch_export": ".pt2", "safetensors": ".safetensors"}
 ONNX_INSTALL_HINT = "pip install 'heartgpt[onnx]'"
 
 PROB_ATOL = 1e-5  # probabilities (sigmoid / softmax) must agree with PyTorch's to this
@@ -71,10 +76,12 @@ LOGIT_ATOL = 1e-5
 
 
 def export_metadata(loaded: LoadedModel) -> dict[str, str]:
-    """What an exported file says about itself: format, config (JSON), modality, task, source
-    file name and sha256 (empty when the source is not a file), heartgpt version."""
+    """What an exported file says about itself: format, config (JSON), modality, task, the
+    fine-tune's head (JSON, how its outputs are read; absent when unknown), source file name and
+    sha256 (empty when the source is not a file), heartgpt version."""
     source = Path(loaded.source)
-    return {
+    head = {"head": json.dumps(loaded.head, sort_keys=True)} if loaded.head else {}
+    return {**head,
         "format": EXPORT_FORMAT,
         "config": json.dumps(loaded.model.config.to_dict()),
         "modality": loaded.modality or "",
@@ -334,7 +341,8 @@ def load_onnx(path: str | os.PathLike, threads: int | None = None) -> LoadedMode
                               f"'{INPUT_NAME}' -> '{OUTPUT_NAME}' (.., {config.n_out})")
     model = OnnxGPT(path, config, session, threads)
     return LoadedModel(model, metadata.get("modality") or None, metadata.get("task", "pretrain"),
-                       str(path), metadata.get("synthetic") == "true")
+                       str(path), metadata.get("synthetic") == "true",
+                       head=json.loads(metadata["head"]) if metadata.get("head") else None)
 
 
 # --------------------------------------------------------------------------------- checking
@@ -395,15 +403,20 @@ class ExportCheck:
 
 
 def _runner(path: Path) -> nn.Module:
-    """The exported file as a callable: an :class:`OnnxGPT` or a ``.pt2``'s module."""
+    """The exported file as a callable: an :class:`OnnxGPT`, a ``.pt2``'s module or the
+    :class:`GPT` of a ``.safetensors``."""
     if path.suffix == ".pt2":
         return load_program(path)[0].module()
+    if path.suffix == ".safetensors":
+        from heartgpt.model.checkpoints import load_safetensors
+
+        return load_safetensors(path).model
     return load_onnx(path).model
 
 
 def check_export(loaded: LoadedModel, path: str | os.PathLike,
                  shapes: list[tuple[int, int]] | None = None) -> ExportCheck:
-    """Run the exported ``path`` (``.onnx`` or ``.pt2``) and ``loaded.model`` on
+    """Run the exported ``path`` (``.onnx``, ``.pt2`` or ``.safetensors``) and ``loaded.model`` on
     :func:`verification_tokens` windows of ``shapes`` (default :func:`verification_shapes`)
     and compare logits and probabilities (tolerances: module docstring)."""
     model = _torch_model(loaded)

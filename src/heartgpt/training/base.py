@@ -5,6 +5,8 @@ schedule, and hyper-parameters kept as plain Python values (a ``.ckpt`` loads wi
 
 from __future__ import annotations
 
+import logging
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +16,11 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from heartgpt.files import sha256_file
-from heartgpt.model.checkpoints import init_from_pretrained
+from heartgpt.model.checkpoints import CheckpointError, init_from_pretrained
+from heartgpt.training import adapter_checkpoint
 from heartgpt.training.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
 
 
 def plain(value: Any) -> Any:
@@ -33,6 +38,10 @@ def step_seed(seed: int, rank: int, step: int, batch_idx: int) -> int:
     loss curve of an uninterrupted one; every DDP rank gets different masks.
     """
     return int(np.random.SeedSequence([seed, rank, step, batch_idx]).generate_state(1)[0])
+
+
+# The file load_from_checkpoint is reading, for the errors of on_load_checkpoint.
+_LOADING: ContextVar[str | None] = ContextVar("heartgpt_loading_checkpoint", default=None)
 
 
 class GPTLightningModule(L.LightningModule):
@@ -69,6 +78,48 @@ class GPTLightningModule(L.LightningModule):
         if self.hparams.compile:
             self.model.compile()  # nn.Module.compile: state-dict keys unchanged
 
+    # ------------------------------------------------------------------ LoRA checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A LoRA run started from a file keeps only what it trains: the frozen tensors that
+        are exactly the base's are left out and ``checkpoint["base_weights"]`` names the file
+        (:mod:`heartgpt.training.adapter_checkpoint`). Any other run: the full state dict."""
+        reference = adapter_checkpoint.base_reference(self.hparams)
+        if reference is None:
+            return
+        cache = getattr(self, "_base_weights_cache", None)
+        if cache is None or cache[0] != reference:
+            try:
+                cache = (reference, adapter_checkpoint.read_base(reference))
+            except CheckpointError as e:  # the base changed under a running job: keep it all
+                log.warning("saving the full state dict: %s", e)
+                return
+            self._base_weights_cache = cache
+        adapter_checkpoint.strip_base(checkpoint, self, reference, cache[1])
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Put the tensors a LoRA checkpoint left to its base back, from the base file (which
+        must exist with the recorded sha256), before Lightning loads the state dict strictly;
+        later saves of this module reference the same file."""
+        reference = checkpoint.get(adapter_checkpoint.BASE_KEY)
+        if not reference:
+            return
+        trainer = self._trainer
+        source = _LOADING.get() or (trainer.ckpt_path if trainer is not None else None)
+        adapter_checkpoint.fill_from_base(checkpoint, self.state_dict().keys(), source)
+        self.hparams["initial_weights"] = {"path": str(reference["path"]),
+                                           "sha256": str(reference["sha256"])}
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:
+        """Lightning's, with ``checkpoint_path`` named by the errors of a LoRA checkpoint
+        whose base file is missing or changed."""
+        token = _LOADING.set(str(checkpoint_path))
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        finally:
+            _LOADING.reset(token)
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, "train")
         detached = loss.detach().float()
@@ -94,7 +145,8 @@ class GPTLightningModule(L.LightningModule):
         """AdamW over the parameters that require grad (frozen ones get no state), stepped
         warm-up + cosine; ``lr_decay_steps`` null or <= 0: the trainer's total steps."""
         hp = self.hparams
-        optimizer = build_optimizer(self.model, hp.lr, hp.betas, hp.weight_decay,
+        # every parameter of the module: the network and a task head's own (attention pooling)
+        optimizer = build_optimizer(self, hp.lr, hp.betas, hp.weight_decay,
                                     hp.get("decay_params", "linear"))
         decay_steps = hp.lr_decay_steps
         if decay_steps is None or decay_steps <= 0:

@@ -32,17 +32,20 @@ from heartgpt.model.checkpoints import (
     LoadedModel,
     check_vocab,
     find_weights,
+    head_of,
     load_model,
     load_weights_only,
     require_torch,
     warn_if_synthetic,
 )
+from heartgpt.training.base import plain
 
 log = logging.getLogger(__name__)
 EVAL_METRICS = "eval_metrics.json"
 PREDICTIONS = "eval_predictions.csv"
 BEATS = "eval_beats.csv"
-_CARRIED_HPARAMS = ("pooling",)  # fine-tuning settings a .ckpt knows better than the config
+CONFUSION = "eval_confusion_matrix.csv"
+_CARRIED_HPARAMS = ("head",)  # fine-tuning settings a .ckpt knows better than the config
 
 
 def task_of(cfg: DictConfig) -> str:
@@ -64,10 +67,14 @@ def check_checkpoint(loaded: LoadedModel, cfg: DictConfig) -> None:
         hint = loaded.task if loaded.task in FINETUNED_TASKS else "af or task=beats"
         raise CheckpointError(source, f"has a {outputs}-output fine-tuned head, not the "
                               f"language-model head task=pretrain scores: use task={hint}")
-    if task != "pretrain" and outputs != 1:
+    wanted = cfg.module.get("head", {}).get("outputs", 1)
+    if task != "pretrain" and outputs is None:
         raise CheckpointError(source, f"is a pre-trained language model ({loaded.model.config.n_out}"
-                              f"-way head), not a fine-tuned 1-output {task} model: fine-tune it "
+                              f"-way head), not a fine-tuned {task} model: fine-tune it "
                               f"first (python -m heartgpt.train task={task} module.pretrained=...)")
+    if task != "pretrain" and outputs != wanted:
+        raise CheckpointError(source, f"has a {outputs}-output head but module.head.outputs="
+                              f"{wanted}: give the head it was trained with")
     if task != "pretrain" and loaded.task in FINETUNED_TASKS and loaded.task != task:
         raise CheckpointError(source, f"is a fine-tuned {loaded.task} model: evaluate it with "
                               f"task={loaded.task}, not task={task}")
@@ -84,20 +91,23 @@ def checkpoint_hparams(path: Path) -> dict[str, Any]:
 def pin_checkpoint(cfg: DictConfig) -> LoadedModel:
     """Load and check ``cfg.checkpoint``; pin it in ``cfg`` (absolute path, sha256) and put its
     network config in ``cfg.model`` (so ``data.block_size`` and ``module.model_config`` follow
-    it), and its ``pooling`` in ``cfg.module`` when it is one of our ``.ckpt`` files."""
+    it), and its ``head`` in ``cfg.module`` when it is one of our ``.ckpt`` files."""
     path = find_weights(cfg.checkpoint, cfg.paths.get("weights_dir")).resolve()
     loaded = load_model(path)
     require_torch(loaded, "evaluation")
-    check_checkpoint(loaded, cfg)
     hparams = checkpoint_hparams(path)
+    if hparams.get("head") is not None:  # (a checkpoint from before heads were config: its own)
+        hparams["head"] = head_of(hparams)
+    with open_dict(cfg):
+        for key in _CARRIED_HPARAMS:
+            if key in hparams and key in cfg.module and hparams[key] != plain(cfg.module[key]):
+                log.info("module.%s=%s, as %s was trained", key, hparams[key], path.name)
+                cfg.module[key] = hparams[key]
+    check_checkpoint(loaded, cfg)
     with open_dict(cfg):
         cfg.checkpoint = str(path)
         cfg.checkpoint_sha256 = sha256_file(path)
         cfg.model = OmegaConf.create(loaded.model.config.to_dict())
-        for key in _CARRIED_HPARAMS:
-            if key in hparams and key in cfg.module and hparams[key] != cfg.module[key]:
-                log.info("module.%s=%s, as %s was trained", key, hparams[key], path.name)
-                cfg.module[key] = hparams[key]
     log.info("checkpoint: %s (sha256 %s)", path, cfg.checkpoint_sha256)
     warn_if_synthetic(loaded, log)
     return loaded
@@ -114,7 +124,28 @@ def build_module(cfg: DictConfig, loaded: LoadedModel) -> L.LightningModule:
     module.model.load_state_dict(loaded.model.state_dict(), strict=True)
     if isinstance(module, FinetuneModule):
         module.predictions_file, module.beats_file = PREDICTIONS, BEATS
+        module.confusion_file = CONFUSION
+        load_head_state(module, Path(cfg.checkpoint))
     return module
+
+
+def load_head_state(module: L.LightningModule, path: Path) -> None:
+    """The task head's own state (attention pooling, a regression head's target mean and std)
+    from one of our ``.ckpt`` files: without it the head would score with fresh values."""
+    state = module.task_head.state_dict()
+    if not state:
+        return
+    if path.suffix != ".ckpt":
+        raise CheckpointError(str(path), f"a {module.task_head.kind} head keeps state of its own "
+                              f"({', '.join(state)}) that only our .ckpt files hold")
+    ckpt = load_weights_only(path, path, "a Lightning checkpoint")
+    stored = {k.removeprefix("task_head."): v for k, v in ckpt["state_dict"].items()
+              if k.startswith("task_head.")}
+    missing = sorted(set(state) - set(stored))
+    if missing:
+        raise CheckpointError(str(path), f"has no {', '.join(missing)} for its "
+                              f"{module.task_head.kind} head")
+    module.task_head.load_state_dict(stored, strict=True)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -148,7 +179,7 @@ def eval_report(cfg: DictConfig, logged: dict[str, float], devices: int) -> dict
     out = Path(cfg.paths.output_dir)
     metrics = {k.removeprefix("test/"): float(v) for k, v in logged.items()}
     windows = round(metrics.pop("windows", 0.0))
-    files = {name: (out / name).is_file() for name in (PREDICTIONS, BEATS)}
+    files = {name: (out / name).is_file() for name in (PREDICTIONS, BEATS, CONFUSION)}
     if files[PREDICTIONS]:
         metrics = null_undefined(metrics, read_predictions(out / PREDICTIONS))
     data = cfg.data

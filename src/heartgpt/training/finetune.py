@@ -1,19 +1,16 @@
-"""``FinetuneModule``: fine-tuning :class:`~heartgpt.model.GPT` with a 1-unit head.
+"""``FinetuneModule``: fine-tuning :class:`~heartgpt.model.GPT` for any labelled target.
 
-Two kinds of task, as the paper's fine-tunes:
+The task is ``module.head`` (:mod:`heartgpt.training.heads`): ``classify`` (one label per
+window, K classes; K=1 is binary, the paper's AF screening), ``regress`` (one or several values
+per window, standardised by the training split, predicted in the labels' units) or ``tag``
+(a class or value every ``stride`` tokens; beats are binary tagging at stride 1, with beat-level
+precision/recall/F1 when ``beats`` is set). The GPT keeps its one linear head (``out_features``
+= the head's outputs), so the released AF and beat models load into ``classify`` / ``tag`` as
+they are.
 
-- ``sequence`` (AF screening): one probability per window, from the head at the last position
-  (``pooling: last``, the released AF model) or from the mean over positions
-  (``pooling: mean``, for labels that do not belong to the last position). Metrics: AUROC,
-  average precision, accuracy, F1, sensitivity, specificity.
-- ``token`` (beat detection): a probability at every position. Metrics: per-position AUROC
-  and beat-level precision, recall and F1 (:mod:`heartgpt.inference.beat_metrics`).
-
-The loss is ``BCEWithLogitsLoss`` on the head's logits; the released sigmoid models load as
-they are (their head is the same Linear; the sigmoid is applied at inference). Which layers
-train is up to the freeze callbacks (:mod:`heartgpt.training.callbacks.freeze`): the optimiser takes
-only the parameters that still require grad. Held-out predictions are written to
-``<run dir>/test_predictions.csv`` for cross-validation pooling (:mod:`heartgpt.cv`).
+Which layers train is up to the freeze callbacks (:mod:`heartgpt.training.callbacks.freeze`):
+the optimiser takes only the parameters that still require grad. Held-out predictions are
+written to ``<run dir>/test_predictions.csv`` for cross-validation pooling (:mod:`heartgpt.cv`).
 """
 
 from __future__ import annotations
@@ -24,77 +21,65 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.nn import functional as F
-from torchmetrics import MeanMetric, MetricCollection, SumMetric
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
-    BinaryAveragePrecision,
-    BinaryF1Score,
-    BinaryRecall,
-    BinarySpecificity,
-)
+from torchmetrics import MeanMetric, SumMetric
 
+from heartgpt.data.labels import LabelSchema
+from heartgpt.data.shards import ShardError
 from heartgpt.data.tokenizer import get_modality
+from heartgpt.errors import InputError
 from heartgpt.files import atomic_path
 from heartgpt.inference.beat_metrics import BeatDetectionScores, beat_rows
 from heartgpt.model import GPT, GPTConfig
 from heartgpt.model.lora import add_lora
 from heartgpt.training.base import GPTLightningModule, plain
+from heartgpt.training.heads import RegressionObjective, build_head
 
 STAGES = ("train", "val", "test")
 PREDICTIONS = "test_predictions.csv"  # in the run dir: every tested window's prediction
-HEADS = ("sequence", "token")  # one output per window | one per position
-POOLINGS = ("last", "mean")
-
-
-def _sequence_metrics() -> MetricCollection:
-    return MetricCollection({
-        "auroc": BinaryAUROC(), "ap": BinaryAveragePrecision(), "acc": BinaryAccuracy(),
-        "f1": BinaryF1Score(), "sensitivity": BinaryRecall(), "specificity": BinarySpecificity(),
-    })
+CONFUSION = "test_confusion_matrix.csv"  # multiclass heads: rows true class, columns predicted
 
 
 class FinetuneModule(GPTLightningModule):
-    """Binary fine-tuning of a (pre-trained) GPT: sequence labels or per-token targets.
+    """Fine-tuning of a (pre-trained) GPT for the target ``head`` describes.
 
     Args:
-        model_config: :class:`GPTConfig` fields; ``out_features`` is forced to 1.
+        model_config: :class:`GPTConfig` fields; ``out_features`` is set by the head.
         modality: 'ecg' | 'ppg'; must agree with the vocab size and with ``pretrained``.
-        task: a name for the checkpoint ('af', 'beats', ...).
-        head: 'sequence' (one output per window, for a label per window) or 'token' (one per
-            position, for a target per position).
-        pooling: sequence tasks: 'last' position (the paper) or 'mean' over positions.
+        task: a name for the checkpoint ('af', 'beats', 'rhythm', ...).
+        head: ``{kind: classify|regress|tag, outputs, pooling, stride, target, loss, ...}``
+            (:func:`heartgpt.training.heads.build_head`).
         pretrained: weights to start from (released ``.zip``/``.pth``, our ``.ckpt`` or
-            ``.safetensors``); None trains from scratch. Loaded when fitting starts.
+            ``.safetensors``); None trains from scratch. Loaded when any stage starts.
         decay_params: 'linear' | 'all': which parameters ``weight_decay`` applies to.
         lr, betas, weight_decay, warmup_steps, lr_decay_steps, min_lr_ratio: AdamW and its
             warm-up + cosine schedule (:mod:`heartgpt.training.optim`).
-        pos_weight: BCE weight of positive examples (beats are sparse); None: 1.
-        beat_tolerance_ms: a detected beat matches an annotated one within this (token tasks).
-        peak_height, peak_distance_ms, peak_max_width_ms: ``find_peaks`` settings for detected
-            beats (``peak_max_width_ms`` None: no width limit).
+        beats: binary tagging at stride 1 only: ``{tolerance_ms, peak_height,
+            peak_distance_ms, peak_max_width_ms}``, beat-level metrics of peaks found in the
+            per-position probability (``peak_max_width_ms`` None: no width limit); None: none.
         seed: base of the per-batch dropout seeds.
         compile: ``torch.compile`` the network.
         lora: ``{rank, alpha, dropout, targets}``: LoRA adapters on those layers of every block
             (:func:`heartgpt.model.lora.add_lora`; config group ``finetune=lora``); they train
             whatever the freeze strategy. None: no adapters.
 
-    Testing writes ``predictions_file`` (every window's probability, or beat count and mean
-    probability) into the run directory and, for token heads when ``beats_file`` is set, one row
-    per detected and per annotated beat (:func:`heartgpt.inference.beat_metrics.beat_rows`).
+    The data must hold what the head predicts: :meth:`setup` checks the DataModule's
+    :class:`~heartgpt.data.labels.LabelSchema` and, for value targets, takes the training
+    split's mean and std (stored in the checkpoint). Testing writes ``predictions_file`` (every
+    window's prediction) into the run directory and, for beat tagging when ``beats_file`` is
+    set, one row per detected and per annotated beat
+    (:func:`heartgpt.inference.beat_metrics.beat_rows`).
     """
 
     predictions_file: str = PREDICTIONS
     beats_file: str | None = None
+    confusion_file: str = CONFUSION
 
     def __init__(
         self,
         model_config: Mapping[str, Any],
         modality: str,
         task: str,
-        head: str,
-        pooling: str,
+        head: Mapping[str, Any],
         pretrained: str | None,
         lr: float,
         betas: Sequence[float],
@@ -102,22 +87,17 @@ class FinetuneModule(GPTLightningModule):
         warmup_steps: int,
         lr_decay_steps: int | None,
         min_lr_ratio: float,
-        pos_weight: float | None,
-        beat_tolerance_ms: float,
-        peak_height: float,
-        peak_distance_ms: float,
-        peak_max_width_ms: float | None,
         seed: int,
+        beats: Mapping[str, Any] | None,
         compile: bool = False,
         decay_params: str = "linear",
         lora: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if head not in HEADS:
-            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
-        if pooling not in POOLINGS:
-            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
-        model_config = {**GPTConfig.from_dict(plain(model_config)).to_dict(), "out_features": 1}
+        head, beats = plain(head), plain(beats)
+        model_config = GPTConfig.from_dict(plain(model_config)).to_dict()
+        task_head = build_head(head, model_config["n_embd"])
+        model_config["out_features"] = task_head.objective.n_out
         betas = [float(b) for b in plain(betas)]
         modality = get_modality(modality).name
         pretrained = str(pretrained) if pretrained is not None else None
@@ -130,15 +110,13 @@ class FinetuneModule(GPTLightningModule):
         self.model = GPT(config)
         if lora:  # before any weights load: pretrained ones leave the adapters at zero
             add_lora(self.model, **plain(lora))
-        rate = get_modality(modality).sample_rate
-        self.register_buffer("pos_weight", torch.tensor(float(pos_weight or 1.0)),
-                             persistent=False)
+        self.task_head = task_head
+        self.label_names: tuple[str, ...] = ("label",)  # the DataModule's, at setup
+        self.class_names: tuple[str, ...] | None = None
+        beat_scores = self._beat_scores(beats, get_modality(modality).sample_rate)
 
         # One attribute per stage (torchmetrics' convention: a ModuleDict key 'train' would
         # shadow nn.Module.train).
-        rate_tol = round(beat_tolerance_ms * rate / 1000)
-        distance = max(1, round(peak_distance_ms * rate / 1000))
-        max_width = None if peak_max_width_ms is None else round(peak_max_width_ms * rate / 1000)
         for stage in STAGES:
             # evaluation sums in float64, over windows each computed in the same batch on any
             # number of devices (heartgpt.data.EvalSampler): 1 and N processes agree exactly
@@ -146,68 +124,118 @@ class FinetuneModule(GPTLightningModule):
             setattr(self, f"{stage}_loss", loss)
             if stage != "train":
                 setattr(self, f"{stage}_windows", SumMetric())
-            if head == "sequence":
-                setattr(self, f"{stage}_metrics", _sequence_metrics())
-            else:
-                # binned AUROC: memory stays bounded over every position of the set
-                setattr(self, f"{stage}_metrics", MetricCollection({"auroc": BinaryAUROC(thresholds=200)}))
-                if stage != "train":  # peak finding per window: evaluation only
-                    setattr(self, f"{stage}_beats", BeatDetectionScores(
-                        tolerance=rate_tol, height=peak_height, distance=distance,
-                        max_width=max_width))
+            setattr(self, f"{stage}_metrics", task_head.objective.metrics(task_head.level))
+            if stage != "train" and beat_scores is not None:  # peak finding: evaluation only
+                setattr(self, f"{stage}_beats", beat_scores())
         self._test_rows: list[dict[str, Any]] = []
         self._test_beats: list[dict[str, Any]] = []
+
+    def _beat_scores(self, beats: Mapping[str, Any] | None, rate: float):
+        """A factory of :class:`BeatDetectionScores` (None: this head has no beat metrics)."""
+        if beats is None:
+            return None
+        head = self.task_head
+        if head.kind != "tag" or head.objective.name != "binary" or head.reduction.stride != 1:
+            raise ValueError("module.beats: beat metrics need binary tagging at every position "
+                             "(head.kind=tag, outputs=1, stride=1)")
+        samples = {k: v * rate / 1000 for k, v in beats.items()
+                   if k.endswith("_ms") and v is not None}
+        unknown = set(beats) - {"tolerance_ms", "peak_height", "peak_distance_ms", "peak_max_width_ms"}
+        if unknown:
+            raise ValueError(f"module.beats: unknown key(s) {sorted(unknown)}")
+        max_width = samples.get("peak_max_width_ms")
+        return lambda: BeatDetectionScores(
+            tolerance=round(samples["tolerance_ms"]), height=float(beats["peak_height"]),
+            distance=max(1, round(samples["peak_distance_ms"])),
+            max_width=None if max_width is None else round(max_width))
 
     def initial_weights(self) -> str | None:
         return self.hparams.pretrained
 
+    # ----------------------------------------------------------------------------- data
+
+    def setup(self, stage: str) -> None:
+        """Check the data against the head and, for value targets, standardise them by the
+        training split (once: a resumed or loaded checkpoint brings its own)."""
+        first = not self._prepared
+        super().setup(stage)
+        datamodule = getattr(self.trainer, "datamodule", None) if self._trainer else None
+        if not first or datamodule is None or not hasattr(datamodule, "label_schema"):
+            return
+        schema: LabelSchema | None = datamodule.label_schema
+        where = getattr(datamodule, "shard_dir", "the data")
+        if datamodule.label_kind != self.task_head.label_kind:
+            raise ShardError(f"{where}: data.label_kind={datamodule.label_kind} but a "
+                             f"{self.task_head.kind} head needs {self.task_head.label_kind}")
+        why = self.task_head.check_labels(schema)
+        if why:
+            raise ShardError(f"{where}: the {self.hparams.task} head cannot train on these "
+                             f"shards: {why}")
+        self.label_names, self.class_names = schema.names, schema.classes
+        objective = self.task_head.objective
+        if stage == "fit" and isinstance(objective, RegressionObjective) \
+                and not bool(objective.standardised):
+            objective.set_statistics(*datamodule.label_statistics())
+
+    def _check_standardised(self) -> None:
+        objective = self.task_head.objective
+        if isinstance(objective, RegressionObjective) and not bool(objective.standardised):
+            raise InputError(
+                self.hparams.pretrained or "module.pretrained",
+                "this regression head has no target statistics (the mean and std of its "
+                "training labels, which a fine-tuned .ckpt stores): its outputs are in no "
+                "known units; evaluate a checkpoint of a regression fine-tune")
+
+    def on_validation_start(self) -> None:
+        self._check_standardised()
+
+    def on_test_start(self) -> None:
+        self._check_standardised()
+
     # ----------------------------------------------------------------------------- steps
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Logits: (B,) for sequence tasks, (B, T) for token tasks."""
-        logits = self.model(tokens)[..., 0].float()  # (B, T)
-        if self.hparams.head == "token":
-            return logits
-        if self.hparams.pooling == "mean":
-            return logits.mean(dim=1)  # the head is linear: mean of logits = head(mean hidden)
-        return logits[:, -1]  # (B,)
+        """The head's raw outputs: (B, n_out) per window or (B, P, n_out) per position
+        (logits, or standardised values); :meth:`predict` gives what a user reads."""
+        hidden = self.model.hidden(tokens)  # (B, T, C)
+        return self.task_head(self.model.head(hidden), hidden)
+
+    def predict(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Probabilities (binary: (B,) or (B, P); K classes: (..., K)) or values in the
+        labels' units (..., L)."""
+        return self.task_head.objective.predict(self(tokens))
 
     def _step(self, batch: dict[str, Any], stage: str) -> torch.Tensor:
-        key = "label" if self.hparams.head == "sequence" else "targets"
-        target = batch[key].float()  # (B,) or (B, T)
-        logits = self(batch["tokens"])
-        loss = F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
-        probs = torch.sigmoid(logits.detach())
-        getattr(self, f"{stage}_metrics").update(probs.flatten(), target.flatten().long())
+        target = batch[self.task_head.batch_key]  # (B,), (B, L) or (B, P)
+        outputs = self(batch["tokens"])
+        objective = self.task_head.objective
+        loss = objective.loss(outputs, target)
+        objective.update(getattr(self, f"{stage}_metrics"), outputs, target)
         if stage == "train":
             self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True)
-        else:
-            stage_loss = getattr(self, f"{stage}_loss")
-            stage_loss.update(loss.detach(), weight=target.numel())
-            self.log(f"{stage}/loss", stage_loss, on_epoch=True, prog_bar=True)
-            windows = getattr(self, f"{stage}_windows")
-            windows.update(float(target.shape[0]))
-            self.log(f"{stage}/windows", windows, on_epoch=True)
-            if self.hparams.head == "token":
-                getattr(self, f"{stage}_beats").update(probs, target)
+            return loss
+        stage_loss = getattr(self, f"{stage}_loss")
+        stage_loss.update(loss.detach(), weight=target.numel())
+        self.log(f"{stage}/loss", stage_loss, on_epoch=True, prog_bar=True)
+        windows = getattr(self, f"{stage}_windows")
+        windows.update(float(target.shape[0]))
+        self.log(f"{stage}/windows", windows, on_epoch=True)
+        predictions = objective.predict(outputs.detach())
+        if hasattr(self, f"{stage}_beats"):
+            getattr(self, f"{stage}_beats").update(predictions, target)
         if stage == "test":
-            self._record(batch, probs, target)
+            self._record(batch, predictions, target)
         return loss
 
-    def _record(self, batch: dict[str, Any], probs: torch.Tensor, target: torch.Tensor) -> None:
-        rows = batch["row"].tolist()
-        for i, (row, subject) in enumerate(zip(rows, batch["subject"], strict=True)):
-            if self.hparams.head == "sequence":
-                self._test_rows.append({"row": row, "subject": subject,
-                                        "label": int(target[i].item()),
-                                        "prob": float(probs[i].item())})
-                continue
+    def _record(self, batch: dict[str, Any], predictions: torch.Tensor, target: torch.Tensor) -> None:
+        objective = self.task_head.objective
+        beats = self.beats_file and hasattr(self, "test_beats")
+        for i, (row, subject) in enumerate(zip(batch["row"].tolist(), batch["subject"], strict=True)):
             self._test_rows.append({"row": row, "subject": subject,
-                                    "positives": int(target[i].sum().item()),
-                                    "mean_prob": float(probs[i].mean().item())})
-            if self.beats_file:
+                                    **objective.record(predictions[i], target[i], self.label_names)})
+            if beats:
                 scores = self.test_beats
-                found = beat_rows(probs[i].float().cpu().numpy(), target[i].cpu().numpy(),
+                found = beat_rows(predictions[i].float().cpu().numpy(), target[i].cpu().numpy(),
                                   scores.peak_finder, scores.tolerance)
                 self._test_beats.extend({"row": row, "subject": subject, **b} for b in found)
 
@@ -219,9 +247,13 @@ class FinetuneModule(GPTLightningModule):
 
     def _log_epoch(self, stage: str) -> None:
         metrics = getattr(self, f"{stage}_metrics")
-        self.log_dict({f"{stage}/{k}": v for k, v in metrics.compute().items()})
+        computed = metrics.compute()
+        scalars = self.task_head.objective.scalars(computed, self.label_names)
+        self.log_dict({f"{stage}/{k}": v for k, v in scalars.items()})
+        if stage == "test" and "confusion" in computed:
+            self._write_confusion(computed["confusion"])
         metrics.reset()
-        if stage != "train" and self.hparams.head == "token":
+        if hasattr(self, f"{stage}_beats"):
             beats = getattr(self, f"{stage}_beats")
             self.log_dict({f"{stage}/beat_{k}": v for k, v in beats.compute().items()})
             beats.reset()
@@ -238,8 +270,21 @@ class FinetuneModule(GPTLightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_epoch("test")
         self._write_rows(self._test_rows, self.predictions_file, ("row",))
-        if self.beats_file and self.hparams.head == "token":
+        if self.beats_file and hasattr(self, "test_beats"):
             self._write_rows(self._test_beats, self.beats_file, ("row", "position", "kind"))
+
+    def _write_confusion(self, confusion: torch.Tensor) -> None:
+        """``<run dir>/<confusion_file>``: counts, rows the true class, columns the predicted
+        one (synced over ranks by the metric), written by rank 0."""
+        if not self.trainer.is_global_zero:
+            return
+        names = list(self.class_names or range(confusion.shape[0]))
+        path = Path(self.trainer.default_root_dir) / self.confusion_file
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["true \\ predicted", *names])
+            for name, counts in zip(names, confusion.tolist(), strict=True):
+                writer.writerow([name, *counts])
 
     def _write_rows(self, rows: list[dict[str, Any]], name: str, order: tuple[str, ...]) -> None:
         """``<run dir>/<name>``: the rows of every rank (each window once, see

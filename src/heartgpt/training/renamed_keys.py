@@ -1,9 +1,10 @@
-"""Config keys renamed in heartgpt 0.2, and the one-line error an old key gives.
+"""Config keys renamed in heartgpt 0.2 and 0.3, and the one-line error an old key gives.
 
-0.1 used "task" for six things; now the ``task`` group picks the job (pretrain | af | beats),
-its LightningModule is configured under ``module``, ``module.head`` says what the network
-outputs (one value per window or per position), ``label_kind`` what a shard set holds and
-``run_name`` names the run folder. An old key anywhere -- a command-line override or a
+0.1 used "task" for six things; now the ``task`` group picks the job (pretrain | af | beats |
+classify | regress | tag), its LightningModule is configured under ``module``, ``module.head``
+says what the network predicts (0.3: a mapping, with the pooling and BCE weight that were
+``module.*`` before; beat metrics under ``module.beats``), ``label_kind`` what a shard set holds
+and ``run_name`` names the run folder. An old key anywhere -- a command-line override or a
 config file -- stops the run before anything happens, naming the new key.
 """
 
@@ -22,6 +23,13 @@ TRAIN_RENAMES: tuple[tuple[str, str], ...] = (
     ("data.task_type", "data.label_kind"),
     ("data.batch_size", "data.global_batch_size"),  # per process before; now over all of them
     ("task.", "module."),  # task=<name> still picks the task; its settings moved to module.*
+    # heartgpt 0.3: the head is config (module.head.*), beat metrics under module.beats
+    ("module.pooling", "module.head.pooling"),
+    ("module.pos_weight", "module.head.pos_weight"),
+    ("module.beat_tolerance_ms", "module.beats.tolerance_ms"),
+    ("module.peak_height", "module.beats.peak_height"),
+    ("module.peak_distance_ms", "module.beats.peak_distance_ms"),
+    ("module.peak_max_width_ms", "module.beats.peak_max_width_ms"),
 )
 PREPARE_RENAMES: tuple[tuple[str, str], ...] = (("task_type", "label_kind"),)
 _PREPARE_VALUES = {"pretrain": "unlabelled"}  # task_type=pretrain is label_kind=unlabelled
@@ -54,7 +62,8 @@ def _message(key: str, new: str, value: str | None = None) -> str:
     if value is not None and value in _PREPARE_VALUES:
         return (f"config key {key!r} was renamed {new!r} in heartgpt 0.2: use "
                 f"{new}={_PREPARE_VALUES[value]}")
-    return f"config key {key!r} was renamed {new!r} in heartgpt 0.2: use {new} instead"
+    version = "0.3" if new.startswith(("module.head.", "module.beats.")) else "0.2"
+    return f"config key {key!r} was renamed {new!r} in heartgpt {version}: use {new} instead"
 
 
 def check_overrides(overrides: Iterable[str], renames: Iterable[tuple[str, str]]) -> None:

@@ -6,6 +6,8 @@
   read ``hydra.sweep.dir`` (and through it ``paths.log_dir``) before any job starts.
 - ``${latest_ckpt:<dir>[,<command>]}``: the ``last.ckpt`` of the newest *finished* run under
   ``<dir>`` (what a fine-tune starts from), see :func:`latest_checkpoint`.
+- ``${tokens:<seconds>,<rate>}``: how many tokens ``seconds`` of signal at ``rate`` Hz are
+  (``${tokens:2.0,${modality.sample_rate}}``: 200 for ECG, 100 for PPG); an error unless whole.
 - ``${file_name:<path>}``: a file name without its folder (``predict``'s default ``out_dir``
   names the checkpoint file it used: ``x.zip`` and its export ``x.onnx`` get separate folders).
 """
@@ -65,10 +67,19 @@ def file_name(path: str) -> str:
     return Path(str(path)).name
 
 
+def tokens(seconds: float, rate: float) -> int:
+    """``${tokens:<seconds>,<rate>}``: ``seconds * rate`` as a whole number of tokens."""
+    count = float(seconds) * float(rate)
+    if count < 1 or abs(count - round(count)) > 1e-9:
+        raise ValueError(f"${{tokens:{seconds},{rate}}}: {seconds} s at {rate} Hz is {count:g} "
+                         "tokens, not a whole number >= 1")
+    return round(count)
+
+
 def register_resolvers() -> None:
     """Register the resolvers above (idempotent)."""
     for name, fn in (("cwd", launch_dir), ("latest_ckpt", latest_checkpoint),
-                     ("file_name", file_name)):
+                     ("file_name", file_name), ("tokens", tokens)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 
