@@ -120,6 +120,12 @@ def test_three_rhythm_classes_train_with_multiclass_metrics(data_dir, tmp_path):
                        "module.head.outputs=3", f"data.shard_dir={shards}")
     assert report["metrics"]["auroc"] == pytest.approx(metrics["test/auroc"], abs=1e-6)
     assert "eval_confusion_matrix.csv" in report["files"]
+    with open(tmp_path / "eval" / "eval_predictions.csv", newline="") as f:
+        scored = {r["row"]: r for r in csv.DictReader(f)}
+    for r in rows:  # the same probabilities, window by window: the trained scorer, not a fresh one
+        for k in range(3):
+            assert float(scored[r["row"]][f"prob_{k}"]) == pytest.approx(float(r[f"prob_{k}"]),
+                                                                       abs=2e-6)
 
 
 def test_heart_rate_every_two_seconds_is_tagging_at_a_stride(data_dir, tmp_path):
