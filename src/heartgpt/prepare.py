@@ -97,8 +97,6 @@ def _labels(cfg: DictConfig) -> tuple[dict, LabelSchema | None]:
         return {}, None
     columns = list(cfg.label_columns) if cfg.label_columns else None
     classes = [str(c) for c in cfg.classes] if cfg.classes else None
-    if cfg.label_kind == "sequence" and columns is None:
-        columns = None  # the CSV's `label` column, if it has one
     try:
         labels, schema = read_labels_csv(cfg.labels_csv, columns, cfg.label_type, classes)
     except LabelsError as e:

@@ -298,6 +298,12 @@ class RegressionObjective(Objective):
     def predict(self, outputs: torch.Tensor) -> torch.Tensor:
         return outputs.float() * self.std + self.mean  # (..., L) in the labels' units
 
+    def check_schema(self, schema: LabelSchema) -> str | None:
+        why = super().check_schema(schema)
+        if why is None and schema.width != self.n_out:
+            return f"the head predicts {self.n_out} values"
+        return why
+
     def metrics(self, level: str) -> MetricCollection:
         def per_target(metric: Any) -> MultioutputWrapper:
             return MultioutputWrapper(metric, self.n_out, remove_nans=True)
@@ -360,9 +366,6 @@ class TaskHead(nn.Module):
         if schema is None:
             return "the shards hold no labels"
         why = self.objective.check_schema(schema)
-        if why is None and isinstance(self.objective, RegressionObjective) and \
-                schema.width != self.objective.n_out:
-            why = f"the head predicts {self.objective.n_out} values"
         if why is None and self.level == "position" and schema.stride != self.reduction.stride:
             why = f"the head tags every {self.reduction.stride} tokens"
         if why is None and self.level == "sequence" and schema.stride != 1:
