@@ -26,13 +26,13 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from heartgpt.files import sha256_file, write_json_atomic
+from heartgpt.heads.legacy import head_of
 from heartgpt.model.checkpoints import (
     FINETUNED_TASKS,
     CheckpointError,
     LoadedModel,
     check_vocab,
     find_weights,
-    head_of,
     load_model,
     load_weights_only,
     require_torch,

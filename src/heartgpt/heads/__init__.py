@@ -1,0 +1,1 @@
+"""Task heads: what a fine-tune predicts from the GPT's outputs and how it is scored."""
