@@ -4,7 +4,7 @@ Written from the description in ``shared/reference/README.md`` (no upstream code
 module per attention head in a Python loop, a stored ``tril`` mask, a materialised masked
 T x T softmax scaled by ``n_embd ** -0.5``, dropout on the attention weights, after the
 projection and after the MLP. Its state dict has the released key layout, so the released
-``.pth`` files load into it unchanged and :func:`heartgpt.model.checkpoints.to_released_state_dict`
+``.pth`` files load into it unchanged and :func:`heartgpt.model.released.to_released_state_dict`
 gives it the same weights as one of our models.
 """
 

@@ -39,7 +39,7 @@ from bench.common import (
 )
 from heartgpt.inference.generation import generate_tokens
 from heartgpt.model import GPT, GPTConfig, KVCache, default_stride
-from heartgpt.model.checkpoints import to_released_state_dict
+from heartgpt.model.released import to_released_state_dict
 
 PAPER = dict(vocab_size=102, block_size=500, n_embd=64, n_head=8, n_layer=8, dropout=0.2,
              attn_scale=64**-0.5)

@@ -27,7 +27,7 @@ import torch
 from bench.common import interleave, metric, parser, round_ratios, section, threads_for
 from heartgpt.data.demo import draw_subjects, synthesize
 from heartgpt.model import GPT, GPTConfig
-from heartgpt.model.checkpoints import save_safetensors
+from heartgpt.model.safetensors_file import save_safetensors
 
 PAPER = dict(block_size=500, n_embd=64, n_head=8, n_layer=8, dropout=0.0)
 TINY = dict(block_size=64, n_embd=32, n_head=4, n_layer=2, dropout=0.0)

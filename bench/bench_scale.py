@@ -36,7 +36,8 @@ BATCH, WORKERS, WARM_BATCHES, TIMED_BATCHES = 64, 2, 20, 100
 
 def write_rows(out: Path, n: int, segment: int) -> float:
     """``n`` synthetic rows of ``segment`` tokens; returns the seconds it took."""
-    from heartgpt.data.shards import ShardMeta, ShardWriter
+    from heartgpt.data.shard_writer import ShardWriter
+    from heartgpt.data.shards import ShardMeta
 
     meta = ShardMeta(modality="ecg", sample_rate=100.0, vocab_size=101, segment_length=segment,
                      label_kind="unlabelled", source="SYNTHETIC bench_scale rows", synthetic=True)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from bench.baseline import ReleasedGPT
 from bench.common import interleave, metric, parser, round_ratios, section, spread, threads_for
 from heartgpt.model import GPT, GPTConfig
-from heartgpt.model.checkpoints import to_released_state_dict
+from heartgpt.model.released import to_released_state_dict
 
 PAPER = dict(vocab_size=101, block_size=500, n_embd=64, n_head=8, n_layer=8, dropout=0.2,
              attn_scale=64**-0.5)

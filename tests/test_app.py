@@ -53,7 +53,8 @@ from heartgpt.inference.interpretability import (
     homonyms,
     trace_signal,
 )
-from heartgpt.model.checkpoints import WEIGHTS_ENV, load_model, save_safetensors
+from heartgpt.model.checkpoints import WEIGHTS_ENV, load_model
+from heartgpt.model.safetensors_file import save_safetensors
 from tiny import tiny_gpt
 
 CHROMIUM = Path(os.environ.get("HEARTGPT_CHROMIUM", "/usr/bin/chromium"))

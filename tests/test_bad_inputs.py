@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from heartgpt.data.demo import NATIVE_RATE, draw_subjects, synthesize
 from heartgpt.data.tokenizer import resample
-from heartgpt.model.checkpoints import SAFETENSORS_FORMAT, save_safetensors
+from heartgpt.model.safetensors_file import SAFETENSORS_FORMAT, save_safetensors
 from tiny import tiny_gpt
 from training_helpers import TINY_MODEL
 
@@ -407,8 +407,9 @@ def test_a_safetensors_config_that_disagrees_with_its_tensors_allocates_nothing(
                                                                                monkeypatch):
     """Within the size limits but not what the tensors hold (n_embd 4096 x 64 layers: ~50 GB):
     refused after a model on the meta device only."""
-    import heartgpt.model.checkpoints as checkpoints
-    from heartgpt.model.checkpoints import CheckpointError, load_safetensors
+    import heartgpt.model.checkpoint_format as checkpoints
+    from heartgpt.model.checkpoint_format import CheckpointError
+    from heartgpt.model.safetensors_file import load_safetensors
 
     built: list[str] = []
 

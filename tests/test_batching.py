@@ -1,12 +1,13 @@
-"""The global batch (``heartgpt.training.batching``): per-process micro batch and gradient
-accumulation follow from ``data.global_batch_size``, ``data.micro_batch_size`` and the world size."""
+"""The global batch (``heartgpt.batching``; ``heartgpt.training.batching`` applies it): per-process
+micro batch and gradient accumulation follow from ``data.global_batch_size``,
+``data.micro_batch_size`` and the world size."""
 
 from __future__ import annotations
 
 import pytest
 
+from heartgpt.batching import BatchPlan, plan_batches
 from heartgpt.errors import ConfigError
-from heartgpt.training.batching import BatchPlan, plan_batches
 from heartgpt.training.renamed_keys import TRAIN_RENAMES, RenamedKeyError, check_overrides
 
 

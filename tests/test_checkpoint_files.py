@@ -11,7 +11,8 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from heartgpt.model.checkpoints import CheckpointError, load_model
+from heartgpt.model.checkpoint_format import CheckpointError
+from heartgpt.model.checkpoints import load_model
 from heartgpt.training.checkpoint_io import SafeCheckpointIO
 from training_helpers import compose_train
 

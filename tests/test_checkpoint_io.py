@@ -8,12 +8,9 @@ import pytest
 import torch
 
 from heartgpt.model import GPT, GPTConfig
-from heartgpt.model.checkpoints import (
-    CheckpointError,
-    init_from_pretrained,
-    load_model,
-    save_safetensors,
-)
+from heartgpt.model.checkpoint_format import CheckpointError
+from heartgpt.model.checkpoints import init_from_pretrained, load_model
+from heartgpt.model.safetensors_file import save_safetensors
 
 
 def test_missing_file(tmp_path):
@@ -73,7 +70,7 @@ def test_safetensors_round_trip_tiny(tmp_path):
 
 @pytest.mark.parametrize("out_features", [None, 1])
 def test_released_layout_round_trip(tmp_path, out_features):
-    from heartgpt.model.checkpoints import to_released_state_dict
+    from heartgpt.model.released import to_released_state_dict
 
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=102, block_size=24, n_embd=16, n_head=4, n_layer=2,
@@ -88,7 +85,7 @@ def test_released_layout_round_trip(tmp_path, out_features):
 
 
 def test_released_layout_refuses_other_scale():
-    from heartgpt.model.checkpoints import to_released_state_dict
+    from heartgpt.model.released import to_released_state_dict
 
     with pytest.raises(ValueError, match="scales attention"):
         to_released_state_dict(GPT(GPTConfig(n_layer=1, attn_scale=None)))

@@ -9,13 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from heartgpt.model.checkpoints import (
-    CheckpointError,
-    check_vocab,
-    load_model,
-    load_released,
-    save_safetensors,
-)
+from heartgpt.model.checkpoint_format import CheckpointError
+from heartgpt.model.checkpoints import check_vocab, load_model
+from heartgpt.model.released import load_released
+from heartgpt.model.safetensors_file import save_safetensors
 
 pytestmark = pytest.mark.shared
 
@@ -110,7 +107,7 @@ def test_vocab_mismatch_is_reported(released):
 
 
 def test_export_to_released_layout_is_lossless(weights_dir, released):
-    from heartgpt.model.checkpoints import _read_state_dict, to_released_state_dict
+    from heartgpt.model.released import _read_state_dict, to_released_state_dict
 
     original = _read_state_dict(weights_dir / "PPGPT_AF_1k_iters.zip")
     exported = to_released_state_dict(released["PPGPT_AF_1k_iters"].model)
@@ -122,7 +119,8 @@ def test_export_to_released_layout_is_lossless(weights_dir, released):
 def test_a_model_of_the_synthetic_demo_says_so_when_loaded(tmp_path, caplog):
     import logging
 
-    from heartgpt.model.checkpoints import load_safetensors, save_safetensors, warn_if_synthetic
+    from heartgpt.model.checkpoint_format import warn_if_synthetic
+    from heartgpt.model.safetensors_file import load_safetensors, save_safetensors
     from tiny import tiny_gpt
 
     log = logging.getLogger("test")

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from heartgpt import detect_beats, generate, interpret, screen_af
-from heartgpt.model.checkpoints import WEIGHTS_ENV, save_safetensors
+from heartgpt.model.checkpoints import WEIGHTS_ENV
+from heartgpt.model.safetensors_file import save_safetensors
 from tiny import tiny_gpt
 
 

@@ -20,7 +20,7 @@ from heartgpt.data import (
     num_folds,
     split_subjects,
 )
-from heartgpt.data.datamodules import WindowSampler
+from heartgpt.data.samplers import WindowSampler
 from heartgpt.data.shards import read_shards
 
 S = 40  # tokens per segment

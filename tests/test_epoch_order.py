@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from heartgpt.data.datamodules import EvalSampler, ResumableDataLoader, WindowSampler
 from heartgpt.data.epoch_order import BlockShuffle, RowRanges, SeededPermutation
 from heartgpt.data.row_index import RowIndex
+from heartgpt.data.samplers import EvalSampler, ResumableDataLoader, WindowSampler
 from heartgpt.data.splits import split_codes
 
 SEGMENT, WINDOW = 64, 17
@@ -141,7 +141,8 @@ def test_split_codes_scale_to_millions_of_subjects():
 def test_datamodule_ranks_cover_the_split_once(tmp_path):
     """Through the DataModule (rank from the trainer), 2 ranks x 2 workers."""
     from heartgpt.data import PretrainDataModule
-    from heartgpt.data.shards import ShardMeta, ShardWriter
+    from heartgpt.data.shard_writer import ShardWriter
+    from heartgpt.data.shards import ShardMeta
 
     meta = ShardMeta(modality="ecg", sample_rate=100.0, vocab_size=101, segment_length=SEGMENT,
                      label_kind="unlabelled", source="unit test")
@@ -176,8 +177,9 @@ def test_block_shuffle_visits_every_key_once_and_reads_few_blocks_at_a_time():
 
 
 def test_a_reader_keeps_at_most_max_open_shards_open(tmp_path, monkeypatch):
-    from heartgpt.data.datamodules import ShardRows
-    from heartgpt.data.shards import ShardMeta, ShardWriter, validate_shard_dir
+    from heartgpt.data.shard_writer import ShardWriter
+    from heartgpt.data.shards import ShardMeta, validate_shard_dir
+    from heartgpt.data.windows import ShardRows
 
     meta = ShardMeta(modality="ecg", sample_rate=100.0, vocab_size=101, segment_length=8,
                      label_kind="unlabelled", source="unit test")
@@ -199,7 +201,8 @@ def test_setup_stats_the_shards_and_a_reader_checks_each_on_first_open(tmp_path)
     import h5py
 
     from heartgpt.data import FinetuneDataModule
-    from heartgpt.data.shards import ShardError, ShardMeta, ShardWriter, sha256_file
+    from heartgpt.data.shard_writer import ShardWriter
+    from heartgpt.data.shards import ShardError, ShardMeta, sha256_file
 
     meta = ShardMeta(modality="ecg", sample_rate=100.0, vocab_size=101, segment_length=8,
                      label_kind="sequence", source="unit test")
@@ -227,7 +230,8 @@ def test_a_set_written_before_the_row_index_still_loads(tmp_path):
 
     from heartgpt.data import FinetuneDataModule
     from heartgpt.data.row_index import INDEX_FILES
-    from heartgpt.data.shards import ShardMeta, ShardWriter, read_manifest
+    from heartgpt.data.shard_writer import ShardWriter
+    from heartgpt.data.shards import ShardMeta, read_manifest
 
     meta = ShardMeta(modality="ecg", sample_rate=100.0, vocab_size=101, segment_length=8,
                      label_kind="sequence", source="unit test")

@@ -17,14 +17,19 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from torch.nn import functional as F
 
-from heartgpt.data.datamodules import EvalSampler
 from heartgpt.data.demo import build_demo
+from heartgpt.data.samplers import EvalSampler
 from heartgpt.data.shards import read_shards
 from heartgpt.model import GPT, GPTConfig
-from heartgpt.model.checkpoints import CheckpointError, load_model, save_safetensors
+from heartgpt.model.checkpoint_format import CheckpointError
+from heartgpt.model.checkpoints import load_model
+from heartgpt.model.safetensors_file import save_safetensors
 from heartgpt.prepare import prepare
-from heartgpt.train import train
-from heartgpt.training.evaluation import BEATS, EVAL_METRICS, PREDICTIONS, evaluate
+from heartgpt.training.evaluation import evaluate
+from heartgpt.training.result_files import EVAL_BEATS as BEATS
+from heartgpt.training.result_files import EVAL_METRICS
+from heartgpt.training.result_files import EVAL_PREDICTIONS as PREDICTIONS
+from heartgpt.training.run import train
 from training_helpers import CONF_DIR, compose_eval, compose_train, read_metrics_csv, run_module
 
 ECGPT = "ECGPT_560k_iters.zip"

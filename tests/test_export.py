@@ -21,21 +21,11 @@ from heartgpt.data.tokenizer import tokenize_window
 from heartgpt.files import sha256_file
 from heartgpt.inference.af_screening import screen_af
 from heartgpt.inference.loading import eval_mode, load_tool_model, model_device
-from heartgpt.model.checkpoints import (
-    CheckpointError,
-    LoadedModel,
-    init_from_pretrained,
-    load_model,
-    save_safetensors,
-)
-from heartgpt.model.export import (
-    ExportCheck,
-    OnnxGPT,
-    export_onnx,
-    export_program,
-    load_onnx,
-    load_program,
-)
+from heartgpt.model.checkpoint_format import CheckpointError, LoadedModel
+from heartgpt.model.checkpoints import init_from_pretrained, load_model
+from heartgpt.model.export import ExportCheck, export_onnx, export_program, load_program
+from heartgpt.model.onnx_file import OnnxGPT, load_onnx
+from heartgpt.model.safetensors_file import save_safetensors
 from tiny import tiny_gpt
 
 RELEASED = {  # file -> (modality, task, head outputs)

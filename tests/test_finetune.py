@@ -14,9 +14,10 @@ from omegaconf import OmegaConf
 from heartgpt.compare import compare, markdown
 from heartgpt.cv import run_cv, summarize
 from heartgpt.data.demo import build_demo
-from heartgpt.model.checkpoints import CheckpointError, load_model
-from heartgpt.train import train
+from heartgpt.model.checkpoint_format import CheckpointError
+from heartgpt.model.checkpoints import load_model
 from heartgpt.training.finetune import FinetuneModule
+from heartgpt.training.run import train
 from training_helpers import (
     TINY_MODEL,
     compose_train,

@@ -1,4 +1,4 @@
-"""Fine-tuning heads as config (heartgpt.training.heads): the released AF and beat models are
+"""Fine-tuning heads as config (heartgpt.heads): the released AF and beat models are
 instances of classify / tag, and each reduction and objective does what it says."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from heartgpt.data.labels import LabelSchema
+from heartgpt.heads.objectives import RegressionObjective
+from heartgpt.heads.registry import build_head
 from heartgpt.model import GPTConfig
 from heartgpt.training.finetune import FinetuneModule
-from heartgpt.training.heads import RegressionObjective, build_head
 
 TINY = {"vocab_size": 101, "block_size": 16, "n_embd": 16, "n_head": 2, "n_layer": 1, "dropout": 0.0}
 

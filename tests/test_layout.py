@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import heartgpt
-from heartgpt.data.shards import ShardMeta, ShardWriter, read_manifest, validate_shard_dir
+from heartgpt.data.shard_writer import ShardWriter
+from heartgpt.data.shards import ShardMeta, read_manifest, validate_shard_dir
 from heartgpt.files import atomic_path, sha256_file, write_text_atomic
 from heartgpt.training.renamed_keys import (
     PREPARE_RENAMES,

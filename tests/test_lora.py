@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from heartgpt.model import GPT, GPTConfig
-from heartgpt.model.checkpoints import load_lightning, load_safetensors, save_safetensors
+from heartgpt.model.checkpoints import load_lightning
 from heartgpt.model.lora import (
     LoRALinear,
     add_lora,
@@ -19,6 +19,7 @@ from heartgpt.model.lora import (
     merge_lora,
     merge_lora_weights,
 )
+from heartgpt.model.safetensors_file import load_safetensors, save_safetensors
 from heartgpt.training.callbacks.freeze import Freeze, count_trainable
 from heartgpt.training.finetune import FinetuneModule
 from heartgpt.training.optim import param_groups
@@ -264,7 +265,7 @@ def test_a_lora_runs_merged_export_gives_the_adapted_models_outputs(lora_run, tm
 def test_a_lora_checkpoint_refuses_a_moved_or_changed_base(lora_run, tmp_path):
     import shutil
 
-    from heartgpt.model.checkpoints import CheckpointError
+    from heartgpt.model.checkpoint_format import CheckpointError
     from heartgpt.training.finetune import FinetuneModule
     from tiny import tiny_gpt
 

@@ -29,7 +29,8 @@ from heartgpt.inference.af_screening import screen_af
 from heartgpt.inference.prediction_store import MANIFEST, PARTS
 from heartgpt.inference.predictor import predict
 from heartgpt.model import GPT, GPTConfig
-from heartgpt.model.checkpoints import load_model, save_safetensors
+from heartgpt.model.checkpoints import load_model
+from heartgpt.model.safetensors_file import save_safetensors
 from heartgpt.predict import compose_config
 from heartgpt.predict import main as predict_main
 from heartgpt.screen_af import main as screen_af_main

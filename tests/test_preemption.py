@@ -14,9 +14,9 @@ import lightning as L
 import pytest
 import torch
 
-from heartgpt.train import instantiate_all, train
 from heartgpt.training.callbacks import Preempted, Preemption
 from heartgpt.training.callbacks.preemption import PREEMPTED_EXIT_CODE
+from heartgpt.training.run import instantiate_all, train
 from training_helpers import FAST, build_tiny_demo, compose_train, run_module
 
 # The noise of an unclean multi-process stop (tracebacks of every rank and loader worker).
@@ -47,7 +47,7 @@ def test_sigterm_saves_last_and_stops_at_the_next_step(data_dir, tmp_path, monke
     cfg = compose_train([*FAST, "trainer.max_steps=50", "trainer.val_check_interval=100",
                          "test=true"], data_dir=data_dir, output_dir=out, log_dir=tmp_path / "logs")
     real = instantiate_all
-    monkeypatch.setattr("heartgpt.train.instantiate_all",
+    monkeypatch.setattr("heartgpt.training.run.instantiate_all",
                         lambda group: [*real(group), SignalAtStep(2)] if group is cfg.callbacks
                         else real(group))
     before = signal.getsignal(signal.SIGTERM)

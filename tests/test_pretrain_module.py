@@ -14,7 +14,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from heartgpt.model import GPT, GPTConfig
-from heartgpt.model.checkpoints import CheckpointError, load_model, load_released, save_safetensors
+from heartgpt.model.checkpoint_format import CheckpointError
+from heartgpt.model.checkpoints import load_model
+from heartgpt.model.released import load_released
+from heartgpt.model.safetensors_file import save_safetensors
 from heartgpt.training.base import step_seed
 from heartgpt.training.callbacks import AttentionMapLogger
 from heartgpt.training.optim import build_scheduler, param_groups, warmup_cosine

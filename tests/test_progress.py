@@ -10,7 +10,6 @@ from types import SimpleNamespace
 import pytest
 from lightning.pytorch.accelerators import CPUAccelerator
 
-from heartgpt.train import train
 from heartgpt.training.callbacks import (
     CpuBudget,
     Progress,
@@ -18,6 +17,7 @@ from heartgpt.training.callbacks import (
     StepRichProgressBar,
     progress_bar,
 )
+from heartgpt.training.run import train
 from training_helpers import FAST, build_tiny_demo, compose_train
 
 PROGRESS = "heartgpt.training.callbacks.progress"

@@ -8,17 +8,14 @@ import scipy.io
 import wfdb
 
 from heartgpt.data.readers import (
-    RecordError,
-    RecordFile,
-    _parse_lines,
-    _parse_plain_numbers,
     dx_codes,
     find_records,
-    parse_text,
     read_recording,
     read_sidecar_beats,
     sidecar_path,
 )
+from heartgpt.data.recording import RecordError, RecordFile
+from heartgpt.data.text_tables import _parse_lines, _parse_plain_numbers, parse_text
 
 FS = 250.0
 

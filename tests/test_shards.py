@@ -9,12 +9,12 @@ import h5py
 import numpy as np
 import pytest
 
+from heartgpt.data.shard_writer import ShardWriter
 from heartgpt.data.shards import (
     FORMAT_VERSION,
     MANIFEST_NAME,
     ShardError,
     ShardMeta,
-    ShardWriter,
     read_manifest,
     read_shards,
     validate_shard_dir,

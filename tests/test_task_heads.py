@@ -15,7 +15,7 @@ import torch
 from heartgpt.data.datamodules import FinetuneDataModule
 from heartgpt.data.shards import read_shards
 from heartgpt.eval import evaluate
-from heartgpt.train import train
+from heartgpt.training.run import train
 from training_helpers import FAST, TINY_MODEL, compose_eval, compose_train, run_module
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("task_heads")]

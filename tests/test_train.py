@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from heartgpt.model.checkpoints import load_model
-from heartgpt.train import ensure_demo_shards, train
 from heartgpt.training.pretrain import PretrainModule
 from heartgpt.training.resume import WANDB_ID_FILE
+from heartgpt.training.run import ensure_demo_shards, train
 from training_helpers import (
     FAST,
     TINY_MODEL,

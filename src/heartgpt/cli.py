@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from heartgpt.data.readers import DECIMALS
+from heartgpt.data.text_tables import DECIMALS
 from heartgpt.errors import InputError, error_line
 from heartgpt.model.checkpoints import WEIGHTS_ENV
 

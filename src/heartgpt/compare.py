@@ -28,7 +28,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from heartgpt.train import TEST_METRICS
+from heartgpt.training.result_files import TEST_METRICS
 
 Row = dict[str, Any]
 

@@ -40,11 +40,14 @@ from torchmetrics.functional.classification import (
 from heartgpt.errors import one_line_errors
 from heartgpt.training.config_checks import check_values
 from heartgpt.training.renamed_keys import TRAIN_RENAMES, check_config
+from heartgpt.training.result_files import (
+    TEST_METRICS,
+    TEST_PREDICTIONS,
+    null_undefined,
+    read_predictions,
+)
 
 log = logging.getLogger(__name__)
-
-PREDICTIONS = "test_predictions.csv"
-METRICS = "test_metrics.json"
 
 
 def fold_count(cfg) -> int:
@@ -59,11 +62,6 @@ def fold_count(cfg) -> int:
     datamodule = instantiate(cfg.data, _convert_="all")
     datamodule.prepare_data()
     return datamodule.manifest.row_index.num_subjects
-
-
-def read_predictions(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def find_folds(cv_dir: Path) -> list[tuple[int, Path]]:
@@ -88,42 +86,6 @@ def find_folds(cv_dir: Path) -> list[tuple[int, Path]]:
     return sorted(folds)
 
 
-# Test metrics that need both classes, or one of them, among a fold's held-out windows.
-_NEEDS = {"auroc": (0, 1), "ap": (1,), "sensitivity": (1,), "f1": (1,), "specificity": (0,)}
-
-
-def undefined_metrics(metrics: dict, rows: list[dict]) -> dict[str, str]:
-    """``{metric: reason}`` for the fold's test metrics that its held-out labels leave
-    undefined (an AUROC over one class, a sensitivity without positives): torchmetrics reports
-    them as 0, which must neither be read as a score nor averaged."""
-    if not rows or "label" not in rows[0]:
-        return {}
-    present = {int(float(r["label"])) for r in rows}
-    classes = sum(k.startswith("prob_") for k in rows[0])  # K >= 2 classes: a prob_k per class
-    undefined = {}
-    for key in metrics:
-        name = key.rsplit("/", 1)[-1]
-        if classes:  # a macro AUROC needs every class
-            needs: tuple[int, ...] = tuple(range(classes)) if name == "auroc" else ()
-        else:
-            needs = _NEEDS.get(name, ())
-        missing = [c for c in needs if c not in present]
-        if missing:  # rows are not empty: one class at most is missing
-            what = ("positives" if missing == [1] else "negatives") if not classes else \
-                f"class {', '.join(map(str, missing))} windows"
-            undefined[key] = f"undefined: no {what} among the fold's {len(rows)} held-out windows"
-    return undefined
-
-
-def null_undefined(metrics: dict, rows: list[dict]) -> dict:
-    """``metrics`` with those :func:`undefined_metrics` finds (and any already marked in its
-    ``undefined``) set to None, their reasons under ``undefined`` (absent when there are none)."""
-    metrics = dict(metrics)
-    undefined = {**metrics.pop("undefined", {}), **undefined_metrics(metrics, rows)}
-    metrics = {k: (None if k in undefined else v) for k, v in metrics.items()}
-    return {**metrics, "undefined": undefined} if undefined else metrics
-
-
 def summarize(cv_dir: str | Path) -> dict:
     """Pool the folds under ``cv_dir`` (see :func:`find_folds`) into ``summary.json`` and
     ``folds.csv``."""
@@ -131,9 +93,9 @@ def summarize(cv_dir: str | Path) -> dict:
     fold_dirs = find_folds(cv_dir)
     per_fold, pooled_rows = [], []
     for fold, d in fold_dirs:
-        metrics_file = d / METRICS
+        metrics_file = d / TEST_METRICS
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        preds = d / PREDICTIONS
+        preds = d / TEST_PREDICTIONS
         rows = read_predictions(preds) if preds.is_file() else []
         subjects = sorted({r["subject"] for r in rows})
         per_fold.append({"fold": fold, "windows": len(rows), "test_subjects": subjects,
@@ -168,7 +130,7 @@ def run_cv(cfg, cv_dir: str | Path) -> dict:
     """Fit and test every fold of ``cfg`` under ``cv_dir``; return the summary."""
     from omegaconf import open_dict
 
-    from heartgpt.train import train
+    from heartgpt.training.run import train
 
     cv_dir = Path(cv_dir)
     n = fold_count(cfg)
@@ -206,7 +168,7 @@ def _run(args: argparse.Namespace) -> dict:
     if args.summarize:
         summary = summarize(args.summarize)
     else:
-        from heartgpt.train import compose_config
+        from heartgpt.training.run import compose_config
 
         cfg = compose_config(args.overrides)
         check_config(cfg, TRAIN_RENAMES)

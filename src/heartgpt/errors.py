@@ -1,5 +1,7 @@
-"""The error every user-facing input problem raises: one line, ``<file>: <problem>``; and
-:func:`one_line_errors`, which ends every entry point's known failures with that one line."""
+"""The ground floor of heartgpt's errors: :class:`UserError`, the base of every failure a user
+can fix (its subclasses live with the code that raises them, e.g. ``data.shards.ShardError``);
+:class:`InputError`, one line ``<file>: <problem>``; and :func:`one_line_errors`, which ends every
+entry point's known failures with that one line. Imports no other heartgpt module."""
 
 from __future__ import annotations
 
@@ -10,7 +12,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-class InputError(ValueError):
+class UserError(ValueError):
+    """A failure the user can fix (bad data, checkpoint or config value), not a bug: entry points
+    show it as one error line without a traceback (:func:`known_failure`)."""
+
+
+class InputError(UserError):
     """An input (a recording, a checkpoint, an option) cannot be used.
 
     ``str()`` is ``"<source>: <problem>"``: the command-line tools print it as their one error
@@ -50,10 +57,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     """The failures a user can fix (bad data, checkpoint, config value): shown as one line."""
     from omegaconf.errors import OmegaConfBaseException
 
-    from heartgpt.data.shards import ShardError
-    from heartgpt.training.renamed_keys import RenamedKeyError
-
-    return (InputError, ShardError, RenamedKeyError, FileNotFoundError, OmegaConfBaseException)
+    return (UserError, FileNotFoundError, OmegaConfBaseException)
 
 
 def known_failure(e: BaseException) -> str | None:

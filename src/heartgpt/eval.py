@@ -13,21 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} before Hydra composes)
-from heartgpt.errors import one_line_errors
-from heartgpt.train import CONF_MODULE, route_lightning_logs
-from heartgpt.train import compose_config as _compose
-from heartgpt.training.config_checks import CHECKPOINT_WANTED, check_values, require_given
-from heartgpt.training.console import quiet_known_noise
+from heartgpt.training.config_checks import CHECKPOINT_WANTED
+from heartgpt.training.entry import hydra_entry
 from heartgpt.training.evaluation import evaluate
-from heartgpt.training.renamed_keys import (
-    TRAIN_RENAMES,
-    check_config,
-    run_checked,
-)
+from heartgpt.training.renamed_keys import TRAIN_RENAMES, run_checked
+from heartgpt.training.run import CONF_MODULE
+from heartgpt.training.run import compose_config as _compose
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
@@ -36,17 +30,10 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
 
 
 @hydra.main(config_path=f"pkg://{CONF_MODULE}", config_name="eval", version_base="1.3")
+@hydra_entry(renames=TRAIN_RENAMES, required={"checkpoint": CHECKPOINT_WANTED})
 def hydra_main(cfg: DictConfig) -> dict[str, Any]:
     """Hydra entry point; a checkpoint or shard set that cannot be scored is one error line."""
-    route_lightning_logs()
-    quiet_known_noise()
-    with one_line_errors(run_dir=HydraConfig.get().runtime.output_dir,
-                         root=OmegaConf.select(cfg, "paths.log_dir",
-                                               throw_on_resolution_failure=False)):
-        check_config(cfg, TRAIN_RENAMES)
-        require_given(cfg, "checkpoint", CHECKPOINT_WANTED)
-        check_values(cfg)
-        return evaluate(cfg)
+    return evaluate(cfg)
 
 
 def main() -> dict[str, Any] | None:

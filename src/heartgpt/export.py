@@ -25,7 +25,8 @@ from omegaconf import DictConfig
 
 import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} before Hydra composes)
 from heartgpt.errors import ConfigError, InputError, error_line, one_line_errors
-from heartgpt.model.checkpoints import find_weights, load_model, require_torch, save_safetensors
+from heartgpt.model.checkpoint_format import require_torch
+from heartgpt.model.checkpoints import find_weights, load_model
 from heartgpt.model.export import (
     FORMATS,
     PROB_ATOL,
@@ -34,6 +35,7 @@ from heartgpt.model.export import (
     export_onnx,
     export_program,
 )
+from heartgpt.model.safetensors_file import save_safetensors
 from heartgpt.training.config_checks import CHECKPOINT_WANTED, require_given
 
 

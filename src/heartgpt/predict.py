@@ -15,15 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} and ${file_name:} first)
-from heartgpt.errors import one_line_errors
-from heartgpt.train import CONF_MODULE, route_lightning_logs
-from heartgpt.train import compose_config as _compose
-from heartgpt.training.config_checks import PREDICT_CHECKS, check_values, require_given
-from heartgpt.training.console import quiet_known_noise
+from heartgpt.training.config_checks import PREDICT_CHECKS
+from heartgpt.training.entry import hydra_entry
+from heartgpt.training.run import CONF_MODULE
+from heartgpt.training.run import compose_config as _compose
 
 
 def compose_config(overrides: list[str] | None = None) -> DictConfig:
@@ -32,19 +30,14 @@ def compose_config(overrides: list[str] | None = None) -> DictConfig:
 
 
 @hydra.main(config_path=f"pkg://{CONF_MODULE}", config_name="predict", version_base="1.3")
+@hydra_entry(required={"checkpoint": "<a .ckpt, .safetensors, .onnx or released .zip/.pth>",
+                       "inputs": "<a folder, glob, file or [list] of recordings>"},
+             value_checks=PREDICT_CHECKS)
 def hydra_main(cfg: DictConfig) -> dict[str, Any] | None:
     """Hydra entry point; what cannot be used is one error line, exit status 1."""
-    route_lightning_logs()
-    quiet_known_noise()
-    with one_line_errors(run_dir=HydraConfig.get().runtime.output_dir,
-                         root=OmegaConf.select(cfg, "paths.log_dir",
-                                               throw_on_resolution_failure=False)):
-        require_given(cfg, "checkpoint", "<a .ckpt, .safetensors, .onnx or released .zip/.pth>")
-        require_given(cfg, "inputs", "<a folder, glob, file or [list] of recordings>")
-        check_values(cfg, PREDICT_CHECKS)
-        from heartgpt.inference.predictor import predict
+    from heartgpt.inference.predictor import predict
 
-        return predict(cfg)
+    return predict(cfg)
 
 
 def main() -> dict[str, Any] | None:

@@ -23,7 +23,7 @@ from heartgpt.data.readers import read_signal
 from heartgpt.data.tokenizer import Modality
 from heartgpt.errors import InputError
 from heartgpt.inference.loading import load_tool_model
-from heartgpt.model.checkpoints import LoadedModel
+from heartgpt.model.checkpoint_format import LoadedModel
 
 AUTO = "auto"
 MODALITY_CHOICES = [("as the checkpoint", AUTO), ("ECG", "ecg"), ("PPG", "ppg")]

@@ -9,7 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from heartgpt.errors import InputError, error_line
-from heartgpt.model.checkpoints import CheckpointError
+from heartgpt.model.checkpoint_format import CheckpointError
 
 log = logging.getLogger(__name__)
 

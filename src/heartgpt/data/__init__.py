@@ -18,7 +18,7 @@ _EXPORTS = {
     "ShardError": "shards",
     "ShardInfo": "shards",
     "ShardMeta": "shards",
-    "ShardWriter": "shards",
+    "ShardWriter": "shard_writer",
     "open_shard": "shards",
     "read_manifest": "shards",
     "read_shards": "shards",
@@ -28,12 +28,12 @@ _EXPORTS = {
     "SubjectSplit": "splits",
     "num_folds": "splits",
     "split_subjects": "splits",
-    # datamodules
-    "EvalSampler": "datamodules",
+    # samplers, datamodules
+    "EvalSampler": "samplers",
     "FinetuneDataModule": "datamodules",
     "PretrainDataModule": "datamodules",
-    "ResumableDataLoader": "datamodules",
-    "WindowSampler": "datamodules",
+    "ResumableDataLoader": "samplers",
+    "WindowSampler": "samplers",
     # demo
     "build_demo": "demo",
 }

@@ -30,8 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from heartgpt.data.pipeline import SegmentSpec, SummaryCounter, segment_recording, write_results
-from heartgpt.data.readers import Recording
-from heartgpt.data.shards import Manifest, ShardMeta, ShardWriter
+from heartgpt.data.recording import Recording
+from heartgpt.data.shard_writer import ShardWriter
+from heartgpt.data.shards import Manifest, ShardMeta
 from heartgpt.data.tokenizer import LEVELS, get_modality
 
 NATIVE_RATE = {"ecg": 500.0, "ppg": 125.0}  # Hz the signals are synthesised at

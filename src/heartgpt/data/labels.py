@@ -2,7 +2,7 @@
 
 A :class:`LabelSchema` is stored with every shard (the ``labels`` attribute, JSON) and in the
 manifest, so a run can check that the data holds what its head predicts
-(:meth:`heartgpt.training.heads.TaskHead.check_labels`) before it trains a step:
+(:meth:`heartgpt.heads.task_head.TaskHead.check_labels`) before it trains a step:
 
 - ``label_kind: sequence``: ``label`` float32, (N,) for one column or (N, L) for several
   (``names`` has L entries, e.g. ``[sbp, dbp]``). Classes are stored as their index into

@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from heartgpt.data.row_index import RowIndex
+from heartgpt.data.shard_writer import commit_shard_set
 from heartgpt.data.shards import (
     SUMMARY_NAME,
     WORK_DIR,
     Manifest,
     ShardError,
     ShardInfo,
-    commit_shard_set,
     validate_shard_dir,
 )
 

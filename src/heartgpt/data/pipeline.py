@@ -24,22 +24,14 @@ from heartgpt.data.journal import PrepareJournal, fingerprint
 from heartgpt.data.labels import read_sidecar_values
 from heartgpt.data.plausibility import recording_problems
 from heartgpt.data.readers import (
-    RecordError,
-    RecordFile,
-    Recording,
     read_recording,
     read_sidecar_beats,
     read_wfdb_beats,
     sidecar_path,
 )
-from heartgpt.data.shards import (
-    MANIFEST_NAME,
-    SUMMARY_NAME,
-    WORK_DIR,
-    Manifest,
-    ShardMeta,
-    ShardWriter,
-)
+from heartgpt.data.recording import RecordError, RecordFile, Recording
+from heartgpt.data.shard_writer import ShardWriter
+from heartgpt.data.shards import MANIFEST_NAME, SUMMARY_NAME, WORK_DIR, Manifest, ShardMeta
 from heartgpt.data.tokenizer import LEVELS, get_modality, resample, sliding_windows, tokenize_window
 from heartgpt.files import write_json_atomic
 

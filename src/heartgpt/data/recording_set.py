@@ -19,7 +19,8 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from heartgpt.data.readers import RecordFile, Recording, find_records, read_recording
+from heartgpt.data.readers import find_records, read_recording
+from heartgpt.data.recording import RecordFile, Recording
 from heartgpt.errors import InputError, error_line
 
 

@@ -159,7 +159,7 @@ class RowIndex:
 
 
 class RowIndexBuilder:
-    """Collects the runs of rows as they are written (:class:`~heartgpt.data.shards.ShardWriter`)."""
+    """Collects the runs of rows as they are written (:class:`~heartgpt.data.shard_writer.ShardWriter`)."""
 
     def __init__(self) -> None:
         self._starts: list[np.ndarray] = []

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from heartgpt.heads.builtin import CLASSIFY, TAG
+from heartgpt.heads.registry import head_kinds
+
 
 def legacy_head(head: str, pooling: str = "last", pos_weight: float | None = None) -> dict[str, Any]:
     """``module.head`` of a checkpoint from before heads were config (``head: sequence|token``)."""
     if head == "sequence":
-        return {"kind": "classify", "outputs": 1, "pooling": pooling, "pos_weight": pos_weight}
+        return {"kind": CLASSIFY.name, "outputs": 1, "pooling": pooling, "pos_weight": pos_weight}
     if head == "token":
-        return {"kind": "tag", "outputs": 1, "target": "class", "stride": 1, "pos_weight": pos_weight}
-    raise ValueError(f"head must be a mapping (kind: classify|regress|tag), got {head!r}")
+        return {"kind": TAG.name, "outputs": 1, "target": "class", "stride": 1, "pos_weight": pos_weight}
+    raise ValueError(f"head must be a mapping (kind: {'|'.join(head_kinds())}), got {head!r}")
 
 
 # The released fine-tunes' heads: AF reads the last position, the beat detector every position.

@@ -17,7 +17,9 @@ import torch
 
 from heartgpt.data.tokenizer import LEVELS, Modality, get_modality
 from heartgpt.errors import InputError
-from heartgpt.model.checkpoints import LoadedModel, load_model
+from heartgpt.heads.registry import misread_by_tools
+from heartgpt.model.checkpoint_format import LoadedModel
+from heartgpt.model.checkpoints import load_model
 
 M = TypeVar("M", bound=torch.nn.Module)
 
@@ -77,30 +79,13 @@ def load_tool_model(
     if refuse_task is not None and loaded.task == refuse_task:
         raise InputError(path, f"is fine-tuned for task {refuse_task!r}, not for this tool")
     if need == "binary" and loaded.head is not None:
-        why = _unreadable_head(loaded.head, reads_positions=refuse_task == "af")
+        why = misread_by_tools(loaded.head, per_position=refuse_task == "af")
         if why:
             raise InputError(path, f"{why}; this tool reads a binary "
                              f"{'tag head at every position' if refuse_task == 'af' else 'classify head at the last position'}")
     mod = resolve_modality(loaded, modality)
     loaded.model.to(device).eval()
     return loaded, mod
-
-
-def _unreadable_head(head: dict, reads_positions: bool) -> str | None:
-    """Why a tool reading one probability per window (or, ``reads_positions``, per token) would
-    misread the outputs of a fine-tune with ``head`` (None: it reads them as trained)."""
-    kind = head.get("kind")
-    if kind == "regress" or head.get("target") == "value":
-        return f"is a {kind} head predicting values (standardised), not probabilities"
-    if kind == "tag" and not reads_positions:
-        return f"is a tag head (a probability every {head.get('stride', 1)} tokens)"
-    if kind == "tag" and int(head.get("stride", 1)) != 1:
-        return f"is a tag head of stride {head.get('stride')}, not every position"
-    if kind == "classify" and reads_positions:
-        return "is a classify head (one probability per window)"
-    if kind == "classify" and head.get("pooling", "last") != "last":
-        return f"was trained to read pooling={head.get('pooling')} of the positions, not the last"
-    return None
 
 
 @contextmanager
@@ -117,7 +102,7 @@ def eval_mode(model: M) -> Iterator[M]:
 
 def model_device(model: torch.nn.Module) -> torch.device:
     """Where ``model``'s inputs go: its parameters' device; for a module without parameters
-    (an :class:`~heartgpt.model.export.OnnxGPT`) its declared ``device``, else the CPU."""
+    (an :class:`~heartgpt.model.onnx_file.OnnxGPT`) its declared ``device``, else the CPU."""
     param = next(model.parameters(), None)
     if param is not None:
         return param.device

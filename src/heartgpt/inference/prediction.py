@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from heartgpt.data.readers import Recording
+from heartgpt.data.recording import Recording
 from heartgpt.data.tokenizer import Modality, resample
 from heartgpt.errors import InputError
 from heartgpt.inference import af_screening, beat_detection

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from heartgpt.data.readers import RecordFile
+from heartgpt.data.recording import RecordFile
 from heartgpt.errors import InputError
 from heartgpt.files import atomic_path, write_json_atomic
 from heartgpt.inference.prediction import RecordingPrediction

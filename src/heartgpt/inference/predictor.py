@@ -37,7 +37,8 @@ from heartgpt.inference.prediction import (
 )
 from heartgpt.inference.prediction_store import ITEM_TABLES, RECORDINGS, PredictionStore
 from heartgpt.model import GPT
-from heartgpt.model.checkpoints import find_weights, require_torch, warn_if_synthetic
+from heartgpt.model.checkpoint_format import require_torch, warn_if_synthetic
+from heartgpt.model.checkpoints import find_weights
 
 log = logging.getLogger(__name__)
 

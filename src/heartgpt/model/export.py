@@ -1,6 +1,6 @@
 """Deployment exports of a HeartGPT model: ONNX (run by ONNX Runtime) and ``torch.export`` (.pt2).
 
-Both take a :class:`~heartgpt.model.checkpoints.LoadedModel` (anything ``load_model`` reads) and
+Both take a :class:`~heartgpt.model.checkpoint_format.LoadedModel` (anything ``load_model`` reads) and
 trace ``GPT.forward``: int64 tokens ``tokens`` (batch, time) -> float32 ``logits``
 (batch, time, n_out), with the batch size and the sequence length (1..block_size) dynamic.
 The outputs are the head's raw logits; a user applies ``sigmoid`` (1-output fine-tunes: AF at
@@ -8,14 +8,15 @@ the last position, beats at every one) or ``softmax`` (language models) as the P
 
 - :func:`export_onnx` writes an ``.onnx`` file whose ``metadata_props`` carry the
   :class:`~heartgpt.model.GPTConfig` (JSON), modality, task, the source checkpoint's file name
-  and sha256 and the heartgpt version (keys ``heartgpt.*``). :func:`load_onnx` (and so
-  :func:`heartgpt.model.checkpoints.load_model` for a ``.onnx`` file) reads it back as an
-  :class:`OnnxGPT`, a drop-in for :class:`~heartgpt.model.GPT` wherever the tools call
-  ``model(x)`` (AF screening, beat detection, exact-mode generation).
+  and sha256 and the heartgpt version (keys ``heartgpt.*``).
+  :func:`heartgpt.model.onnx_file.load_onnx` (and so :func:`heartgpt.model.checkpoints.load_model`
+  for a ``.onnx`` file) reads it back as an :class:`~heartgpt.model.onnx_file.OnnxGPT`, a
+  drop-in for :class:`~heartgpt.model.GPT` wherever the tools call ``model(x)`` (AF screening,
+  beat detection, exact-mode generation).
 - :func:`export_program` writes a ``torch.export`` program (``.pt2``) with the same metadata
   as the JSON extra file ``heartgpt.json``; :func:`load_program` reads it back.
 - ``format=safetensors`` of ``python -m heartgpt.export`` writes the weights of a plain
-  :class:`~heartgpt.model.GPT` (:func:`heartgpt.model.checkpoints.save_safetensors`): a LoRA
+  :class:`~heartgpt.model.GPT` (:func:`heartgpt.model.safetensors_file.save_safetensors`): a LoRA
   run's ``.ckpt`` comes out merged (adapters folded into their layers, no ``lora`` keys), the
   adapted model's outputs from the released layout.
 - :func:`check_export` runs an exported file on deterministic token windows and compares it with
@@ -55,17 +56,22 @@ from torch.nn import functional as F
 from heartgpt import __version__
 from heartgpt.data.tokenizer import LEVELS
 from heartgpt.files import atomic_path, sha256_file
-from heartgpt.model.checkpoints import CheckpointError, LoadedModel, require_torch
+from heartgpt.model.checkpoint_format import CheckpointError, LoadedModel, require_torch
 from heartgpt.model.gpt import GPT, GPTConfig
+from heartgpt.model.onnx_file import (
+    EXPORT_FORMAT,
+    INPUT_NAME,
+    ONNX_INSTALL_HINT,
+    ONNX_PREFIX,
+    OUTPUT_NAME,
+    exported_config,
+    load_onnx,
+)
+from heartgpt.model.safetensors_file import load_safetensors
 
-EXPORT_FORMAT = "heartgpt-export-1"
-INPUT_NAME = "tokens"  # int64 (batch, time)
-OUTPUT_NAME = "logits"  # float32 (batch, time, n_out)
-ONNX_PREFIX = "heartgpt."  # metadata_props keys of an .onnx file: heartgpt.config, ...
 PROGRAM_METADATA = "heartgpt.json"  # the extra file of a .pt2 holding the same metadata
 # export format -> file suffix; safetensors: the plain weights (a LoRA run's adapters merged)
 FORMATS = {"onnx": ".onnx", "torch_export": ".pt2", "safetensors": ".safetensors"}
-ONNX_INSTALL_HINT = "pip install 'heartgpt[onnx]'"
 
 PROB_ATOL = 1e-5  # probabilities (sigmoid / softmax) must agree with PyTorch's to this
 LOGIT_RTOL = 1e-5  # logits: |diff| <= LOGIT_RTOL * max|logit| + LOGIT_ATOL (module docstring)
@@ -93,17 +99,6 @@ def export_metadata(loaded: LoadedModel) -> dict[str, str]:
     }
 
 
-def _config_of(metadata: dict[str, str], path: str | os.PathLike) -> GPTConfig:
-    """The :class:`GPTConfig` stored in ``metadata``; a file without one is a CheckpointError."""
-    if metadata.get("format") != EXPORT_FORMAT or "config" not in metadata:
-        raise CheckpointError(path, "no heartgpt metadata (not written by python -m "
-                              f"heartgpt.export; format={metadata.get('format')!r})")
-    try:
-        return GPTConfig.from_dict(json.loads(metadata["config"]))
-    except (ValueError, TypeError) as e:
-        raise CheckpointError(path, f"unreadable heartgpt config in the metadata: {e}") from e
-
-
 # --------------------------------------------------------------------------------- exporting
 
 
@@ -125,7 +120,8 @@ def _device_of(model: nn.Module) -> torch.device:
 
 
 def _torch_model(loaded: LoadedModel) -> GPT:
-    """The :class:`GPT` of ``loaded`` in eval mode; an :class:`OnnxGPT` cannot be re-exported."""
+    """The :class:`GPT` of ``loaded`` in eval mode; an :class:`~heartgpt.model.onnx_file.OnnxGPT` cannot be
+    re-exported."""
     return require_torch(loaded, "exporting").eval()
 
 
@@ -211,138 +207,8 @@ def load_program(path: str | os.PathLike) -> tuple[torch.export.ExportedProgram,
     except Exception as e:
         raise CheckpointError(path, f"cannot read as a torch.export program: {e}") from e
     metadata = json.loads(extra[PROGRAM_METADATA]) if extra[PROGRAM_METADATA] else {}
-    _config_of(metadata, path)  # refuse a program without our metadata
+    exported_config(metadata, path)  # refuse a program without our metadata
     return program, metadata
-
-
-# --------------------------------------------------------------------------------- running ONNX
-
-
-class OnnxGPT(nn.Module):
-    """An exported ``.onnx`` HeartGPT run by ONNX Runtime, callable like :class:`GPT`.
-
-    ``model(idx)``: int tokens (B, T), T <= ``config.block_size`` -> float32 logits
-    (B, T, n_out) on ``idx``'s device. No parameters: ``.to(device)`` moves an empty buffer that
-    says where it runs (:attr:`device`); on a CUDA device ONNX Runtime's CUDA provider is used
-    when it is installed, otherwise the CPU one. ``generate`` is :meth:`GPT.generate` (it needs
-    only ``forward``); what needs the network's internals (``inspect``, cached decoding) raises
-    :class:`CheckpointError`.
-    """
-
-    def __init__(self, path: str | os.PathLike, config: GPTConfig, session: Any = None,
-                 threads: int | None = None) -> None:
-        """``session``: an ``onnxruntime.InferenceSession`` of ``path`` already open on the CPU
-        (else one is opened); ``threads``: ONNX Runtime's intra-op threads (None: its default)."""
-        super().__init__()
-        self.path = Path(path)
-        self.config = config
-        self.threads = threads
-        self.register_buffer("_where", torch.empty(0), persistent=False)
-        self._sessions: dict[str, Any] = {}
-        if session is not None:
-            self._sessions["cpu"] = session
-
-    @property
-    def device(self) -> torch.device:
-        """Where the model runs (moved by ``.to()``)."""
-        return self._where.device
-
-    def session(self) -> Any:
-        """The ONNX Runtime session for :attr:`device` (opened on first use)."""
-        import onnxruntime as ort
-
-        device = self.device
-        use_cuda = (device.type == "cuda"
-                    and "CUDAExecutionProvider" in ort.get_available_providers())
-        key = f"cuda:{device.index or 0}" if use_cuda else "cpu"
-        if key not in self._sessions:
-            providers: list[Any] = ["CPUExecutionProvider"]
-            if use_cuda:
-                providers.insert(0, ("CUDAExecutionProvider", {"device_id": device.index or 0}))
-            self._sessions[key] = open_session(self.path, providers, self.threads)
-        return self._sessions[key]
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, n_out) float32 of tokens ``idx`` (B, T), on ``idx``'s device."""
-        if idx.dim() != 2 or idx.size(0) < 1 or idx.size(1) < 1:
-            raise ValueError(f"expected tokens of shape (batch, time), got {tuple(idx.shape)}")
-        if idx.size(1) > self.config.block_size:
-            raise ValueError(f"sequence length {idx.size(1)} exceeds block_size "
-                             f"{self.config.block_size}")
-        tokens = idx.detach().to("cpu", torch.int64).contiguous().numpy()
-        (logits,) = self.session().run([OUTPUT_NAME], {INPUT_NAME: tokens})
-        return torch.from_numpy(logits).to(idx.device)
-
-    generate = GPT.generate  # the exact sampler: calls only forward
-
-    def _not_here(self, what: str) -> CheckpointError:
-        return CheckpointError(self.path, f"an ONNX export runs the forward pass only; {what} "
-                               "needs the PyTorch checkpoint it was exported from")
-
-    def inspect(self, idx: torch.Tensor) -> Any:
-        raise self._not_here("attention weights and hidden states (inspect)")
-
-    def forward_cached(self, idx: torch.Tensor, cache: Any) -> torch.Tensor:
-        raise self._not_here("cached decoding")
-
-    def generate_cached(self, idx: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        raise self._not_here("cached generation (use exact mode)")
-
-    def extra_repr(self) -> str:
-        return f"path={str(self.path)!r}, config={self.config}"
-
-
-def open_session(path: str | os.PathLike, providers: list[Any] | None = None,
-                 threads: int | None = None) -> Any:
-    """An ``onnxruntime.InferenceSession`` of ``path`` (CPU unless ``providers`` say otherwise).
-
-    Raises:
-        CheckpointError: onnxruntime is not installed, or the file is not an ONNX model.
-    """
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise CheckpointError(path, f"reading an ONNX model needs onnxruntime: "
-                              f"{ONNX_INSTALL_HINT}") from None
-    options = ort.SessionOptions()
-    if threads is not None:
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3  # errors only
-    try:
-        return ort.InferenceSession(str(path), options,
-                                    providers=providers or ["CPUExecutionProvider"])
-    except Exception as e:
-        raise CheckpointError(path, f"cannot read as an ONNX model: {e}") from e
-
-
-def load_onnx(path: str | os.PathLike, threads: int | None = None) -> LoadedModel:
-    """Load an ``.onnx`` of :func:`export_onnx` as an :class:`OnnxGPT` (on the CPU).
-
-    ``threads``: ONNX Runtime's intra-op threads (None: its default, every core).
-
-    Raises:
-        FileNotFoundError: no such file.
-        CheckpointError: onnxruntime missing, not an ONNX model, no heartgpt metadata, or a
-            graph that does not take ``tokens`` and give ``logits`` of the stored config.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
-    session = open_session(path, threads=threads)
-    stored = session.get_modelmeta().custom_metadata_map
-    metadata = {k.removeprefix(ONNX_PREFIX): v for k, v in stored.items()
-                if k.startswith(ONNX_PREFIX)}
-    config = _config_of(metadata, path)
-    inputs = [i.name for i in session.get_inputs()]
-    outputs = {o.name: o.shape for o in session.get_outputs()}
-    width = outputs.get(OUTPUT_NAME, [None])[-1]
-    if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs or width not in (config.n_out, None):
-        raise CheckpointError(path, f"graph inputs {inputs} / outputs {outputs} do not match "
-                              f"'{INPUT_NAME}' -> '{OUTPUT_NAME}' (.., {config.n_out})")
-    model = OnnxGPT(path, config, session, threads)
-    return LoadedModel(model, metadata.get("modality") or None, metadata.get("task", "pretrain"),
-                       str(path), metadata.get("synthetic") == "true",
-                       head=json.loads(metadata["head"]) if metadata.get("head") else None)
 
 
 # --------------------------------------------------------------------------------- checking
@@ -403,13 +269,11 @@ class ExportCheck:
 
 
 def _runner(path: Path) -> nn.Module:
-    """The exported file as a callable: an :class:`OnnxGPT`, a ``.pt2``'s module or the
+    """The exported file as a callable: an :class:`~heartgpt.model.onnx_file.OnnxGPT`, a ``.pt2``'s module or the
     :class:`GPT` of a ``.safetensors``."""
     if path.suffix == ".pt2":
         return load_program(path)[0].module()
     if path.suffix == ".safetensors":
-        from heartgpt.model.checkpoints import load_safetensors
-
         return load_safetensors(path).model
     return load_onnx(path).model
 

@@ -16,8 +16,15 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from heartgpt.files import sha256_file
-from heartgpt.model.checkpoints import CheckpointError, init_from_pretrained
-from heartgpt.training import adapter_checkpoint
+from heartgpt.model.checkpoint_format import CheckpointError
+from heartgpt.model.checkpoints import init_from_pretrained, load_model
+from heartgpt.model.lightning_checkpoint import (
+    BASE_KEY,
+    base_reference,
+    fill_from_base,
+    read_base,
+    strip_base,
+)
 from heartgpt.training.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger(__name__)
@@ -83,30 +90,30 @@ class GPTLightningModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """A LoRA run started from a file keeps only what it trains: the frozen tensors that
         are exactly the base's are left out and ``checkpoint["base_weights"]`` names the file
-        (:mod:`heartgpt.training.adapter_checkpoint`). Any other run: the full state dict."""
-        reference = adapter_checkpoint.base_reference(self.hparams)
+        (:mod:`heartgpt.model.lightning_checkpoint`). Any other run: the full state dict."""
+        reference = base_reference(self.hparams)
         if reference is None:
             return
         cache = getattr(self, "_base_weights_cache", None)
         if cache is None or cache[0] != reference:
             try:
-                cache = (reference, adapter_checkpoint.read_base(reference))
+                cache = (reference, read_base(reference, load_model))
             except CheckpointError as e:  # the base changed under a running job: keep it all
                 log.warning("saving the full state dict: %s", e)
                 return
             self._base_weights_cache = cache
-        adapter_checkpoint.strip_base(checkpoint, self, reference, cache[1])
+        strip_base(checkpoint, self, reference, cache[1])
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Put the tensors a LoRA checkpoint left to its base back, from the base file (which
         must exist with the recorded sha256), before Lightning loads the state dict strictly;
         later saves of this module reference the same file."""
-        reference = checkpoint.get(adapter_checkpoint.BASE_KEY)
+        reference = checkpoint.get(BASE_KEY)
         if not reference:
             return
         trainer = self._trainer
         source = _LOADING.get() or (trainer.ckpt_path if trainer is not None else None)
-        adapter_checkpoint.fill_from_base(checkpoint, self.state_dict().keys(), source)
+        fill_from_base(checkpoint, load_model, self.state_dict().keys(), source)
         self.hparams["initial_weights"] = {"path": str(reference["path"]),
                                            "sha256": str(reference["sha256"])}
 

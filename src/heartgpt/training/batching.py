@@ -1,68 +1,21 @@
-"""The global batch: one recipe on 1 device or 64.
-
-A recipe states ``data.global_batch_size``: sequences per optimiser step, over every process.
-``data.micro_batch_size`` is what one device holds per forward pass (null: as many as the global
-batch leaves each process). The per-process batch and Lightning's ``accumulate_grad_batches``
-follow from the world size (devices x nodes), as litgpt's pre-training derives them:
-
-    global = micro x accumulation x world
-
-so ``experiment=paper_ecg_pretrain`` trains at batch 64 whether it runs on one GPU or four.
-"""
+"""Applying the batch plan (:mod:`heartgpt.batching`) to a run: the Trainer's gradient
+accumulation, the module's hyper-parameters and the loggers' from ``cfg.data``."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import logging
 from typing import Any
 
+from heartgpt.batching import BatchPlan, plan_batches
 from heartgpt.errors import ConfigError
 
-
-@dataclass(frozen=True)
-class BatchPlan:
-    """How one optimiser step's ``global_batch_size`` sequences are spread."""
-
-    global_batch_size: int
-    micro_batch_size: int  # per process per forward pass
-    accumulate_grad_batches: int  # forward passes per optimiser step, per process
-    world_size: int  # processes (devices x nodes)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def describe(self) -> str:
-        return (f"global batch {self.global_batch_size} = micro batch {self.micro_batch_size} x "
-                f"{self.accumulate_grad_batches} accumulation step(s) x {self.world_size} "
-                f"process(es)")
-
-
-def plan_batches(global_batch_size: int, micro_batch_size: int | None, world_size: int
-                 ) -> BatchPlan:
-    """The :class:`BatchPlan` of a run, or :class:`ConfigError` naming the key that does not
-    divide: the global batch must split evenly over the processes, and each process's share
-    into micro batches."""
-    if world_size < 1:
-        raise ConfigError("trainer.devices", f"world size {world_size} is not positive")
-    if global_batch_size % world_size:
-        raise ConfigError("data.global_batch_size",
-                          f"{global_batch_size} does not divide over {world_size} processes "
-                          f"(devices x nodes): make it a multiple of {world_size}")
-    per_process = global_batch_size // world_size
-    micro = per_process if micro_batch_size is None else int(micro_batch_size)
-    if micro > per_process or per_process % micro:
-        raise ConfigError("data.micro_batch_size",
-                          f"{micro} does not divide the {per_process} sequences each of "
-                          f"{world_size} process(es) takes of the global batch "
-                          f"{global_batch_size}")
-    return BatchPlan(global_batch_size, micro, per_process // micro, world_size)
+log = logging.getLogger(__name__)
 
 
 def apply_batch_plan(cfg: Any, trainer: Any, module: Any) -> BatchPlan:
     """Set ``trainer.accumulate_grad_batches`` from ``cfg.data``'s global and micro batch at the
     trainer's world size, keep the plan in the module's hyper-parameters (saved in every
     checkpoint) and the loggers', and log it once."""
-    import logging
-
     accumulate = cfg.trainer.get("accumulate_grad_batches")
     if accumulate not in (None, 1):
         raise ConfigError("trainer.accumulate_grad_batches",
@@ -75,6 +28,6 @@ def apply_batch_plan(cfg: Any, trainer: Any, module: Any) -> BatchPlan:
     for lg in trainer.loggers:
         lg.log_hyperparams({"batch": plan.to_dict()})
     if trainer.is_global_zero:
-        logging.getLogger(__name__).info("%s (%d device(s) x %d node(s))", plan.describe(),
-                                         trainer.num_devices, trainer.num_nodes)
+        log.info("%s (%d device(s) x %d node(s))", plan.describe(), trainer.num_devices,
+                 trainer.num_nodes)
     return plan

@@ -10,10 +10,10 @@
   (:func:`heartgpt.files.atomic_path`): a reader sees the old file or the new one. Remote paths
   (``s3://`` ...) keep Lightning's behaviour.
 * **Reads never run code.** ``ckpt_path=`` is read by
-  :func:`heartgpt.model.checkpoints.load_weights_only` (``weights_only=True`` whatever the caller
-  asks; refused while ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set), so a crafted pickle cannot
-  execute. An empty, truncated or foreign file is a
-  :class:`~heartgpt.model.checkpoints.CheckpointError` naming it, without PyTorch's advice to
+  :func:`heartgpt.model.checkpoint_format.load_weights_only` (``weights_only=True`` whatever the
+  caller asks; refused while ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is set), so a crafted pickle
+  cannot execute. An empty, truncated or foreign file is a
+  :class:`~heartgpt.model.checkpoint_format.CheckpointError` naming it, without PyTorch's advice to
   retry with ``weights_only=False``.
 """
 
@@ -28,7 +28,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from heartgpt.files import atomic_path
-from heartgpt.model.checkpoints import CheckpointError, load_weights_only
+from heartgpt.model.checkpoint_format import CheckpointError, load_weights_only
 
 
 def _is_local(path: str | os.PathLike) -> bool:

@@ -17,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from heartgpt.errors import ConfigError
+from heartgpt.heads.registry import head_kinds, head_losses, head_poolings, head_targets
+from heartgpt.model.checkpoint_format import CONFIG_LIMITS
 
 Check = Callable[[Any], str | None]  # the problem with a value, or None
 _ABSENT = object()
@@ -66,6 +68,14 @@ def number(lo: float | None = None, hi: float | None = None, *, open_lo: bool = 
 def one_of(*choices: Any) -> Check:
     def check(v: Any) -> str | None:
         return None if v in choices else f"{v!r} is not one of {list(choices)}"
+    return check
+
+
+def registered(choices: Callable[[], tuple[Any, ...]], *also: Any) -> Check:
+    """One of ``choices()`` (or ``also``), read when a value is checked: the head registry's
+    vocabulary (:mod:`heartgpt.heads.registry`) grows with the kinds registered."""
+    def check(v: Any) -> str | None:
+        return one_of(*also, *choices())(v)
     return check
 
 
@@ -130,11 +140,9 @@ CHECKS: dict[str, Check] = {
     "data.test_fraction": number(0, 1, open_hi=True),
     "data.windows_per_segment": integer(1),
     "data.prefetch_factor": integer(1, nullable=True),
-    "model.vocab_size": integer(2, 65536),
-    "model.block_size": integer(1, 1_000_000),
-    "model.n_embd": integer(1, 65536),
-    "model.n_head": integer(1, 4096),
-    "model.n_layer": integer(1, 1024),
+    # the sizes a stored model config may have (a vocabulary of one token predicts nothing)
+    **{f"model.{key}": integer(2 if key == "vocab_size" else 1, limit)
+       for key, limit in CONFIG_LIMITS.items()},
     "model.dropout": number(0, 1, open_hi=True),
     "module.lr": number(0, open_lo=True),
     "module.weight_decay": number(0),
@@ -143,12 +151,12 @@ CHECKS: dict[str, Check] = {
     "module.min_lr_ratio": number(0, 1),
     "module.betas": betas,
     "module.head.pos_weight": number(0, open_lo=True, nullable=True),
-    "module.head.kind": one_of("classify", "regress", "tag"),
+    "module.head.kind": registered(head_kinds),
     "module.head.outputs": integer(1),
-    "module.head.pooling": one_of("last", "mean", "attention"),
+    "module.head.pooling": registered(head_poolings),
     "module.head.stride": integer(1),
-    "module.head.target": one_of("class", "value"),
-    "module.head.loss": one_of(None, "bce", "ce", "mse", "huber"),
+    "module.head.target": registered(head_targets),
+    "module.head.loss": registered(head_losses, None),
     "sample_rate": number(0, open_lo=True, nullable=True),
     "batch_size": integer(1),
     "rows_per_shard": integer(1),

@@ -5,7 +5,7 @@ with the network of the checkpoint (its :class:`~heartgpt.model.GPTConfig` wins 
 ``cfg.model``) and holding its weights, after checking that the checkpoint fits the task: the
 modality and vocabulary of the data, a language-model head for ``task=pretrain``, a 1-output
 head of the same fine-tuned task for ``af`` / ``beats``. ``trainer.test`` then runs over the
-DataModule's ``split`` (``all`` by default) with :class:`~heartgpt.data.datamodules.EvalSampler`:
+DataModule's ``split`` (``all`` by default) with :class:`~heartgpt.data.samplers.EvalSampler`:
 each window once over all devices, in the batch it would be in on one, and the sums in float64,
 so 1 and N processes give the same metrics (exactly, when the split fills a batch per process).
 
@@ -26,25 +26,31 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from heartgpt.files import sha256_file, write_json_atomic
-from heartgpt.heads.legacy import head_of
-from heartgpt.model.checkpoints import (
-    FINETUNED_TASKS,
+from heartgpt.model.checkpoint_format import (
     CheckpointError,
     LoadedModel,
-    check_vocab,
-    find_weights,
-    load_model,
-    load_weights_only,
     require_torch,
     warn_if_synthetic,
 )
+from heartgpt.model.checkpoints import FINETUNED_TASKS, check_vocab, find_weights, load_model
 from heartgpt.training.base import plain
+from heartgpt.training.result_files import (
+    EVAL_BEATS,
+    EVAL_CONFUSION,
+    EVAL_METRICS,
+    EVAL_PREDICTIONS,
+    null_undefined,
+    read_predictions,
+)
+from heartgpt.training.run import (
+    INITIAL_WEIGHTS_KEYS,
+    closing_wandb,
+    ensure_demo_shards,
+    instantiate_all,
+    start_trainer,
+)
 
 log = logging.getLogger(__name__)
-EVAL_METRICS = "eval_metrics.json"
-PREDICTIONS = "eval_predictions.csv"
-BEATS = "eval_beats.csv"
-CONFUSION = "eval_confusion_matrix.csv"
 _CARRIED_HPARAMS = ("head",)  # fine-tuning settings a .ckpt knows better than the config
 
 
@@ -80,14 +86,6 @@ def check_checkpoint(loaded: LoadedModel, cfg: DictConfig) -> None:
                               f"task={loaded.task}, not task={task}")
 
 
-def checkpoint_hparams(path: Path) -> dict[str, Any]:
-    """The hyper-parameters of one of our Lightning ``.ckpt`` files ({} for other files)."""
-    if path.suffix != ".ckpt":
-        return {}
-    ckpt = load_weights_only(path, path, "a Lightning checkpoint")
-    return dict(ckpt.get("hyper_parameters") or {})
-
-
 def pin_checkpoint(cfg: DictConfig) -> LoadedModel:
     """Load and check ``cfg.checkpoint``; pin it in ``cfg`` (absolute path, sha256) and put its
     network config in ``cfg.model`` (so ``data.block_size`` and ``module.model_config`` follow
@@ -95,9 +93,9 @@ def pin_checkpoint(cfg: DictConfig) -> LoadedModel:
     path = find_weights(cfg.checkpoint, cfg.paths.get("weights_dir")).resolve()
     loaded = load_model(path)
     require_torch(loaded, "evaluation")
-    hparams = checkpoint_hparams(path)
+    hparams = dict(loaded.hparams)  # ({} unless one of our .ckpt files)
     if hparams.get("head") is not None:  # (a checkpoint from before heads were config: its own)
-        hparams["head"] = head_of(hparams)
+        hparams["head"] = loaded.head
     with open_dict(cfg):
         for key in _CARRIED_HPARAMS:
             if key in hparams and key in cfg.module and hparams[key] != plain(cfg.module[key]):
@@ -116,43 +114,38 @@ def pin_checkpoint(cfg: DictConfig) -> LoadedModel:
 def build_module(cfg: DictConfig, loaded: LoadedModel) -> L.LightningModule:
     """The task's LightningModule (``cfg.module``) holding the checkpoint's weights, writing its
     predictions under the evaluation's file names."""
-    from heartgpt.train import INITIAL_WEIGHTS_KEYS
     from heartgpt.training.finetune import FinetuneModule
 
     no_initial = {key: None for key in INITIAL_WEIGHTS_KEYS if key in cfg.module}
     module = instantiate(cfg.module, _convert_="all", **no_initial)
     module.model.load_state_dict(loaded.model.state_dict(), strict=True)
     if isinstance(module, FinetuneModule):
-        module.predictions_file, module.beats_file = PREDICTIONS, BEATS
-        module.confusion_file = CONFUSION
-        load_head_state(module, Path(cfg.checkpoint))
+        module.predictions_file, module.beats_file = EVAL_PREDICTIONS, EVAL_BEATS
+        module.confusion_file = EVAL_CONFUSION
+        load_head_state(module, loaded)
     return module
 
 
-def load_head_state(module: L.LightningModule, path: Path) -> None:
+def load_head_state(module: L.LightningModule, loaded: LoadedModel) -> None:
     """The task head's own state (attention pooling, a regression head's target mean and std)
-    from one of our ``.ckpt`` files: without it the head would score with fresh values."""
+    that ``loaded``, one of our ``.ckpt`` files, holds: without it the head would score with
+    fresh values."""
     state = module.task_head.state_dict()
     if not state:
         return
-    if path.suffix != ".ckpt":
-        raise CheckpointError(str(path), f"a {module.task_head.kind} head keeps state of its own "
-                              f"({', '.join(state)}) that only our .ckpt files hold")
-    ckpt = load_weights_only(path, path, "a Lightning checkpoint")
-    stored = {k.removeprefix("task_head."): v for k, v in ckpt["state_dict"].items()
-              if k.startswith("task_head.")}
-    missing = sorted(set(state) - set(stored))
+    if Path(loaded.source).suffix != ".ckpt":
+        raise CheckpointError(loaded.source, f"a {module.task_head.kind} head keeps state of its "
+                              f"own ({', '.join(state)}) that only our .ckpt files hold")
+    missing = sorted(set(state) - set(loaded.head_state))
     if missing:
-        raise CheckpointError(str(path), f"has no {', '.join(missing)} for its "
+        raise CheckpointError(loaded.source, f"has no {', '.join(missing)} for its "
                               f"{module.task_head.kind} head")
-    module.task_head.load_state_dict(stored, strict=True)
+    module.task_head.load_state_dict(loaded.head_state, strict=True)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Score ``cfg.checkpoint`` on ``cfg.data``'s ``split``; return what ``eval_metrics.json``
     holds (written by rank 0, with a summary table on the console)."""
-    from heartgpt.train import closing_wandb, ensure_demo_shards, instantiate_all, start_trainer
-
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     loaded = pin_checkpoint(cfg)
@@ -174,14 +167,12 @@ def eval_report(cfg: DictConfig, logged: dict[str, float], devices: int) -> dict
     """What ``eval_metrics.json`` holds: the metrics (``test/`` prefix dropped; one that the
     labels leave undefined, e.g. the AUROC of one class, is null with its reason) and what
     was scored: checkpoint, shards, split, windows, devices, output files."""
-    from heartgpt.cv import null_undefined, read_predictions
-
     out = Path(cfg.paths.output_dir)
     metrics = {k.removeprefix("test/"): float(v) for k, v in logged.items()}
     windows = round(metrics.pop("windows", 0.0))
-    files = {name: (out / name).is_file() for name in (PREDICTIONS, BEATS, CONFUSION)}
-    if files[PREDICTIONS]:
-        metrics = null_undefined(metrics, read_predictions(out / PREDICTIONS))
+    files = {name: (out / name).is_file() for name in (EVAL_PREDICTIONS, EVAL_BEATS, EVAL_CONFUSION)}
+    if files[EVAL_PREDICTIONS]:
+        metrics = null_undefined(metrics, read_predictions(out / EVAL_PREDICTIONS))
     data = cfg.data
     return {
         "task": task_of(cfg), "checkpoint": cfg.checkpoint,

@@ -1,6 +1,6 @@
 """``FinetuneModule``: fine-tuning :class:`~heartgpt.model.GPT` for any labelled target.
 
-The task is ``module.head`` (:mod:`heartgpt.training.heads`): ``classify`` (one label per
+The task is ``module.head`` (:mod:`heartgpt.heads`): ``classify`` (one label per
 window, K classes; K=1 is binary, the paper's AF screening), ``regress`` (one or several values
 per window, standardised by the training split, predicted in the labels' units) or ``tag``
 (a class or value every ``stride`` tokens; beats are binary tagging at stride 1, with beat-level
@@ -28,15 +28,15 @@ from heartgpt.data.shards import ShardError
 from heartgpt.data.tokenizer import get_modality
 from heartgpt.errors import InputError
 from heartgpt.files import atomic_path
+from heartgpt.heads.objectives import RegressionObjective
+from heartgpt.heads.registry import build_head, misread_by_tools
 from heartgpt.inference.beat_metrics import BeatDetectionScores, beat_rows
 from heartgpt.model import GPT, GPTConfig
 from heartgpt.model.lora import add_lora
 from heartgpt.training.base import GPTLightningModule, plain
-from heartgpt.training.heads import RegressionObjective, build_head
+from heartgpt.training.result_files import TEST_CONFUSION, TEST_PREDICTIONS
 
 STAGES = ("train", "val", "test")
-PREDICTIONS = "test_predictions.csv"  # in the run dir: every tested window's prediction
-CONFUSION = "test_confusion_matrix.csv"  # multiclass heads: rows true class, columns predicted
 
 
 class FinetuneModule(GPTLightningModule):
@@ -47,7 +47,7 @@ class FinetuneModule(GPTLightningModule):
         modality: 'ecg' | 'ppg'; must agree with the vocab size and with ``pretrained``.
         task: a name for the checkpoint ('af', 'beats', 'rhythm', ...).
         head: ``{kind: classify|regress|tag, outputs, pooling, stride, target, loss, ...}``
-            (:func:`heartgpt.training.heads.build_head`).
+            (:func:`heartgpt.heads.registry.build_head`).
         pretrained: weights to start from (released ``.zip``/``.pth``, our ``.ckpt`` or
             ``.safetensors``); None trains from scratch. Loaded when any stage starts.
         decay_params: 'linear' | 'all': which parameters ``weight_decay`` applies to.
@@ -70,9 +70,9 @@ class FinetuneModule(GPTLightningModule):
     (:func:`heartgpt.inference.beat_metrics.beat_rows`).
     """
 
-    predictions_file: str = PREDICTIONS
+    predictions_file: str = TEST_PREDICTIONS
     beats_file: str | None = None
-    confusion_file: str = CONFUSION
+    confusion_file: str = TEST_CONFUSION
 
     def __init__(
         self,
@@ -134,8 +134,8 @@ class FinetuneModule(GPTLightningModule):
         """A factory of :class:`BeatDetectionScores` (None: this head has no beat metrics)."""
         if beats is None:
             return None
-        head = self.task_head
-        if head.kind != "tag" or head.objective.name != "binary" or head.reduction.stride != 1:
+        # the probability the beat detector reads: binary tagging at every position
+        if misread_by_tools(self.hparams.head, per_position=True) is not None:
             raise ValueError("module.beats: beat metrics need binary tagging at every position "
                              "(head.kind=tag, outputs=1, stride=1)")
         samples = {k: v * rate / 1000 for k, v in beats.items()

@@ -69,7 +69,7 @@ class PretrainModule(GPTLightningModule):
         modality = get_modality(modality).name
         init_from = str(init_from) if init_from is not None else None
         self.save_hyperparameters()
-        self.hparams["task"] = "pretrain"  # read by heartgpt.model.checkpoints.load_lightning
+        self.hparams["task"] = "pretrain"  # read back by heartgpt.model.lightning_checkpoint
 
         config = GPTConfig.from_dict(model_config)
         if config.out_features is not None:

@@ -16,6 +16,8 @@ from typing import TypeVar
 
 from omegaconf import DictConfig, OmegaConf
 
+from heartgpt.errors import UserError
+
 # old dotted key (or prefix, ending in '.') -> new; first match wins
 TRAIN_RENAMES: tuple[tuple[str, str], ...] = (
     ("task_name", "run_name"),
@@ -38,7 +40,7 @@ _PREPARE_VALUES = {"pretrain": "unlabelled"}  # task_type=pretrain is label_kind
 T = TypeVar("T")
 
 
-class RenamedKeyError(ValueError):
+class RenamedKeyError(UserError):
     """A config key of heartgpt 0.1 was used; the message names its new spelling."""
 
 

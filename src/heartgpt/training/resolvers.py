@@ -1,5 +1,5 @@
 """OmegaConf resolvers of the config tree, registered on import (``heartgpt.train``,
-``heartgpt.prepare`` and :func:`heartgpt.train.compose_config` import this module first).
+``heartgpt.prepare`` and :func:`heartgpt.training.run.compose_config` import this module first).
 
 - ``${cwd:}``: the directory the command was started in. Unlike ``${hydra:runtime.cwd}`` it
   also resolves where Hydra has not set its config yet: the multirun sweeper and launchers

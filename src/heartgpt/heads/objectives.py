@@ -1,126 +1,26 @@
-"""Fine-tuning heads as config: what a task reads off the GPT and how it is scored.
+"""Objectives: the loss, predictions and metrics of one kind of target.
 
-The GPT ends in one ``nn.Linear`` (``model.head``, ``out_features`` outputs at every position);
-a :class:`TaskHead` turns those per-position outputs into the task's predictions and holds the
-task's loss and metrics. It is two choices, both from ``module.head`` in the config:
-
-- a **reduction** of the (B, T, n_out) outputs: ``last`` position (the paper's AF model),
-  ``mean`` over positions, ``attention`` (a learned softmax weighting of positions), or
-  ``stride`` (per-position tagging: every ``stride``-th position, the one that has seen the
-  whole chunk it describes; stride 1 is every position, as the beat detector);
-- an **objective**: ``binary`` (one logit, BCE, sigmoid: AF, beats), ``multiclass`` (K logits,
-  cross-entropy, softmax) or ``regression`` (L values, MSE or Huber on targets standardised
-  by the training split's mean and std, which the checkpoint stores; predictions in the
-  original units).
-
-``kind: classify`` is a sequence reduction with binary (1 output) or multiclass objective;
-``regress`` a sequence reduction with regression; ``tag`` the stride reduction with either.
-:func:`build_head` maps the config to the two parts; ``FinetuneModule`` only calls the head.
+``binary`` (one logit, BCE, sigmoid: AF, beats), ``multiclass`` (K logits, cross-entropy,
+softmax) or ``regression`` (L values, MSE or Huber on targets standardised by the training
+split's mean and std, which the checkpoint stores; predictions in the original units). Each
+names the ``head.loss`` values it takes (:attr:`Objective.losses`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    BinaryAccuracy,
-    BinaryAUROC,
-    BinaryAveragePrecision,
-    BinaryF1Score,
-    BinaryRecall,
-    BinarySpecificity,
-    MulticlassAccuracy,
-    MulticlassAUROC,
-    MulticlassConfusionMatrix,
-    MulticlassF1Score,
-)
-from torchmetrics.regression import MeanAbsoluteError, MeanSquaredError, PearsonCorrCoef, R2Score
-from torchmetrics.wrappers import MultioutputWrapper
 
 from heartgpt.data.labels import LabelSchema
 
-KINDS = ("classify", "regress", "tag")
-POOLINGS = ("last", "mean", "attention")
-LOSSES = {"binary": ("bce",), "multiclass": ("ce",), "regression": ("mse", "huber")}
+if TYPE_CHECKING:
+    from torchmetrics import MetricCollection
 
-
-# ----------------------------------------------------------------------------- reductions
-
-
-class Reduction(nn.Module):
-    """(B, T, n_out) per-position outputs (and (B, T, C) hidden states) -> the task's outputs."""
-
-    level = "sequence"  # 'sequence': (B, n_out) | 'position': (B, P, n_out)
-
-    def forward(self, outputs: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-
-class LastPosition(Reduction):
-    """The last position: it has seen the whole window (the released AF models)."""
-
-    def forward(self, outputs: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        return outputs[:, -1]  # (B, n_out)
-
-
-class MeanPosition(Reduction):
-    """The mean over positions (the head is linear: mean of outputs = head(mean hidden))."""
-
-    def forward(self, outputs: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        return outputs.mean(dim=1)  # (B, n_out)
-
-
-class AttentionPooling(Reduction):
-    """A learned softmax weighting of positions, scored from the final hidden states.
-
-    ``sum_t a_t head(h_t) = head(sum_t a_t h_t)``: the same as pooling the hidden states first.
-    Its scorer trains whatever the freeze strategy (it is new, as the head)."""
-
-    def __init__(self, n_embd: int) -> None:
-        super().__init__()
-        self.score = nn.Linear(n_embd, 1)
-        nn.init.zeros_(self.score.weight)  # starts as the mean over positions
-        nn.init.zeros_(self.score.bias)
-
-    def forward(self, outputs: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        weights = torch.softmax(self.score(hidden).float(), dim=1)  # (B, T, 1)
-        return (weights * outputs).sum(dim=1)  # (B, n_out)
-
-
-class Strided(Reduction):
-    """Every ``stride``-th position, ending each chunk of ``stride`` tokens: (B, T // stride, n_out).
-
-    The k-th output describes tokens ``k*stride .. (k+1)*stride - 1`` and is read where the
-    causal model has seen all of them."""
-
-    level = "position"
-
-    def __init__(self, stride: int) -> None:
-        super().__init__()
-        if stride < 1:
-            raise ValueError(f"head.stride must be >= 1, got {stride}")
-        self.stride = stride
-
-    def forward(self, outputs: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        return outputs[:, self.stride - 1 :: self.stride]  # (B, T // stride, n_out)
-
-
-def _reduction(kind: str, pooling: str, stride: int, n_embd: int) -> Reduction:
-    if kind == "tag":
-        return Strided(stride)
-    poolings = {"last": LastPosition, "mean": MeanPosition,
-                "attention": lambda: AttentionPooling(n_embd)}
-    if pooling not in poolings:
-        raise ValueError(f"head.pooling must be one of {POOLINGS}, got {pooling!r}")
-    return poolings[pooling]()
-
-
-# ----------------------------------------------------------------------------- objectives
+# torchmetrics is imported where metrics are made, not here: the tools that only read the head
+# registry (predict, screen_af, ...) would pay for its import (~0.8 s) on every start.
 
 
 class Objective(nn.Module):
@@ -130,6 +30,7 @@ class Objective(nn.Module):
     targets (B, P) as float32 (class indices as numbers)."""
 
     name = ""
+    losses: tuple[str, ...] = ()  # the ``head.loss`` values it takes (the first is the default)
     label_kind = "class"  # what the shards must hold: 'class' | 'value'
 
     def __init__(self, n_out: int) -> None:
@@ -170,6 +71,7 @@ class BinaryObjective(Objective):
     """One logit: BCE-with-logits (``pos_weight`` for sparse positives), sigmoid probability."""
 
     name = "binary"
+    losses = ("bce",)
 
     def __init__(self, pos_weight: float | None = None) -> None:
         super().__init__(1)
@@ -183,6 +85,16 @@ class BinaryObjective(Objective):
         return torch.sigmoid(outputs[..., 0].float())  # (B,) or (B, P)
 
     def metrics(self, level: str) -> MetricCollection:
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import (
+            BinaryAccuracy,
+            BinaryAUROC,
+            BinaryAveragePrecision,
+            BinaryF1Score,
+            BinaryRecall,
+            BinarySpecificity,
+        )
+
         if level == "position":  # binned: memory stays bounded over every position of the set
             return MetricCollection({"auroc": BinaryAUROC(thresholds=200)})
         return MetricCollection({
@@ -210,6 +122,7 @@ class MulticlassObjective(Objective):
     """K logits: cross-entropy, softmax probabilities; macro AUROC / F1, accuracy, confusion."""
 
     name = "multiclass"
+    losses = ("ce",)
 
     def __init__(self, num_classes: int) -> None:
         if num_classes < 2:
@@ -223,6 +136,14 @@ class MulticlassObjective(Objective):
         return torch.softmax(outputs.float(), dim=-1)  # (..., K)
 
     def metrics(self, level: str) -> MetricCollection:
+        from torchmetrics import MetricCollection
+        from torchmetrics.classification import (
+            MulticlassAccuracy,
+            MulticlassAUROC,
+            MulticlassConfusionMatrix,
+            MulticlassF1Score,
+        )
+
         k = self.n_out
         return MetricCollection({
             "auroc": MulticlassAUROC(k, average="macro"),
@@ -263,12 +184,13 @@ class RegressionObjective(Objective):
     are left out of the loss and the metrics."""
 
     name = "regression"
+    losses = ("mse", "huber")
     label_kind = "value"
 
     def __init__(self, num_targets: int, loss: str = "mse", huber_delta: float = 1.0) -> None:
         super().__init__(num_targets)
-        if loss not in LOSSES["regression"]:
-            raise ValueError(f"head.loss must be one of {LOSSES['regression']} for values, got {loss!r}")
+        if loss not in self.losses:
+            raise ValueError(f"head.loss must be one of {self.losses} for values, got {loss!r}")
         self.loss_name, self.huber_delta = loss, float(huber_delta)
         self.register_buffer("mean", torch.zeros(num_targets))
         self.register_buffer("std", torch.ones(num_targets))
@@ -305,6 +227,15 @@ class RegressionObjective(Objective):
         return why
 
     def metrics(self, level: str) -> MetricCollection:
+        from torchmetrics import MetricCollection
+        from torchmetrics.regression import (
+            MeanAbsoluteError,
+            MeanSquaredError,
+            PearsonCorrCoef,
+            R2Score,
+        )
+        from torchmetrics.wrappers import MultioutputWrapper
+
         def per_target(metric: Any) -> MultioutputWrapper:
             return MultioutputWrapper(metric, self.n_out, remove_nans=True)
 
@@ -332,79 +263,3 @@ class RegressionObjective(Objective):
         ok = torch.isfinite(tgt)
         return {"positions": int(ok.sum().item()),
                 "mae": float((pred[ok] - tgt[ok]).abs().mean().item()) if ok.any() else float("nan")}
-
-
-# ----------------------------------------------------------------------------- the head
-
-
-class TaskHead(nn.Module):
-    """A reduction of the GPT's per-position outputs and an objective, from ``module.head``."""
-
-    def __init__(self, kind: str, reduction: Reduction, objective: Objective) -> None:
-        super().__init__()
-        self.kind, self.reduction, self.objective = kind, reduction, objective
-
-    @property
-    def level(self) -> str:
-        return self.reduction.level
-
-    @property
-    def batch_key(self) -> str:
-        """Where the batch holds this head's target: a window's ``label`` or per-position ``targets``."""
-        return "label" if self.level == "sequence" else "targets"
-
-    @property
-    def label_kind(self) -> str:
-        """The shard ``label_kind`` this head trains on."""
-        return "sequence" if self.level == "sequence" else "token"
-
-    def forward(self, outputs: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        return self.reduction(outputs, hidden)
-
-    def check_labels(self, schema: LabelSchema | None) -> str | None:
-        """Why shards with labels ``schema`` cannot train this head (None: they can)."""
-        if schema is None:
-            return "the shards hold no labels"
-        why = self.objective.check_schema(schema)
-        if why is None and self.level == "position" and schema.stride != self.reduction.stride:
-            why = f"the head tags every {self.reduction.stride} tokens"
-        if why is None and self.level == "sequence" and schema.stride != 1:
-            why = "the head predicts one value per window"
-        return None if why is None else f"{why}; the shards hold {schema.describe()}"
-
-
-def build_head(spec: Mapping[str, Any], n_embd: int) -> TaskHead:
-    """The :class:`TaskHead` of a ``module.head`` config::
-
-        kind: classify | regress | tag
-        outputs: 1            # classify/tag classes: 1 = binary (sigmoid), K >= 2: softmax;
-                              # regress / tag values: how many targets
-        target: class         # tag only: class | value
-        pooling: last         # classify/regress: last | mean | attention
-        stride: 1             # tag: one output every `stride` tokens
-        loss: null            # regression: mse | huber (null: mse); classes: bce (1) / ce (K)
-        huber_delta: 1.0      # in standard deviations
-        pos_weight: null      # binary: BCE weight of positives
-    """
-    kind = spec.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"head.kind must be one of {KINDS}, got {kind!r}")
-    outputs = int(spec.get("outputs", 1))
-    if outputs < 1:
-        raise ValueError(f"head.outputs must be >= 1, got {outputs}")
-    values = kind == "regress" or (kind == "tag" and spec.get("target", "class") == "value")
-    if kind == "tag" and spec.get("target", "class") not in ("class", "value"):
-        raise ValueError(f"head.target must be 'class' or 'value', got {spec.get('target')!r}")
-    loss = spec.get("loss")
-    objective: Objective
-    if values:
-        objective = RegressionObjective(outputs, loss or "mse", spec.get("huber_delta", 1.0))
-    elif outputs == 1:
-        objective = BinaryObjective(spec.get("pos_weight"))
-    else:
-        objective = MulticlassObjective(outputs)
-    allowed = LOSSES[objective.name]
-    if loss is not None and loss not in allowed:
-        raise ValueError(f"head.loss {loss!r} does not fit a {objective.name} head; use {allowed}")
-    reduction = _reduction(kind, str(spec.get("pooling", "last")), int(spec.get("stride", 1)), n_embd)
-    return TaskHead(kind, reduction, objective)
