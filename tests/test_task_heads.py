@@ -84,7 +84,8 @@ def test_regression_standardises_by_the_training_split_and_evaluates_the_same(da
     assert {"test/mae", "test/rmse", "test/r2", "test/pearson"} <= set(metrics)
     ckpt = Path(metrics["checkpoint"])
     state = torch.load(ckpt, weights_only=True)["state_dict"]
-    dm = FinetuneDataModule(str(shards), "ecg", 500, "sequence", 8, 42, 0.2, 0.3)
+    dm = FinetuneDataModule(str(shards), "ecg", block_size=500, label_kind="sequence",
+                            global_batch_size=8, seed=42, val_fraction=0.2, test_fraction=0.3)
     mean, std = dm.label_statistics("train")
     assert state["task_head.objective.mean"].item() == pytest.approx(mean[0], rel=1e-6)
     assert state["task_head.objective.std"].item() == pytest.approx(std[0], rel=1e-6)

@@ -29,7 +29,8 @@ Design (see ``data/README.md``):
 
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
@@ -138,11 +139,25 @@ class ShardDataModule(L.LightningDataModule):
     test loader's rows are ``dm.settings.split``).
     """
 
+    settings_type: ClassVar[type[DataSettings]] = DataSettings
     settings: DataSettings
 
-    def __init__(self, settings: DataSettings) -> None:
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.__signature__ = inspect.signature(cls.settings_type)  # help() and IDEs: the settings
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        """The arguments are :attr:`settings_type`'s (``shard_dir`` and ``modality`` may be
+        positional); Lightning keeps them, as given, as the hyper-parameters."""
         super().__init__()
-        self.settings = settings
+        try:
+            self.settings = self.settings_type(*args, **kwargs)
+            given = inspect.signature(self.settings_type).bind(*args, **kwargs)
+        except TypeError as e:  # named as the DataModule a user (or Hydra) called
+            raise TypeError(str(e).replace(self.settings_type.__name__, type(self).__name__)
+                            ) from None
+        given.apply_defaults()
+        self.save_hyperparameters(dict(given.arguments), logger=False)
         self._manifest: Manifest | None = None
         self._split_of_subject: np.ndarray | None = None  # TRAIN/VAL/TEST per subject
         self._ranges: dict[str, RowRanges] = {}
@@ -274,33 +289,8 @@ class PretrainDataModule(ShardDataModule):
     drawn from each training segment per epoch).
     """
 
+    settings_type = PretrainSettings
     settings: PretrainSettings
-
-    def __init__(
-        self,
-        shard_dir: str,
-        modality: str,
-        block_size: int,
-        global_batch_size: int,
-        seed: int,
-        val_fraction: float,
-        test_fraction: float,
-        folds: int | str | None = None,
-        fold: int = 0,
-        vocab_size: int | None = None,
-        windows_per_segment: int = 1,
-        num_workers: int = 0,
-        pin_memory: bool | None = None,
-        persistent_workers: bool = False,
-        prefetch_factor: int | None = None,
-        verify_checksums: bool = True,
-        split: str = "test",
-        micro_batch_size: int | None = None,
-        split_file: str | None = None,
-        with_replacement: bool = False,
-    ) -> None:
-        super().__init__(PretrainSettings.of(locals()))
-        self.save_hyperparameters(logger=False)  # the arguments, as given
 
     @property
     def window(self) -> int:
@@ -331,34 +321,8 @@ class FinetuneDataModule(ShardDataModule):
     each subject's majority label, for sequence labels).
     """
 
+    settings_type = FinetuneSettings
     settings: FinetuneSettings
-
-    def __init__(
-        self,
-        shard_dir: str,
-        modality: str,
-        block_size: int,
-        label_kind: str,
-        global_batch_size: int,
-        seed: int,
-        val_fraction: float,
-        test_fraction: float,
-        folds: int | str | None = None,
-        fold: int = 0,
-        stratify: bool = True,
-        vocab_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool | None = None,
-        persistent_workers: bool = False,
-        prefetch_factor: int | None = None,
-        verify_checksums: bool = True,
-        split: str = "test",
-        micro_batch_size: int | None = None,
-        split_file: str | None = None,
-        with_replacement: bool = False,
-    ) -> None:
-        super().__init__(FinetuneSettings.of(locals()))
-        self.save_hyperparameters(logger=False)  # the arguments, as given
 
     @property
     def window(self) -> int:

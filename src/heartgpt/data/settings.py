@@ -1,16 +1,14 @@
 """What a shard DataModule is configured with: one frozen settings record per DataModule.
 
 :class:`DataSettings` holds what both DataModules take (the keys of ``conf/data/*.yaml``),
-:class:`PretrainSettings` and :class:`FinetuneSettings` add their own. The DataModules'
-constructors keep explicit keyword arguments (what Hydra and callers pass) and hand them here
-once with :meth:`DataSettings.of`; the settings check and normalise them.
+:class:`PretrainSettings` and :class:`FinetuneSettings` add their own. A DataModule's
+constructor takes exactly its settings' arguments (what Hydra passes from the yaml) and builds
+them once; the settings check and normalise them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from dataclasses import KW_ONLY, dataclass, fields
 
 from heartgpt.data.shards import LABEL_KINDS
 from heartgpt.data.splits import SPLIT_NAMES
@@ -19,10 +17,8 @@ from heartgpt.data.tokenizer import get_modality
 EVAL_SPLITS = ("all", *SPLIT_NAMES)  # the rows the test (evaluation) loader may serve
 FINETUNE_LABEL_KINDS = tuple(k for k in LABEL_KINDS if k != "unlabelled")  # sequence, token
 
-_S = TypeVar("_S", bound="DataSettings")
 
-
-@dataclass(frozen=True, kw_only=True)
+@dataclass(frozen=True)
 class DataSettings:
     """The settings of every shard DataModule.
 
@@ -52,23 +48,24 @@ class DataSettings:
 
     shard_dir: str
     modality: str
+    _: KW_ONLY
     block_size: int
     global_batch_size: int
-    micro_batch_size: int | None
     seed: int
     val_fraction: float
     test_fraction: float
-    folds: int | str | None
-    fold: int
-    vocab_size: int | None
-    num_workers: int
-    pin_memory: bool | None
-    persistent_workers: bool
-    prefetch_factor: int | None
-    verify_checksums: bool
-    split: str
-    split_file: str | None
-    with_replacement: bool
+    micro_batch_size: int | None = None
+    folds: int | str | None = None
+    fold: int = 0
+    vocab_size: int | None = None
+    num_workers: int = 0
+    pin_memory: bool | None = None
+    persistent_workers: bool = False
+    prefetch_factor: int | None = None
+    verify_checksums: bool = True
+    split: str = "test"
+    split_file: str | None = None
+    with_replacement: bool = False
 
     def __post_init__(self) -> None:
         if self.split not in EVAL_SPLITS:
@@ -82,24 +79,13 @@ class DataSettings:
         """The settings' names."""
         return tuple(f.name for f in fields(cls))
 
-    @classmethod
-    def of(cls: type[_S], arguments: Mapping[str, Any]) -> _S:
-        """The settings from a DataModule constructor's ``locals()``: its arguments must be
-        exactly these settings (a :class:`TypeError` names any that are not), so a constructor
-        and its settings cannot drift apart."""
-        given = {k: v for k, v in arguments.items() if k != "self" and not k.startswith("__")}
-        if set(given) != set(cls.names()):
-            raise TypeError(f"{cls.__name__}: constructor arguments differ from the settings: "
-                            f"{sorted(set(given) ^ set(cls.names()))}")
-        return cls(**given)
-
 
 @dataclass(frozen=True, kw_only=True)
 class PretrainSettings(DataSettings):
     """:class:`DataSettings` plus ``windows_per_segment``: windows drawn from each training
     segment per epoch."""
 
-    windows_per_segment: int
+    windows_per_segment: int = 1
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,7 +95,7 @@ class FinetuneSettings(DataSettings):
     for sequence labels)."""
 
     label_kind: str
-    stratify: bool
+    stratify: bool = True
 
     def __post_init__(self) -> None:
         if self.label_kind not in FINETUNE_LABEL_KINDS:
