@@ -442,16 +442,44 @@ def metric(key: str, what: str, ours: float, unit: str, *, ref: float | None = N
             "spread_of": spread_of}
 
 
+ROUNDS, REJECT_ABOVE = 5, 0.1  # interleaved rounds per comparison; disturbed-round threshold
+# --tiny is a smoke run of the code paths, not a measurement: fewer rounds, none rejected
+TINY_ROUNDS, TINY_REJECT_ABOVE = 2, 1.0
+
+
+def add_timing_options(p: argparse.ArgumentParser) -> None:
+    """``--rounds`` and ``--reject-above``, whose defaults depend on ``--tiny``
+    (:func:`resolve_timing`)."""
+    p.add_argument("--rounds", type=int, default=None,
+                   help=f"interleaved rounds per comparison (median and range reported; default "
+                        f"{ROUNDS}, {TINY_ROUNDS} with --tiny)")
+    p.add_argument("--reject-above", type=float, default=None, metavar="SHARE",
+                   help="reject a round when other processes took more than this share of the\n"
+                        f"CPUs during it (default {REJECT_ABOVE}; 1 or more: never, the default "
+                        "with --tiny)")
+
+
+def resolve_timing(args: argparse.Namespace) -> argparse.Namespace:
+    """``args`` with the ``--rounds`` / ``--reject-above`` defaults of its ``--tiny``."""
+    if args.rounds is None:
+        args.rounds = TINY_ROUNDS if args.tiny else ROUNDS
+    if args.reject_above is None:
+        args.reject_above = TINY_REJECT_ABOVE if args.tiny else REJECT_ABOVE
+    return args
+
+
+class _BenchParser(argparse.ArgumentParser):
+    def parse_args(self, *args: Any, **kwargs: Any) -> argparse.Namespace:  # type: ignore[override]
+        return resolve_timing(super().parse_args(*args, **kwargs))
+
+
 def parser(doc: str | None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+    """The options every script takes (its ``parse_args`` fills the timing defaults)."""
+    p = _BenchParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--tiny", action="store_true", help="a seconds-long smoke run (tiny models)")
     p.add_argument("--inline", action="store_true",
                    help="measure in this process (no spawned children; peak memory not isolated)")
-    p.add_argument("--rounds", type=int, default=5,
-                   help="interleaved rounds per comparison (median and range reported)")
-    p.add_argument("--reject-above", type=float, default=0.1, metavar="SHARE",
-                   help="reject a round when other processes took more than this share of the\n"
-                        "CPUs during it (default 0.1; 1 or more: never)")
+    add_timing_options(p)
     p.add_argument("--json", type=Path, default=None, help="write this section's results here")
     return p
 

@@ -16,7 +16,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import BENCH_DIR, REPO, describe_spread, machine, write_json
+from bench.common import (
+    BENCH_DIR,
+    REPO,
+    add_timing_options,
+    describe_spread,
+    machine,
+    resolve_timing,
+    write_json,
+)
 
 SCRIPTS = ("bench_train", "bench_generate", "bench_data", "bench_prepare", "bench_inference",
            "bench_predict", "bench_scale")
@@ -56,8 +64,8 @@ COLUMNS = {
 }
 
 
-def run_script(name: str, json_path: Path, tiny: bool, inline: bool, rounds: int = 5,
-               reject_above: float = 0.1) -> dict:
+def run_script(name: str, json_path: Path, tiny: bool, inline: bool, rounds: int,
+               reject_above: float) -> dict:
     cmd = [sys.executable, "-m", f"bench.{name}", "--json", str(json_path),
            "--rounds", str(rounds), "--reject-above", str(reject_above)]
     cmd += ["--tiny"] * tiny + ["--inline"] * inline
@@ -218,11 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--update", action="store_true",
                    help="with --only: keep the other scripts' sections of the existing "
                         "results.json (RESULTS.md says which were re-run when)")
-    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds per comparison")
-    p.add_argument("--reject-above", type=float, default=0.1, metavar="SHARE",
-                   help="reject a round when other processes took more than this share of "
-                        "the CPUs")
-    args = p.parse_args(argv)
+    add_timing_options(p)
+    args = resolve_timing(p.parse_args(argv))
     out_dir = args.out_dir or (Path(tempfile.mkdtemp(prefix="heartgpt-bench-")) if args.tiny
                                else BENCH_DIR)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -67,6 +67,25 @@ def run_one(argv: list[str], env: dict[str, str], log: Path) -> int:
     return code
 
 
+def run_plan(commands: list[dict], workdir: Path, cwd: Path, env: dict[str, str],
+             timeout: float = 900) -> list[dict]:
+    """Run ``commands`` (``{"argv": [module, *args], "env": {...}}``) with this runner in one new
+    interpreter started in ``cwd`` with ``env``; each result is ``{"argv", "exit", "seconds",
+    "log"}``, ``log`` its stdout and stderr. ``workdir`` holds the plan, results and logs."""
+    import subprocess
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    plan = [{**c, "log": str(workdir / f"command_{i:02d}.log")} for i, c in enumerate(commands)]
+    (workdir / "plan.json").write_text(json.dumps(plan))
+    results = workdir / "results.jsonl"
+    results.unlink(missing_ok=True)
+    subprocess.run([sys.executable, __file__, str(workdir / "plan.json"), str(results)],
+                   cwd=cwd, env=env, check=True, timeout=timeout)
+    done = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(done) == len(plan), f"the runner stopped after {len(done)} of {len(plan)}"
+    return [{**r, "log": Path(c["log"]).read_text()} for r, c in zip(done, plan, strict=True)]
+
+
 def main(plan_file: str, results_file: str) -> None:
     for command in json.loads(Path(plan_file).read_text()):
         start = time.monotonic()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -32,11 +34,26 @@ def _bench_importable(monkeypatch):
     torch.set_num_threads(n)
 
 
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Callable[[str], tuple[dict, Path]]:
+    """``tiny_run(script)``: its ``main(["--tiny", "--inline", "--json", ...])`` result and
+    json file, run once per module (the section test and the markdown test share it)."""
+    runs: dict[str, tuple[dict, Path]] = {}
+    folder = tmp_path_factory.mktemp("tiny")
+
+    def run(script: str) -> tuple[dict, Path]:
+        if script not in runs:
+            out = folder / f"{script}.json"
+            runs[script] = importlib.import_module(f"bench.{script}").main(
+                ["--tiny", "--inline", "--json", str(out)]), out
+        return copy.deepcopy(runs[script][0]), runs[script][1]
+
+    return run
+
+
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_script_tiny_mode_runs_and_writes_its_section(script, tmp_path):
-    out = tmp_path / f"{script}.json"
-    result = importlib.import_module(f"bench.{script}").main(
-        ["--tiny", "--inline", "--json", str(out)])
+def test_script_tiny_mode_runs_and_writes_its_section(script, tiny_run):
+    result, out = tiny_run(script)
     assert result["rows"] and result["metrics"]
     assert json.loads(out.read_text())["name"] == result["name"]
     for m in result["metrics"]:
@@ -68,13 +85,12 @@ def test_metric_ratio_and_target_directions():
     assert untargeted["met"] is None
 
 
-def test_results_markdown_states_machine_metrics_and_misses(tmp_path):
+def test_results_markdown_states_machine_metrics_and_misses(tiny_run):
     import torch
-    from bench import bench_prepare
     from bench.common import machine, metric, spread
     from bench.run_all import markdown
 
-    section = bench_prepare.main(["--tiny", "--inline"])
+    section, _ = tiny_run("bench_prepare")
     section["metrics"].append(metric("x", "a made-up speed", 1.0, "tok/s", ref=2.0, target=3.0,
                                      note="measured cause"))
     section["metrics"].append(metric(

@@ -3,14 +3,14 @@ config groups that command composes and where the documentation is, not Hydra's 
 
 from __future__ import annotations
 
+import os
 import re
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from command_runner import run_plan
 from training_helpers import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,26 +25,20 @@ COMMANDS = ("heartgpt.train", "heartgpt.prepare", "heartgpt.eval", "heartgpt.pre
 
 
 @pytest.fixture(scope="module")
-def help_text() -> Iterator[Callable[[str], str]]:
-    """``help_text(module)``: its ``--help``; every command's starts at once (each imports
-    torch and Lightning, ~10 s)."""
-    procs = {m: subprocess.Popen([sys.executable, "-m", m, "--help"], stdout=subprocess.PIPE,
-                                 stderr=subprocess.PIPE, text=True, cwd=REPO) for m in COMMANDS}
-    texts: dict[str, str] = {}
+def help_text(tmp_path_factory) -> Callable[[str], str]:
+    """``help_text(module)``: its ``--help``; every command's runs in one interpreter
+    (``tests/command_runner.py``: torch and Lightning imported once, not once per command)."""
+    results = run_plan([{"argv": [m, "--help"], "env": {}} for m in COMMANDS],
+                       tmp_path_factory.mktemp("help"), cwd=REPO, env=dict(os.environ))
+    texts = dict(zip(COMMANDS, results, strict=True))
 
     def text(module: str) -> str:
-        if module not in texts:
-            out, err = procs[module].communicate(timeout=300)
-            assert procs[module].returncode == 0, err
-            assert "powered by Hydra" not in out  # Hydra's generic help
-            texts[module] = out
-        return texts[module]
+        result = texts[module]
+        assert result["exit"] == 0, result["log"]
+        assert "powered by Hydra" not in result["log"]  # Hydra's generic help
+        return result["log"]
 
-    yield text
-    for proc in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    return text
 
 
 @pytest.fixture(scope="module")
