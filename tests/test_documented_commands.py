@@ -111,6 +111,10 @@ PLAN: dict[str, Step] = {
     "inputs='../shared/example_inputs/*PPG*.csv' sample_rate=50": run(),
     "python -m heartgpt.predict mode=loss checkpoint=ECGPT_560k_iters.zip "
     "inputs='../shared/example_inputs/*ECG*.csv' sample_rate=100": run(),
+    "python -m heartgpt.predict mode=embed checkpoint=ECGPT_560k_iters.zip "
+    "inputs='data/demo/ecg/recordings/*.npy' sample_rate=500 out_dir=outputs/embed/ecgpt": run(),
+    "python -m heartgpt.probe predictions=outputs/embed/ecgpt "
+    "labels=data/demo/ecg/recordings/labels.csv target=hr_bpm": run(),
     "python -m heartgpt.export checkpoint=PPGPT_AF_1k_iters.zip": run(),
     "python -m heartgpt.export checkpoint=PPGPT_beat_5k_iters.zip format=torch_export": run(),
     "python -m heartgpt.predict checkpoint=outputs/export/PPGPT_AF_1k_iters.onnx "

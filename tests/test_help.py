@@ -21,7 +21,7 @@ TRAINING_ONLY = ("freeze", "callbacks", "logger", "trainer", "experiment", "debu
 
 
 COMMANDS = ("heartgpt.train", "heartgpt.prepare", "heartgpt.eval", "heartgpt.predict",
-            "heartgpt.export")
+            "heartgpt.export", "heartgpt.probe")
 
 
 @pytest.fixture(scope="module")
@@ -121,5 +121,16 @@ def test_export_help_names_its_group_formats_and_tolerance(help_text):
     assert set(_group_lines(text)) == {"paths"}
     assert "torch_export" in text and "heartgpt[onnx]" in text and "1e-5" in text
     assert "$HEARTGPT_WEIGHTS" in text  # the template's $$ came out as one dollar sign
+    for group in TRAINING_ONLY:
+        assert not re.search(rf"\b{group}\b", text), group
+
+
+def test_probe_help_names_its_keys_and_how_to_get_embeddings(help_text):
+    text = help_text("heartgpt.probe")
+    assert "python -m heartgpt.probe predictions=" in text and "--cfg job" in text
+    assert "python -m heartgpt.predict mode=embed" in text  # where its input comes from
+    assert set(_group_lines(text)) == {"paths"}
+    for key in ("labels", "target", "kind", "unit", "folds", "alpha", "out_dir"):
+        assert re.search(rf"^\s+{key}\b", text, flags=re.M), key
     for group in TRAINING_ONLY:
         assert not re.search(rf"\b{group}\b", text), group

@@ -6,7 +6,9 @@ checkpoint, and writes into the CV directory:
 
 - ``fold_<k>/``: the fold's run (checkpoints, logs, ``test_predictions.csv``);
 - ``summary.json`` and ``folds.csv``: per-fold test metrics, and the pooled metrics over all
-  held-out predictions (pooled AUROC / AP for sequence tasks, as the paper reports).
+  held-out predictions (pooled AUROC / AP for sequence tasks, as the paper reports; MAE / RMSE
+  for regressions, beside those of always predicting each fold's training mean, and
+  ``beats_mean_baseline``).
 
 Usage (Hydra overrides as for ``heartgpt.train``)::
 
@@ -39,6 +41,7 @@ from torchmetrics.functional.classification import (
 
 from heartgpt.errors import one_line_errors
 from heartgpt.training.config_checks import check_values
+from heartgpt.training.mean_baseline import BEATS_MEAN_BASELINE, pool_folds, verdict
 from heartgpt.training.renamed_keys import TRAIN_RENAMES, check_config
 from heartgpt.training.result_files import (
     TEST_METRICS,
@@ -91,16 +94,20 @@ def summarize(cv_dir: str | Path) -> dict:
     ``folds.csv``."""
     cv_dir = Path(cv_dir)
     fold_dirs = find_folds(cv_dir)
-    per_fold, pooled_rows = [], []
+    per_fold, pooled_rows, fold_results = [], [], []
     for fold, d in fold_dirs:
         metrics_file = d / TEST_METRICS
         metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
         preds = d / TEST_PREDICTIONS
         rows = read_predictions(preds) if preds.is_file() else []
         subjects = sorted({r["subject"] for r in rows})
+        beats, _ = verdict(metrics, "test/")
+        if beats is not None:
+            metrics[BEATS_MEAN_BASELINE] = beats
         per_fold.append({"fold": fold, "windows": len(rows), "test_subjects": subjects,
                          **null_undefined(metrics, rows)})
         pooled_rows += rows
+        fold_results.append((metrics, rows))
     summary: dict = {"folds": per_fold, "n_folds": len(per_fold)}
     if pooled_rows and "prob" in pooled_rows[0]:
         probs = torch.tensor([float(r["prob"]) for r in pooled_rows])
@@ -111,15 +118,22 @@ def summarize(cv_dir: str | Path) -> dict:
             pooled["ap"] = float(binary_average_precision(probs, labels))
         pooled["acc"] = float(binary_accuracy(probs, labels))
         summary["pooled"] = pooled
-    numeric = {k for f in per_fold for k, v in f.items()
-               if isinstance(v, int | float) and k not in ("fold", "windows", "test/windows")}
+    regression = pool_folds(fold_results) if pooled_rows else None
+    if regression is not None:  # MAE / RMSE over every held-out value, and their baselines
+        summary["pooled"] = {"windows": len(pooled_rows), **regression}
+        _, warning = verdict(regression)
+        if warning:
+            log.warning("pooled over the folds: %s", warning)
+    numeric = {k for f in per_fold for k, v in f.items() if isinstance(v, int | float)
+               and not isinstance(v, bool) and k not in ("fold", "windows", "test/windows")}
     # mean over the folds where a metric is defined; `defined_folds` says over how many
     summary["mean"] = {k: float(np.mean([f[k] for f in per_fold if f.get(k) is not None]))
                        for k in sorted(numeric)}
     summary["defined_folds"] = {k: sum(f.get(k) is not None for f in per_fold) for k in sorted(numeric)}
     (cv_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     with open(cv_dir / "folds.csv", "w", newline="") as f:
-        keys = ["fold", "windows", *sorted(numeric)]
+        flag = [BEATS_MEAN_BASELINE] if any(BEATS_MEAN_BASELINE in f for f in per_fold) else []
+        keys = ["fold", "windows", *sorted(numeric), *flag]
         writer = csv.DictWriter(f, fieldnames=keys, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(per_fold)

@@ -19,6 +19,8 @@ from heartgpt.data.labels import LabelSchema
 if TYPE_CHECKING:
     from torchmetrics import MetricCollection
 
+BASELINE = "baseline_"  # regression metrics of always predicting the training split's mean
+
 # torchmetrics is imported where metrics are made, not here: the tools that only read the head
 # registry (predict, screen_af, ...) would pay for its import (~0.8 s) on every start.
 
@@ -181,7 +183,10 @@ class RegressionObjective(Objective):
 
     ``mean``/``std`` (buffers, saved with the checkpoint) are the training split's, set once
     before the first step (:meth:`FinetuneModule.setup`); NaN targets (no value at a position)
-    are left out of the loss and the metrics."""
+    are left out of the loss and the metrics. Beside the model's MAE and RMSE the metrics hold
+    ``baseline_mae`` / ``baseline_rmse``: the errors of always predicting that training mean
+    (what a model collapsed to the mean scores), on the same values (R2 compares to the
+    evaluated set's own mean instead)."""
 
     name = "regression"
     losses = ("mse", "huber")
@@ -242,11 +247,17 @@ class RegressionObjective(Objective):
         return MetricCollection({
             "mae": per_target(MeanAbsoluteError()), "rmse": per_target(MeanSquaredError(squared=False)),
             "r2": per_target(R2Score()), "pearson": per_target(PearsonCorrCoef()),
+            f"{BASELINE}mae": per_target(MeanAbsoluteError()),
+            f"{BASELINE}rmse": per_target(MeanSquaredError(squared=False)),
         }, compute_groups=False)
 
     def update(self, metrics: MetricCollection, outputs: torch.Tensor, target: torch.Tensor) -> None:
-        metrics.update(self.predict(outputs.detach()).reshape(-1, self.n_out),
-                       target.float().reshape(-1, self.n_out))
+        """The model's predictions into its metrics, the training mean into the baseline's."""
+        predicted = self.predict(outputs.detach()).reshape(-1, self.n_out)
+        target = target.float().reshape(-1, self.n_out)
+        baseline = self.mean.expand_as(target)  # (N, L): the same NaN mask as the model's
+        for name, metric in metrics.items(copy_state=False):
+            metric.update(baseline if name.startswith(BASELINE) else predicted, target)
 
     def scalars(self, computed: dict[str, torch.Tensor], names: tuple[str, ...]) -> dict[str, torch.Tensor]:
         """One number per metric and target: ``mae``, or ``mae_sbp``/``mae_dbp`` for several."""

@@ -26,6 +26,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from heartgpt.files import sha256_file, write_json_atomic
+from heartgpt.heads.objectives import BASELINE
 from heartgpt.model.checkpoint_format import (
     CheckpointError,
     LoadedModel,
@@ -34,6 +35,7 @@ from heartgpt.model.checkpoint_format import (
 )
 from heartgpt.model.checkpoints import FINETUNED_TASKS, check_vocab, find_weights, load_model
 from heartgpt.training.base import plain
+from heartgpt.training.mean_baseline import BEATS_MEAN_BASELINE, verdict
 from heartgpt.training.result_files import (
     EVAL_BEATS,
     EVAL_CONFUSION,
@@ -158,6 +160,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         results = trainer.test(module, datamodule=datamodule, verbose=False)
     report = eval_report(cfg, results[0] if results else {}, trainer.world_size)
     if trainer.is_global_zero:
+        _, warning = verdict(report["metrics"])
+        if warning:
+            log.warning(warning)
         write_json_atomic(Path(cfg.paths.output_dir) / EVAL_METRICS, report)
         print_summary(report, Path(cfg.paths.output_dir))
     return report
@@ -166,7 +171,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 def eval_report(cfg: DictConfig, logged: dict[str, float], devices: int) -> dict[str, Any]:
     """What ``eval_metrics.json`` holds: the metrics (``test/`` prefix dropped; one that the
     labels leave undefined, e.g. the AUROC of one class, is null with its reason) and what
-    was scored: checkpoint, shards, split, windows, devices, output files."""
+    was scored: checkpoint, shards, split, windows, devices, output files; for a regression,
+    ``beats_mean_baseline``: whether every column's MAE is below that of always predicting the
+    training split's mean (``baseline_mae``)."""
     out = Path(cfg.paths.output_dir)
     metrics = {k.removeprefix("test/"): float(v) for k, v in logged.items()}
     windows = round(metrics.pop("windows", 0.0))
@@ -174,6 +181,7 @@ def eval_report(cfg: DictConfig, logged: dict[str, float], devices: int) -> dict
     if files[EVAL_PREDICTIONS]:
         metrics = null_undefined(metrics, read_predictions(out / EVAL_PREDICTIONS))
     data = cfg.data
+    beats, _ = verdict(metrics)  # a regression: does it beat predicting the training mean?
     return {
         "task": task_of(cfg), "checkpoint": cfg.checkpoint,
         "checkpoint_sha256": cfg.get("checkpoint_sha256"), "modality": cfg.modality.name,
@@ -182,11 +190,13 @@ def eval_report(cfg: DictConfig, logged: dict[str, float], devices: int) -> dict
         "fold": data.get("fold") if data.get("split") != "all" else None,
         "windows": windows, "devices": devices, "metrics": metrics,
         "files": [name for name, present in files.items() if present],
+        **({BEATS_MEAN_BASELINE: beats} if beats is not None else {}),
     }
 
 
 def print_summary(report: dict[str, Any], out: Path) -> None:
-    """One table of the metrics, then where the files are."""
+    """One table of the metrics (a regression's training-mean baseline beside its MAE and
+    RMSE), then where the files are."""
     from rich.console import Console
     from rich.table import Table
 
@@ -194,14 +204,24 @@ def print_summary(report: dict[str, Any], out: Path) -> None:
     console.print(f"eval {report['task']}: {Path(report['checkpoint']).name} on "
                   f"{report['shard_dir']} (split {report['split']}, {report['windows']} windows, "
                   f"{report['devices']} device(s))", markup=False, soft_wrap=True)
+    metrics = report["metrics"]
+    baselines = {k.removeprefix(BASELINE): v for k, v in metrics.items() if k.startswith(BASELINE)}
     table = Table()
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for name, value in report["metrics"].items():
-        if name == "undefined":
+    if baselines:
+        table.add_column("training mean", justify="right")
+    for name, value in metrics.items():
+        if name == "undefined" or name.startswith(BASELINE):
             continue
-        table.add_row(name, "undefined" if value is None else f"{value:.4f}")
+        cells = [name, _number(value)]
+        if baselines:
+            cells.append(_number(baselines[name]) if name in baselines else "")
+        table.add_row(*cells)
     console.print(table)
+    if BEATS_MEAN_BASELINE in report:
+        console.print("beats always predicting the training mean (MAE): "
+                      f"{'yes' if report[BEATS_MEAN_BASELINE] else 'NO'}", markup=False)
     reasons: dict[str, list[str]] = {}
     for name, reason in report["metrics"].get("undefined", {}).items():
         reasons.setdefault(reason, []).append(name)
@@ -209,3 +229,7 @@ def print_summary(report: dict[str, Any], out: Path) -> None:
         console.print(f"  {', '.join(names)} {reason}", markup=False, soft_wrap=True)
     for name in (EVAL_METRICS, *report["files"]):
         console.print(f"-> {out / name}", markup=False, soft_wrap=True)
+
+
+def _number(value: float | None) -> str:
+    return "undefined" if value is None else f"{value:.4f}"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from heartgpt.files import write_json_atomic
+from heartgpt.training.mean_baseline import BEATS_MEAN_BASELINE, verdict
 
 log = logging.getLogger("heartgpt.train")  # what a run logs keeps its name in train.log
 TEST_METRICS = "test_metrics.json"  # the tested checkpoint's metrics and facts of the run
@@ -73,7 +74,8 @@ def write_test_metrics(output_dir: str, results: list[dict[str, float]], ckpt: s
                        extra: dict[str, Any] | None = None) -> None:
     """``<run dir>/test_metrics.json``: the test metrics of the tested checkpoint (for
     :mod:`heartgpt.cv` and for comparing sweep runs without a logger), and ``extra`` facts of
-    the run (the parameters it trained)."""
+    the run (the parameters it trained). A regression's also says whether it beats predicting
+    the training mean (:mod:`heartgpt.training.mean_baseline`), with a warning when not."""
     if not results:
         return
     metrics: dict[str, Any] = dict(results[0])
@@ -82,5 +84,10 @@ def write_test_metrics(output_dir: str, results: list[dict[str, float]], ckpt: s
         metrics = null_undefined(metrics, read_predictions(predictions))
         if "undefined" in metrics:
             log.warning("test metrics undefined on this test set: %s", metrics["undefined"])
+    beats, warning = verdict(metrics, "test/")
+    if beats is not None:
+        metrics[BEATS_MEAN_BASELINE] = beats
+    if warning:
+        log.warning("test: %s", warning)
     write_json_atomic(Path(output_dir) / TEST_METRICS,
                       {**metrics, **(extra or {}), "checkpoint": ckpt or ""})
