@@ -200,7 +200,7 @@ def test_a_checkpoint_that_does_not_fit_the_mode_is_one_error(tmp_path, monkeypa
     lm = tiny_checkpoint(tmp_path, task="pretrain", out_features=None)
     np.save(tmp_path / "r.npy", np.sin(np.arange(300) / 3))
     with pytest.raises(InputError, match="needs a fine-tuned 1-output model"):
-        run_predict(tmp_path, f"checkpoint={lm}", f"inputs={tmp_path / 'r.npy'}")
+        run_predict(tmp_path, f"checkpoint={lm}", "mode=af", f"inputs={tmp_path / 'r.npy'}")
     with pytest.raises(InputError, match="no such file or folder"):
         run_predict(tmp_path, f"checkpoint={lm}", "mode=loss", f"inputs={tmp_path / 'nothing'}")
     with pytest.raises(InputError, match=r"mode.shift: must be at most the model's window of 64 "

@@ -51,13 +51,14 @@ def load_tool_model(
     modality: str | None = None,
     refuse_task: str | None = None,
     device: str = "cpu",
+    loaded: LoadedModel | None = None,
 ) -> tuple[LoadedModel, Modality]:
     """Load a checkpoint for a tool and check it fits.
 
     Args:
         path: anything :func:`heartgpt.model.checkpoints.load_model` loads.
-        need: ``"lm"`` (a pre-trained next-token model), ``"binary"`` (a 1-output fine-tune)
-            or ``"any"``.
+        need: ``"lm"`` (a pre-trained next-token model), ``"binary"`` (a 1-output fine-tune),
+            ``"head"`` (a fine-tune whose head is known: ``predict mode=head``) or ``"any"``.
         modality: the user's statement ('ecg'/'ppg'); must agree with the checkpoint.
         refuse_task: a fine-tune task this tool cannot use: 'beats' for the tools reading one
             probability per window (AF screening), 'af' for those reading one per position
@@ -65,10 +66,11 @@ def load_tool_model(
             released ones) must also be read as it was trained: a binary ``classify`` head at
             the last position, or a binary ``tag`` head at every position (never a regression).
         device: where to put the model.
+        loaded: ``path`` already loaded (it is not read again).
     """
-    if need not in ("lm", "binary", "any"):
-        raise ValueError(f"need must be 'lm', 'binary' or 'any', got {need!r}")
-    loaded = load_model(path)
+    if need not in ("lm", "binary", "head", "any"):
+        raise ValueError(f"need must be 'lm', 'binary', 'head' or 'any', got {need!r}")
+    loaded = load_model(path) if loaded is None else loaded
     out = loaded.model.config.out_features
     if need == "lm" and out is not None:
         raise InputError(path, f"is a fine-tuned model ({out} output, task {loaded.task!r}); "
@@ -76,6 +78,10 @@ def load_tool_model(
     if need == "binary" and out != 1:
         kind = "a pre-trained language model" if out is None else f"a {out}-output model"
         raise InputError(path, f"is {kind}; this tool needs a fine-tuned 1-output model")
+    if need == "head" and (out is None or loaded.head is None):
+        kind = ("a pre-trained language model" if out is None
+                else "a fine-tune that does not say its head (a released model: mode=af or beats)")
+        raise InputError(path, f"is {kind}; mode=head needs one of our fine-tuned .ckpt files")
     if refuse_task is not None and loaded.task == refuse_task:
         raise InputError(path, f"is fine-tuned for task {refuse_task!r}, not for this tool")
     if need == "binary" and loaded.head is not None:

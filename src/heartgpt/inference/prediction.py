@@ -13,6 +13,9 @@ folder run and ``screen_af``/``detect_beats`` on each file agree exactly.
   samples (each tokenised on its own, as the model reads a context), predicting tokens 1..T-1
   from 0..T-2: how well the model fits the recording. The recording's ``mean_loss`` is the mean over windows
   and ``perplexity`` its exponential.
+* ``head``: any fine-tuned head (:mod:`heartgpt.inference.head_prediction`): per-class
+  probabilities and the predicted class, or values in the labels' units, per window or per
+  tagged position, and the recording's class fractions or value statistics.
 * ``embed``: the final-norm hidden states of each ``block_size`` window, pooled over positions
   (``mean``, or ``last``: the position a fine-tuned head reads), for downstream probes.
 """
@@ -30,6 +33,8 @@ import torch.nn.functional as F
 from heartgpt.data.recording import Recording
 from heartgpt.data.tokenizer import Modality, resample
 from heartgpt.errors import InputError
+from heartgpt.heads.applied import AppliedHead
+from heartgpt.heads.registry import misread_by_tools
 from heartgpt.inference import af_screening, beat_detection
 from heartgpt.inference.af_screening import (
     no_usable_window,
@@ -38,15 +43,17 @@ from heartgpt.inference.af_screening import (
     window_starts,
 )
 from heartgpt.inference.beat_detection import beats_summary, detect_beats, quality_category
+from heartgpt.inference.head_prediction import head_rows
 from heartgpt.inference.loading import eval_mode, model_device
 from heartgpt.model import GPT
 
-MODES = ("af", "beats", "loss", "embed")
+MODES = ("af", "beats", "loss", "embed", "head")
+AUTO = "auto"  # conf/mode/auto.yaml: the mode of what the checkpoint is (default_mode)
 POOLS = ("mean", "last")
 # What the model must be for each mode (heartgpt.inference.loading.load_tool_model's `need`)
 # and the fine-tuned task it must not be.
 MODEL_NEED = {"af": ("binary", "beats"), "beats": ("binary", "af"), "loss": ("lm", None),
-              "embed": ("any", None)}
+              "embed": ("any", None), "head": ("head", None)}
 
 
 @dataclass
@@ -172,9 +179,36 @@ def predict_embed(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, 
     return RecordingPrediction(row, items, vectors)
 
 
+def predict_head(model: AppliedHead, rec: Recording, mod: Modality, mode: Mapping[str, Any]
+                 ) -> RecordingPrediction:
+    """A fine-tuned head's outputs in its labels' terms on every ``block_size`` window."""
+    if model.reading is None:
+        raise ValueError("mode=head needs an AppliedHead with its reading")
+    starts, usable, tokens, skipped = _windows(rec, mod, model.block_size, mode)
+    row, items = head_rows(model, model.reading, starts, usable, tokens, skipped,
+                           mod.sample_rate, int(mode["batch_size"]))
+    return RecordingPrediction(row, items)
+
+
+def default_mode(out_features: int | None, task: str, head: Mapping[str, Any] | None) -> str:
+    """The mode of what a checkpoint is: ``loss`` for a pre-trained model, ``af``/``beats``
+    for a released-style binary AF or beat model (a binary classify head at the last position,
+    a binary tag head at every position), ``head`` for every other fine-tune."""
+    if out_features is None:
+        return "loss"
+    if head is None:  # released fine-tunes and files without a head: as their task says
+        return "beats" if task == "beats" else "af"
+    if task != "beats" and misread_by_tools(head, per_position=False) is None:
+        return "af"
+    if task != "af" and misread_by_tools(head, per_position=True) is None:
+        return "beats"
+    return "head"
+
+
 PREDICTORS: dict[str, Callable[[GPT, Recording, Modality, Mapping[str, Any]],
                                RecordingPrediction]] = {
-    "af": predict_af, "beats": predict_beats, "loss": predict_loss, "embed": predict_embed}
+    "af": predict_af, "beats": predict_beats, "loss": predict_loss, "embed": predict_embed,
+    "head": predict_head}  # type: ignore[dict-item]  (head: an AppliedHead, not a GPT)
 
 
 def check_mode(mode: Mapping[str, Any], block_size: int) -> None:

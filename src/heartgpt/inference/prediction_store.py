@@ -41,7 +41,7 @@ MANIFEST = "predict_run.json"
 PARTS = "parts"
 RECORDINGS = "recordings.csv"
 ITEM_TABLES = {"af": "windows.csv", "beats": "beats.csv", "loss": "windows.csv",
-               "embed": "windows.csv"}
+               "embed": "windows.csv", "head": "windows.csv"}
 EMBEDDINGS = "embeddings.h5"
 SUMMARY = "summary.json"
 RESULT_FILES = (RECORDINGS, "windows.csv", "beats.csv", EMBEDDINGS, SUMMARY)

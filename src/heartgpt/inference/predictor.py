@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,18 +27,21 @@ from heartgpt.data.recording_set import RecordingDataModule, RecordingItem
 from heartgpt.data.tokenizer import Modality
 from heartgpt.errors import InputError, error_line
 from heartgpt.files import sha256_file
+from heartgpt.heads.applied import applied_head
 from heartgpt.inference.loading import load_tool_model
 from heartgpt.inference.prediction import (
+    AUTO,
     MODEL_NEED,
     MODES,
     RecordingPrediction,
     check_mode,
+    default_mode,
     predict_recording,
 )
 from heartgpt.inference.prediction_store import ITEM_TABLES, RECORDINGS, PredictionStore
 from heartgpt.model import GPT
 from heartgpt.model.checkpoint_format import require_torch, warn_if_synthetic
-from heartgpt.model.checkpoints import find_weights
+from heartgpt.model.checkpoints import find_weights, load_model
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +99,14 @@ class PredictionWriter(BasePredictionWriter):
             log.warning("skipped %s: %s", item.file.path, result)
 
 
-def run_settings(cfg: DictConfig, checkpoint: Path, modality: Modality) -> dict[str, Any]:
-    """What a result depends on: a re-run into the same folder must have the same."""
+def run_settings(cfg: DictConfig, checkpoint: Path, modality: Modality,
+                 mode: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a result depends on: a re-run into the same folder must have the same
+    (``mode``: the settings used, default ``cfg.mode``)."""
     return {
         "checkpoint": str(checkpoint.resolve()),
         "checkpoint_sha256": sha256_file(checkpoint),
-        "mode": OmegaConf.to_container(cfg.mode, resolve=True),
+        "mode": OmegaConf.to_container(cfg.mode, resolve=True) if mode is None else mode,
         "modality": modality.name,
         "channel": cfg.channel,
         "sample_rate": cfg.sample_rate,
@@ -119,16 +124,33 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
             holding results of other settings, a recording left without a result.
     """
     mode = str(cfg.mode.name)
-    if mode not in MODES:
+    if mode not in (*MODES, AUTO):
         raise InputError("mode", f"must be one of {MODES}, got {mode!r}")
     checkpoint = find_weights(cfg.checkpoint, cfg.paths.weights_dir)
-    need, refuse = MODEL_NEED[mode]
-    loaded, modality = load_tool_model(checkpoint, need, cfg.modality, refuse_task=refuse)
-    warn_if_synthetic(loaded, log)
+    loaded = load_model(checkpoint)
     settings = OmegaConf.to_container(cfg.mode, resolve=True)
+    if mode == AUTO:  # what the checkpoint is, with that mode's own settings
+        mode = default_mode(loaded.model.config.out_features, loaded.task, loaded.head)
+        settings = mode_settings(mode, settings, checkpoint)
+        log.info("mode=%s: what %s is", mode, Path(checkpoint).name)
+    need, refuse = MODEL_NEED[mode]
+    loaded, modality = load_tool_model(checkpoint, need, cfg.modality, refuse_task=refuse,
+                                       loaded=loaded)
+    warn_if_synthetic(loaded, log)
     check_mode(settings, loaded.model.config.block_size)
+    model = loaded.model
     if mode == "embed":
         require_torch(loaded, "mode=embed (hidden states)")
+    if mode == "head":
+        gpt = require_torch(loaded, "mode=head (the head reads hidden states)")
+        try:
+            model = applied_head(gpt, loaded.head, loaded.head_state, str(checkpoint),
+                                 loaded.hparams.get("label_schema"))
+        except ValueError as e:
+            raise InputError(checkpoint, str(e).removeprefix(f"{checkpoint}: ")) from None
+        if model.reading.names_from != "label_schema":
+            log.warning("%s stores no label schema: its outputs are named %s", checkpoint,
+                        ", ".join(model.reading.columns))
     if cfg.sample_rate is not None and float(cfg.sample_rate) <= 0:
         raise InputError("sample_rate", f"must be a positive rate in Hz, got {cfg.sample_rate}")
     store = PredictionStore(cfg.out_dir, mode)
@@ -136,12 +158,12 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False,
                                      callbacks=[PredictionWriter(store)])
     if trainer.global_rank == 0:  # other processes start inside trainer.predict, after this
-        store.claim(run_settings(cfg, checkpoint, modality), overwrite=bool(cfg.overwrite))
+        store.claim(run_settings(cfg, checkpoint, modality, settings), overwrite=bool(cfg.overwrite))
     data = RecordingDataModule(OmegaConf.to_container(cfg.inputs) if OmegaConf.is_list(cfg.inputs)
                                else str(cfg.inputs), cfg.format, cfg.channel, cfg.sample_rate,
                                csv_decimal=str(cfg.csv_decimal), skip=store.done, num_workers=int(cfg.num_workers),
                                exclude_dirs=[cfg.out_dir, cfg.paths.log_dir])
-    module = PredictionModule(loaded.model, modality, settings,
+    module = PredictionModule(model, modality, settings,
                               modality_stated=cfg.modality is not None)
     start = time.perf_counter()
     with warnings.catch_warnings():  # an empty share means "all done", not a mistake
@@ -153,6 +175,28 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
     summary = store.merge(data.records, data.done, time.perf_counter() - start)
     print(summary_text(summary, store))
     return summary
+
+
+def mode_settings(name: str, given: Mapping[str, Any] | None = None,
+                  checkpoint: Path | str = "") -> dict[str, Any]:
+    """The settings of ``conf/mode/<name>.yaml`` (the ``auto`` mode's choice for
+    ``checkpoint``), with the keys ``given`` sets (not null) in place of its own.
+
+    Raises:
+        InputError: ``mode.<key>`` given that mode ``name`` does not read.
+    """
+    from importlib.resources import files
+
+    text = (files("heartgpt.conf") / "mode" / f"{name}.yaml").read_text()  # conf/, installed
+    settings = dict(OmegaConf.to_container(OmegaConf.create(text), resolve=True))
+    for key, value in (given or {}).items():
+        if key == "name" or value is None:
+            continue
+        if key not in settings:
+            raise InputError(f"mode.{key}", f"mode=auto chose mode={name} for {checkpoint}, "
+                             f"which has no {key}; name the mode you mean (mode=...)")
+        settings[key] = value
+    return settings
 
 
 def summary_text(summary: dict[str, Any], store: PredictionStore) -> str:

@@ -64,7 +64,9 @@ class FinetuneModule(GPTLightningModule):
 
     The data must hold what the head predicts: :meth:`setup` checks the DataModule's
     :class:`~heartgpt.data.labels.LabelSchema` and, for value targets, takes the training
-    split's mean and std (stored in the checkpoint). Testing writes ``predictions_file`` (every
+    split's mean and std (stored in the checkpoint); fitting stores the schema itself in the
+    hyper-parameters (``label_schema``: the class and value names ``predict mode=head``
+    writes). Testing writes ``predictions_file`` (every
     window's prediction) into the run directory and, for beat tagging when ``beats_file`` is
     set, one row per detected and per annotated beat
     (:func:`heartgpt.inference.beat_metrics.beat_rows`).
@@ -172,6 +174,8 @@ class FinetuneModule(GPTLightningModule):
             raise ShardError(f"{where}: the {self.hparams.task} head cannot train on these "
                              f"shards: {why}")
         self.label_names, self.class_names = schema.names, schema.classes
+        if stage == "fit":  # the checkpoint says what its outputs are (predict mode=head)
+            self.hparams["label_schema"] = schema.to_dict()
         objective = self.task_head.objective
         if stage == "fit" and isinstance(objective, RegressionObjective) \
                 and not bool(objective.standardised):
