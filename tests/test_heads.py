@@ -244,9 +244,10 @@ def test_the_tools_read_the_heads_they_were_made_for(tmp_path):
 
 
 def test_a_head_with_state_of_its_own_is_not_exported_without_it(tmp_path):
-    """A regression's target mean/std (or attention pooling) live beside the GPT: a plain
-    export would predict in standardised units, so export refuses; a stateless head's export
-    carries the head, so the tools still read it right."""
+    """A regression's target mean/std (or attention pooling) live beside the GPT: a
+    ``.safetensors`` carries them (tests/test_export_heads.py: ONNX too); a torch_export
+    program, which holds the GPT only, is refused; a stateless head's export carries the head,
+    so the tools still read it right."""
     from heartgpt.export import export
     from heartgpt.model.checkpoints import load_model
     from training_helpers import compose_train
@@ -257,6 +258,11 @@ def test_a_head_with_state_of_its_own_is_not_exported_without_it(tmp_path):
     assert set(load_model(path).head_state) == {"objective.mean", "objective.std",
                                                 "objective.standardised"}
     cfg = compose_train([f"checkpoint={path}", "format=safetensors", f"out={tmp_path / 'x.safetensors'}"],
+                        config_name="export")
+    export(cfg)
+    back = load_model(tmp_path / "x.safetensors")
+    assert back.head_state["objective.mean"].tolist() == [70.0]
+    cfg = compose_train([f"checkpoint={path}", "format=torch_export", f"out={tmp_path / 'x.pt2'}"],
                         config_name="export")
     with pytest.raises(Exception, match="head keeps state outside the network"):
         export(cfg)

@@ -6,6 +6,7 @@ The public API, imported lazily (``import heartgpt`` does not import torch)::
     loaded = heartgpt.load_model("ECGPT_560k_iters.zip")    # released, .safetensors, .ckpt, .onnx
     tokens = heartgpt.tokenize(window)                        # a window of samples -> 0..100
     logits = loaded.model(torch.as_tensor(tokens)[None])      # (1, T, vocab)
+    result = heartgpt.apply(loaded, signal, 50)               # predict's tables for one signal
 
 The package follows the data's path: :mod:`heartgpt.data` (recordings -> shards ->
 DataModules), :mod:`heartgpt.model` (the network and its checkpoints), :mod:`heartgpt.training`
@@ -35,6 +36,8 @@ _EXPORTS = {
     "tokenize_context": ("heartgpt.data.tokenizer", "tokenize_context"),
     "read_signal": ("heartgpt.data.readers", "read_signal"),
     "generate_tokens": ("heartgpt.inference.generation", "generate_tokens"),
+    "apply": ("heartgpt.inference.apply", "apply"),
+    "Applied": ("heartgpt.inference.apply", "Applied"),
     "InputError": ("heartgpt.errors", "InputError"),
 }
 

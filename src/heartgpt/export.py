@@ -8,7 +8,8 @@ Writes an ONNX file (ONNX Runtime), a ``torch.export`` program (``.pt2``) or the
 (``.safetensors``: a LoRA run's adapters merged into their layers, a model of the released
 layout and the adapted model's outputs), then runs it on
 deterministic token windows and compares it with the PyTorch model
-(:func:`heartgpt.model.export.check_export`): one line with the file, its size and the largest
+(:func:`heartgpt.model.export.check_export`; a head with tensors outside the GPT, attention
+pooling or a regression, is exported with them and compared with its head applied): one line with the file, its size and the largest
 differences of the probabilities and logits; a file that disagrees beyond the tolerances is
 removed and the exit status is 1. :func:`export` is the whole job for a composed config;
 :func:`main` is the Hydra entry point. The formats, the metadata and the tolerances:
@@ -67,18 +68,19 @@ def export(cfg: DictConfig) -> ExportCheck:
     checkpoint = find_weights(cfg.checkpoint, cfg.paths.get("weights_dir")).resolve()
     loaded = load_model(checkpoint)
     require_torch(loaded, "exporting")
-    if loaded.head_state:  # a plain GPT file cannot hold them: its outputs would be misread
+    if loaded.head_state and fmt == "torch_export":  # a .pt2 holds the plain GPT only
         raise InputError(str(checkpoint), f"its {loaded.head.get('kind') if loaded.head else ''} "
-                         f"head keeps state outside the network ({', '.join(loaded.head_state)}: "
-                         "attention pooling or a regression's target mean and std) that an "
-                         "export cannot hold; use the .ckpt (python -m heartgpt.eval)")
+                         f"head keeps state outside the network ({', '.join(loaded.head_state)})"
+                         " that a torch_export program cannot hold; use format=onnx or "
+                         "format=safetensors")
     out = output_path(cfg, checkpoint)
     start = time.perf_counter()
     if fmt == "onnx":
         export_onnx(loaded, out, opset=cfg.get("opset"))
     elif fmt == "safetensors":  # a LoRA .ckpt loads merged: a plain GPT, no lora keys
         save_safetensors(loaded.model, out, loaded.modality, loaded.task, loaded.synthetic,
-                         head=loaded.head)
+                         head=loaded.head, head_state=loaded.head_state or None,
+                         label_schema=loaded.hparams.get("label_schema"))
     else:
         export_program(loaded, out)
     seconds = time.perf_counter() - start
@@ -94,9 +96,10 @@ def export(cfg: DictConfig) -> ExportCheck:
     kind = {"onnx": "ONNX model", "torch_export": "torch.export program",
             "safetensors": "safetensors weights"}[fmt]
     print(f"{out}: {kind} of {checkpoint.name} ({_size_text(out.stat().st_size)}, "
-          f"{seconds:.1f} s); max |difference| from PyTorch on tokens {shapes}: probabilities "
-          f"{check.prob_diff:.1e} (<= {PROB_ATOL:g}), logits {check.logit_diff:.1e} "
-          f"(<= {check.logit_tol:.1e})", flush=True)
+          f"{seconds:.1f} s){' with its head' if loaded.head_state else ''}; max |difference| "
+          f"from PyTorch on tokens {shapes}: probabilities {check.prob_diff:.1e} "
+          f"(<= {PROB_ATOL:g}), {check.compared} "
+          f"{check.logit_diff:.1e} (<= {check.logit_tol:.1e})", flush=True)
     return check
 
 

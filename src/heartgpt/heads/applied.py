@@ -8,6 +8,10 @@ data-dependent Python branch, so an export can trace it. :class:`HeadReading` sa
 those K columns: class names or value names from the shards' :class:`LabelSchema`, which a
 fine-tune stores in its hyper-parameters (``label_schema``); a checkpoint from before that
 reads as ``class_<k>`` / ``value_<k>`` and says so (``names_from``).
+
+A model whose ``applies_head`` attribute is true (an ``.onnx`` export of an
+:class:`AppliedHead`: the pooling and the undone standardisation are in its graph) already
+gives these outputs: :func:`applied_head` wraps it as it is, its head rebuilt only to read it.
 """
 
 from __future__ import annotations
@@ -78,7 +82,8 @@ def head_reading(task_head: TaskHead, schema: Mapping[str, Any] | None, source: 
 class AppliedHead(nn.Module):
     """``gpt`` (``.hidden(tokens)`` and the linear ``.head``) and its ``task_head``: tokens
     (B, T) -> (B, K) per window or (B, T // stride, K) per position, probabilities per class
-    or values in the labels' units."""
+    or values in the labels' units. A ``gpt`` that ``applies_head`` (an exported
+    :class:`AppliedHead`) gives them itself: ``task_head`` then only says how to read them."""
 
     def __init__(self, gpt: nn.Module, task_head: TaskHead,
                  reading: HeadReading | None = None) -> None:
@@ -86,12 +91,15 @@ class AppliedHead(nn.Module):
         self.gpt, self.task_head = gpt, task_head
         self.reading = reading  # how to read the outputs (not used by forward)
         self.binary = isinstance(task_head.objective, BinaryObjective)  # fixed: traced away
+        self.inside = bool(getattr(gpt, "applies_head", False))  # fixed: traced away
 
     @property
     def block_size(self) -> int:
         return int(self.gpt.config.block_size)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if self.inside:  # an exported AppliedHead: its outputs are already these
+            return self.gpt(tokens)
         hidden = self.gpt.hidden(tokens)  # (B, T, C)
         outputs = self.task_head(self.gpt.head(hidden), hidden)  # (B, n_out) | (B, P, n_out)
         predicted = self.task_head.objective.predict(outputs)
@@ -104,7 +112,8 @@ def applied_head(gpt: nn.Module, head: Mapping[str, Any], head_state: Mapping[st
                  source: str, schema: Mapping[str, Any] | None = None) -> AppliedHead:
     """The fine-tune ``gpt`` with its ``head`` (``module.head``) rebuilt, its own tensors
     (``head_state``: attention scorer, a regression's mean/std) loaded, and its reading by the
-    labels ``schema`` (:func:`head_reading`).
+    labels ``schema`` (:func:`head_reading`). A ``gpt`` that ``applies_head`` is used as it
+    is (its graph holds the head's tensors; ``head_state`` is not needed).
 
     Raises:
         ValueError: ``"<source>: ..."`` when the head cannot be rebuilt or its tensors are
@@ -114,6 +123,8 @@ def applied_head(gpt: nn.Module, head: Mapping[str, Any], head_state: Mapping[st
         task_head = build_head(head, int(gpt.config.n_embd))
     except ValueError as e:
         raise ValueError(f"{source}: {e}") from None
+    if getattr(gpt, "applies_head", False):
+        return AppliedHead(gpt, task_head, head_reading(task_head, schema, source)).eval()
     wanted = task_head.state_dict()
     missing = sorted(set(wanted) - set(head_state))
     if missing:

@@ -11,6 +11,7 @@ where it stopped. Rank 0 then writes the tables and prints the summary.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -27,7 +28,7 @@ from heartgpt.data.recording_set import RecordingDataModule, RecordingItem
 from heartgpt.data.tokenizer import Modality
 from heartgpt.errors import InputError, error_line
 from heartgpt.files import sha256_file
-from heartgpt.heads.applied import applied_head
+from heartgpt.heads.applied import AppliedHead, applied_head
 from heartgpt.inference.loading import load_tool_model
 from heartgpt.inference.prediction import (
     AUTO,
@@ -40,7 +41,7 @@ from heartgpt.inference.prediction import (
 )
 from heartgpt.inference.prediction_store import ITEM_TABLES, RECORDINGS, PredictionStore
 from heartgpt.model import GPT
-from heartgpt.model.checkpoint_format import require_torch, warn_if_synthetic
+from heartgpt.model.checkpoint_format import LoadedModel, require_torch, warn_if_synthetic
 from heartgpt.model.checkpoints import find_weights, load_model
 
 log = logging.getLogger(__name__)
@@ -127,30 +128,9 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
     if mode not in (*MODES, AUTO):
         raise InputError("mode", f"must be one of {MODES}, got {mode!r}")
     checkpoint = find_weights(cfg.checkpoint, cfg.paths.weights_dir)
-    loaded = load_model(checkpoint)
-    settings = OmegaConf.to_container(cfg.mode, resolve=True)
-    if mode == AUTO:  # what the checkpoint is, with that mode's own settings
-        mode = default_mode(loaded.model.config.out_features, loaded.task, loaded.head)
-        settings = mode_settings(mode, settings, checkpoint)
-        log.info("mode=%s: what %s is", mode, Path(checkpoint).name)
-    need, refuse = MODEL_NEED[mode]
-    loaded, modality = load_tool_model(checkpoint, need, cfg.modality, refuse_task=refuse,
-                                       loaded=loaded)
-    warn_if_synthetic(loaded, log)
-    check_mode(settings, loaded.model.config.block_size)
-    model = loaded.model
-    if mode == "embed":
-        require_torch(loaded, "mode=embed (hidden states)")
-    if mode == "head":
-        gpt = require_torch(loaded, "mode=head (the head reads hidden states)")
-        try:
-            model = applied_head(gpt, loaded.head, loaded.head_state, str(checkpoint),
-                                 loaded.hparams.get("label_schema"))
-        except ValueError as e:
-            raise InputError(checkpoint, str(e).removeprefix(f"{checkpoint}: ")) from None
-        if model.reading.names_from != "label_schema":
-            log.warning("%s stores no label schema: its outputs are named %s", checkpoint,
-                        ", ".join(model.reading.columns))
+    model, modality, mode, settings = prepare_model(
+        load_model(checkpoint), OmegaConf.to_container(cfg.mode, resolve=True), cfg.modality,
+        source=checkpoint)
     if cfg.sample_rate is not None and float(cfg.sample_rate) <= 0:
         raise InputError("sample_rate", f"must be a positive rate in Hz, got {cfg.sample_rate}")
     store = PredictionStore(cfg.out_dir, mode)
@@ -175,6 +155,48 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
     summary = store.merge(data.records, data.done, time.perf_counter() - start)
     print(summary_text(summary, store))
     return summary
+
+
+def prepare_model(loaded: LoadedModel, settings: Mapping[str, Any], modality: str | None = None,
+                  source: str | os.PathLike | None = None
+                  ) -> tuple[GPT | AppliedHead, Modality, str, dict[str, Any]]:
+    """The model ``predict`` runs, its modality, the mode and its settings, for the checkpoint
+    ``loaded`` and the mode ``settings`` (``name``: a mode, or ``auto``: the mode of what the
+    checkpoint is, :func:`default_mode`, with that mode's own settings and the non-null keys
+    ``settings`` sets). The model is checked against the mode and the settings
+    (:func:`check_mode`); a head is rebuilt into an :class:`AppliedHead` for ``mode=head``.
+    ``predict`` and :func:`heartgpt.inference.apply.apply` both start here; errors name
+    ``source`` (default: the file ``loaded`` came from).
+
+    Raises:
+        InputError: naming the checkpoint (unfit for the mode, a head that cannot be rebuilt)
+            or ``mode.<key>`` (a setting the mode does not read, or a bad value).
+    """
+    checkpoint = loaded.source if source is None else source
+    mode, settings = str(settings["name"]), dict(settings)
+    if mode == AUTO:  # what the checkpoint is, with that mode's own settings
+        mode = default_mode(loaded.model.config.out_features, loaded.task, loaded.head)
+        settings = mode_settings(mode, settings, checkpoint)
+        log.info("mode=%s: what %s is", mode, Path(checkpoint).name)
+    need, refuse = MODEL_NEED[mode]
+    loaded, mod = load_tool_model(checkpoint, need, modality, refuse_task=refuse, loaded=loaded)
+    warn_if_synthetic(loaded, log)
+    check_mode(settings, loaded.model.config.block_size)
+    model: GPT | AppliedHead = loaded.model
+    if mode == "embed":
+        require_torch(loaded, "mode=embed (hidden states)")
+    if mode == "head":
+        gpt = loaded.model if getattr(loaded.model, "applies_head", False) else \
+            require_torch(loaded, "mode=head (the head reads hidden states)")
+        try:
+            model = applied_head(gpt, loaded.head, loaded.head_state, str(checkpoint),
+                                 loaded.hparams.get("label_schema"))
+        except ValueError as e:
+            raise InputError(checkpoint, str(e).removeprefix(f"{checkpoint}: ")) from None
+        if model.reading.names_from != "label_schema":
+            log.warning("%s stores no label schema: its outputs are named %s", checkpoint,
+                        ", ".join(model.reading.columns))
+    return model, mod, mode, settings
 
 
 def mode_settings(name: str, given: Mapping[str, Any] | None = None,

@@ -19,6 +19,12 @@ the last position, beats at every one) or ``softmax`` (language models) as the P
   :class:`~heartgpt.model.GPT` (:func:`heartgpt.model.safetensors_file.save_safetensors`): a LoRA
   run's ``.ckpt`` comes out merged (adapters folded into their layers, no ``lora`` keys), the
   adapted model's outputs from the released layout.
+- A fine-tune whose head keeps tensors outside the GPT (``loaded.head_state``: attention
+  pooling's scorer, a regression's target mean and std) is exported with its head: the ONNX
+  graph is the :class:`~heartgpt.heads.applied.AppliedHead` (tokens -> ``outputs``, the head's
+  outputs in the labels' terms: the pooling inside, the standardisation undone inside), its
+  metadata ``outputs=head`` plus ``head`` and ``label_schema``; a ``.safetensors`` stores the
+  head's tensors and ``label_schema`` beside the GPT's. ``torch_export`` cannot hold them.
 - :func:`check_export` runs an exported file on deterministic token windows and compares it with
   the PyTorch model; ``python -m heartgpt.export`` refuses a file that fails it.
 
@@ -56,14 +62,18 @@ from torch.nn import functional as F
 from heartgpt import __version__
 from heartgpt.data.tokenizer import LEVELS
 from heartgpt.files import atomic_path, sha256_file
+from heartgpt.heads.applied import AppliedHead, applied_head
 from heartgpt.model.checkpoint_format import CheckpointError, LoadedModel, require_torch
 from heartgpt.model.gpt import GPT, GPTConfig
 from heartgpt.model.onnx_file import (
     EXPORT_FORMAT,
+    HEAD_OUTPUT_NAME,
+    HEAD_OUTPUTS,
     INPUT_NAME,
     ONNX_INSTALL_HINT,
     ONNX_PREFIX,
     OUTPUT_NAME,
+    OUTPUTS_KEY,
     exported_config,
     load_onnx,
 )
@@ -156,24 +166,47 @@ def require_onnx_exporter() -> None:
         raise ImportError(f"ONNX export needs {', '.join(missing)}: {ONNX_INSTALL_HINT}")
 
 
+def applied_model(loaded: LoadedModel) -> AppliedHead:
+    """The fine-tune ``loaded`` with its head applied (:func:`heartgpt.heads.applied.applied_head`:
+    tokens -> the head's outputs in the labels' terms), in eval mode.
+
+    Raises:
+        CheckpointError: the head cannot be rebuilt or its tensors are missing.
+    """
+    gpt = _torch_model(loaded)
+    if not loaded.head:
+        raise CheckpointError(loaded.source, "has tensors of a head but does not say its head")
+    try:
+        return applied_head(gpt, loaded.head, loaded.head_state, loaded.source,
+                            loaded.hparams.get("label_schema"))
+    except ValueError as e:
+        raise CheckpointError(loaded.source, str(e).removeprefix(f"{loaded.source}: ")) from None
+
+
 def export_onnx(loaded: LoadedModel, path: str | os.PathLike, opset: int | None = None) -> Path:
     """Export ``loaded.model`` to an ONNX file at ``path`` (written atomically); returns ``path``.
 
     Input ``tokens`` int64 (batch, time), output ``logits`` float32 (batch, time, n_out); batch
     and time (up to ``block_size``) are dynamic. ``opset``: the ONNX opset (None: the
     exporter's default). The metadata of :func:`export_metadata` is stored in the model's
-    ``metadata_props`` under ``heartgpt.<key>``.
+    ``metadata_props`` under ``heartgpt.<key>``. A head with tensors outside the GPT
+    (``loaded.head_state``) is exported with it (:func:`applied_model`): output ``outputs``
+    (the head's, in the labels' terms), metadata ``outputs=head`` and ``label_schema``.
     """
     model = _torch_model(loaded)
     require_onnx_exporter()
     path = Path(path)
+    traced: nn.Module = applied_model(loaded) if loaded.head_state else model
+    extra = {OUTPUTS_KEY: HEAD_OUTPUTS} if loaded.head_state else {}
+    if loaded.head_state and loaded.hparams.get("label_schema"):
+        extra["label_schema"] = json.dumps(loaded.hparams["label_schema"], sort_keys=True)
     with _quiet_exporter(), torch.no_grad():
         program = torch.onnx.export(
-            model, (_example_tokens(model),), dynamo=True, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_shapes=_dynamic_shapes(model.config),
-            opset_version=opset, verbose=False,
+            traced, (_example_tokens(model),), dynamo=True, input_names=[INPUT_NAME],
+            output_names=[HEAD_OUTPUT_NAME if loaded.head_state else OUTPUT_NAME],
+            dynamic_shapes=_dynamic_shapes(model.config), opset_version=opset, verbose=False,
         )
-    for key, value in export_metadata(loaded).items():
+    for key, value in {**export_metadata(loaded), **extra}.items():
         program.model.metadata_props[ONNX_PREFIX + key] = value
     with atomic_path(path) as tmp:
         program.save(tmp, external_data=False)
@@ -253,6 +286,7 @@ class ExportCheck:
     prob_diff: float  # max |probability difference|
     logit_diff: float  # max |logit difference|
     logit_tol: float  # LOGIT_RTOL * max|logit| + LOGIT_ATOL
+    compared: str = "logits"  # 'outputs': a head's, in the labels' terms (held as logits are)
 
     @property
     def ok(self) -> bool:
@@ -264,40 +298,58 @@ class ExportCheck:
         if not self.prob_diff <= PROB_ATOL:  # NaN counts as a difference
             bad.append(f"probabilities by {self.prob_diff:.2e} (> {PROB_ATOL:g})")
         if not self.logit_diff <= self.logit_tol:
-            bad.append(f"logits by {self.logit_diff:.2e} (> {self.logit_tol:.2e})")
+            bad.append(f"{self.compared} by {self.logit_diff:.2e} (> {self.logit_tol:.2e})")
         return "" if not bad else "outputs differ from PyTorch's: " + ", ".join(bad)
 
 
-def _runner(path: Path) -> nn.Module:
+def _runner(path: Path, with_head: bool = False) -> nn.Module:
     """The exported file as a callable: an :class:`~heartgpt.model.onnx_file.OnnxGPT`, a ``.pt2``'s module or the
-    :class:`GPT` of a ``.safetensors``."""
+    :class:`GPT` of a ``.safetensors``; ``with_head``: the file's head applied
+    (:func:`applied_model`)."""
     if path.suffix == ".pt2":
         return load_program(path)[0].module()
-    if path.suffix == ".safetensors":
-        return load_safetensors(path).model
-    return load_onnx(path).model
+    loaded = load_safetensors(path) if path.suffix == ".safetensors" else load_onnx(path)
+    if not with_head:
+        return loaded.model
+    if not loaded.head:
+        raise CheckpointError(path, "does not say its head")
+    try:
+        return applied_head(loaded.model, loaded.head, loaded.head_state, str(path),
+                            loaded.hparams.get("label_schema"))
+    except ValueError as e:
+        raise CheckpointError(path, str(e).removeprefix(f"{path}: ")) from None
 
 
 def check_export(loaded: LoadedModel, path: str | os.PathLike,
                  shapes: list[tuple[int, int]] | None = None) -> ExportCheck:
     """Run the exported ``path`` (``.onnx``, ``.pt2`` or ``.safetensors``) and ``loaded.model`` on
     :func:`verification_tokens` windows of ``shapes`` (default :func:`verification_shapes`)
-    and compare logits and probabilities (tolerances: module docstring)."""
-    model = _torch_model(loaded)
+    and compare logits and probabilities (tolerances: module docstring). A head with tensors
+    outside the GPT: both with the head applied (:func:`applied_model`), its outputs compared
+    as logits (values in the labels' units: relative) and, for classes, as probabilities."""
+    gpt = _torch_model(loaded)
     path = Path(path)
-    shapes = shapes or verification_shapes(model.config)
-    exported = _runner(path)
+    shapes = shapes or verification_shapes(gpt.config)
+    with_head = bool(loaded.head_state)
+    model: nn.Module = applied_model(loaded) if with_head else gpt
+    exported = _runner(path, with_head)
+    classes = with_head and model.reading is not None and model.reading.kind == "class"
     prob_diff = logit_diff = top = 0.0
-    device = _device_of(model)
+    device = _device_of(gpt)
     with torch.no_grad():
         for seed, (batch, length) in enumerate(shapes):
-            tokens = verification_tokens(model.config, batch, length, seed).to(device)
+            tokens = verification_tokens(gpt.config, batch, length, seed).to(device)
             want, got = model(tokens).float(), exported(tokens).float()
             if got.shape != want.shape:
                 raise CheckpointError(path, f"outputs of shape {tuple(got.shape)} for tokens "
                                       f"{tuple(tokens.shape)}; PyTorch: {tuple(want.shape)}")
-            logit_diff = max(logit_diff, (got - want).abs().max().item())
-            prob_diff = max(prob_diff,
-                            (probabilities(got) - probabilities(want)).abs().max().item())
+            if want.numel() == 0:  # a tag head's positions: none in so short a window
+                continue
+            diff = (got - want).abs().max().item()
+            logit_diff = max(logit_diff, diff)
+            if not with_head:
+                diff = (probabilities(got) - probabilities(want)).abs().max().item()
+            prob_diff = max(prob_diff, diff if not with_head or classes else 0.0)
             top = max(top, want.abs().max().item())
-    return ExportCheck(path, shapes, prob_diff, logit_diff, LOGIT_RTOL * top + LOGIT_ATOL)
+    return ExportCheck(path, shapes, prob_diff, logit_diff, LOGIT_RTOL * top + LOGIT_ATOL,
+                       "outputs" if with_head else "logits")

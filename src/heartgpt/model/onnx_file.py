@@ -24,6 +24,10 @@ from heartgpt.model.gpt import GPT, GPTConfig
 EXPORT_FORMAT = "heartgpt-export-1"
 INPUT_NAME = "tokens"  # int64 (batch, time)
 OUTPUT_NAME = "logits"  # float32 (batch, time, n_out)
+# An exported AppliedHead (a head with tensors outside the GPT): its output, and the metadata
+# key and value saying its outputs are the head's, in the labels' terms
+HEAD_OUTPUT_NAME = "outputs"  # float32 (batch, K) or (batch, time // stride, K)
+OUTPUTS_KEY, HEAD_OUTPUTS = "outputs", "head"
 ONNX_PREFIX = "heartgpt."  # metadata_props keys of an .onnx file: heartgpt.config, ...
 ONNX_INSTALL_HINT = "pip install 'heartgpt[onnx]'"
 
@@ -48,16 +52,23 @@ class OnnxGPT(nn.Module):
     when it is installed, otherwise the CPU one. ``generate`` is :meth:`GPT.generate` (it needs
     only ``forward``); what needs the network's internals (``inspect``, cached decoding) raises
     :class:`CheckpointError`.
+
+    ``applies_head``: the file is an exported
+    :class:`~heartgpt.heads.applied.AppliedHead` (output ``outputs``: the head's outputs in the
+    labels' terms, not logits); :func:`~heartgpt.heads.applied.applied_head` uses it as it is.
     """
 
     def __init__(self, path: str | os.PathLike, config: GPTConfig, session: Any = None,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, applies_head: bool = False) -> None:
         """``session``: an ``onnxruntime.InferenceSession`` of ``path`` already open on the CPU
-        (else one is opened); ``threads``: ONNX Runtime's intra-op threads (None: its default)."""
+        (else one is opened); ``threads``: ONNX Runtime's intra-op threads (None: its default);
+        ``applies_head``: its graph ends in the head's outputs (``outputs``)."""
         super().__init__()
         self.path = Path(path)
         self.config = config
         self.threads = threads
+        self.applies_head = applies_head
+        self.output_name = HEAD_OUTPUT_NAME if applies_head else OUTPUT_NAME
         self.register_buffer("_where", torch.empty(0), persistent=False)
         self._sessions: dict[str, Any] = {}
         if session is not None:
@@ -84,14 +95,15 @@ class OnnxGPT(nn.Module):
         return self._sessions[key]
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, n_out) float32 of tokens ``idx`` (B, T), on ``idx``'s device."""
+        """Logits (B, T, n_out) float32 of tokens ``idx`` (B, T), on ``idx``'s device (an
+        exported head: its outputs, (B, K) or (B, P, K))."""
         if idx.dim() != 2 or idx.size(0) < 1 or idx.size(1) < 1:
             raise ValueError(f"expected tokens of shape (batch, time), got {tuple(idx.shape)}")
         if idx.size(1) > self.config.block_size:
             raise ValueError(f"sequence length {idx.size(1)} exceeds block_size "
                              f"{self.config.block_size}")
         tokens = idx.detach().to("cpu", torch.int64).contiguous().numpy()
-        (logits,) = self.session().run([OUTPUT_NAME], {INPUT_NAME: tokens})
+        (logits,) = self.session().run([self.output_name], {INPUT_NAME: tokens})
         return torch.from_numpy(logits).to(idx.device)
 
     generate = GPT.generate  # the exact sampler: calls only forward
@@ -110,7 +122,8 @@ class OnnxGPT(nn.Module):
         raise self._not_here("cached generation (use exact mode)")
 
     def extra_repr(self) -> str:
-        return f"path={str(self.path)!r}, config={self.config}"
+        head = ", applies_head=True" if self.applies_head else ""
+        return f"path={str(self.path)!r}, config={self.config}{head}"
 
 
 def open_session(path: str | os.PathLike, providers: list[Any] | None = None,
@@ -152,13 +165,26 @@ def load_onnx(path: str | os.PathLike, threads: int | None = None) -> LoadedMode
     metadata = {k.removeprefix(ONNX_PREFIX): v for k, v in stored.items()
                 if k.startswith(ONNX_PREFIX)}
     config = exported_config(metadata, path)
+    applies_head = metadata.get(OUTPUTS_KEY) == HEAD_OUTPUTS
     inputs = [i.name for i in session.get_inputs()]
     outputs = {o.name: o.shape for o in session.get_outputs()}
-    width = outputs.get(OUTPUT_NAME, [None])[-1]
-    if inputs != [INPUT_NAME] or OUTPUT_NAME not in outputs or width not in (config.n_out, None):
+    if applies_head:  # the head's outputs: their width is the head's, read by its metadata
+        name, widths = HEAD_OUTPUT_NAME, None
+    else:
+        name, widths = OUTPUT_NAME, (config.n_out, None)
+    width = outputs.get(name, [None])[-1]
+    if inputs != [INPUT_NAME] or name not in outputs or (widths and width not in widths):
         raise CheckpointError(path, f"graph inputs {inputs} / outputs {outputs} do not match "
-                              f"'{INPUT_NAME}' -> '{OUTPUT_NAME}' (.., {config.n_out})")
-    model = OnnxGPT(path, config, session, threads)
+                              f"'{INPUT_NAME}' -> '{name}'"
+                              + ("" if applies_head else f" (.., {config.n_out})"))
+    try:
+        head = json.loads(metadata["head"]) if metadata.get("head") else None
+        schema = json.loads(metadata["label_schema"]) if metadata.get("label_schema") else None
+    except ValueError:
+        raise CheckpointError(path, "its 'head' or 'label_schema' metadata is not JSON") from None
+    if applies_head and head is None:
+        raise CheckpointError(path, "its outputs are a head's but its metadata has no 'head'")
+    model = OnnxGPT(path, config, session, threads, applies_head=applies_head)
     return LoadedModel(model, metadata.get("modality") or None, metadata.get("task", "pretrain"),
-                       str(path), metadata.get("synthetic") == "true",
-                       head=json.loads(metadata["head"]) if metadata.get("head") else None)
+                       str(path), metadata.get("synthetic") == "true", head=head,
+                       hparams={} if schema is None else {"label_schema": schema})
