@@ -20,7 +20,13 @@ from heartgpt.training.evaluation import print_summary
 from heartgpt.training.mean_baseline import BEATS_MEAN_BASELINE, verdict
 from heartgpt.training.result_files import TEST_METRICS, TEST_PREDICTIONS
 from heartgpt.training.run import train
-from training_helpers import FAST, TINY_MODEL, compose_eval, compose_train, run_module
+from training_helpers import (
+    FAST,
+    TINY_MODEL,
+    build_tiny_targets,
+    compose_eval,
+    compose_train,
+)
 
 NAMES = ("sbp", "dbp")
 MEAN, STD = np.array([120.0, 80.0]), np.array([15.0, 10.0])
@@ -162,12 +168,7 @@ def test_the_eval_summary_shows_the_baseline_beside_mae(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def hr_shards(tmp_path_factory) -> Path:
     """The targets demo's heart-rate shards, tiny (12 subjects, 2 recordings each)."""
-    root = tmp_path_factory.mktemp("targets")
-    done = run_module(["source=demo", "demo.sets=[targets]", "demo.modalities=[ecg]",
-                       "demo.target_subjects=12", "demo.target_records=2",
-                       f"paths.data_dir={root}"], cwd=root, module="heartgpt.prepare")
-    assert done.returncode == 0, done.stderr
-    return root / "demo" / "ecg" / "hr"
+    return build_tiny_targets(tmp_path_factory.mktemp("targets")) / "hr"
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

@@ -30,9 +30,9 @@ from training_helpers import (
     FAST,
     TINY_MODEL,
     build_tiny_demo,
+    build_tiny_targets,
     compose_eval,
     compose_train,
-    run_module,
 )
 
 SPLIT = ["data.val_fraction=0.2", "data.test_fraction=0.3"]
@@ -108,10 +108,7 @@ def _read(path: Path) -> list[dict[str, str]]:
 def targets(tmp_path_factory) -> dict:
     """The targets demo (tiny) and a checkpoint fine-tuned on each of its shard sets."""
     root = tmp_path_factory.mktemp("predict_heads")
-    done = run_module(["source=demo", "demo.sets=[targets]", "demo.modalities=[ecg]",
-                       "demo.target_subjects=12", "demo.target_records=2",
-                       f"paths.data_dir={root}"], cwd=root, module="heartgpt.prepare")
-    assert done.returncode == 0, done.stderr
+    build_tiny_targets(root)
     checkpoints = {}
     for name, overrides in TARGETS.items():
         out = root / "runs" / name

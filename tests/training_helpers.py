@@ -122,6 +122,16 @@ def wandb_history(run_file: Path, timeout: float = 60.0) -> list[dict]:
             for r in records if r.WhichOneof("record_type") == "history"]
 
 
+def build_tiny_targets(data_dir: Path) -> Path:
+    """The SYNTHETIC targets demo (ECG: hr, rhythm, hr_tag shards and their recordings, 12
+    subjects x 2 recordings) under ``<data_dir>/demo/ecg``, made as ``prepare`` makes it."""
+    done = run_module(["source=demo", "demo.sets=[targets]", "demo.modalities=[ecg]",
+                       "demo.target_subjects=12", "demo.target_records=2",
+                       f"paths.data_dir={data_dir}"], cwd=data_dir, module="heartgpt.prepare")
+    assert done.returncode == 0, done.stderr
+    return data_dir / "demo" / "ecg"
+
+
 def run_module(args: list[str], cwd: Path, timeout: int = 600,
                module: str = "heartgpt.train") -> subprocess.CompletedProcess:
     """``python -m <module> <args>`` in ``cwd`` (W&B offline, no GPU)."""

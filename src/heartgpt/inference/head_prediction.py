@@ -18,21 +18,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from heartgpt.heads.applied import AppliedHead, HeadReading
-from heartgpt.inference.loading import eval_mode, model_device
-
-
-def head_outputs(model: AppliedHead, tokens: np.ndarray, batch_size: int) -> np.ndarray:
-    """``model`` on ``tokens`` (U, T) in batches: (U, K) or (U, P, K) float64 on the CPU."""
-    device = model_device(model)
-    out = []
-    with eval_mode(model):
-        for i in range(0, len(tokens), batch_size):
-            x = torch.as_tensor(tokens[i : i + batch_size], dtype=torch.long, device=device)
-            out.append(model(x).float().cpu().numpy())
-    return np.concatenate(out).astype(np.float64)
+from heartgpt.inference.loading import batched
 
 
 def output_columns(reading: HeadReading, values: np.ndarray) -> dict[str, Any]:
@@ -73,7 +61,7 @@ def head_rows(model: AppliedHead, reading: HeadReading, starts: np.ndarray, usab
     """One recording's row and its items (a window, or a tagged position, each) from its
     windows (``starts`` at the modality ``rate``; ``tokens`` (U, T) of the ``usable`` ones)."""
     window = model.block_size
-    outputs = head_outputs(model, tokens, batch_size)  # (U, K) | (U, P, K)
+    outputs = batched(model, tokens, batch_size).astype(np.float64)  # (U, K) | (U, P, K)
     by_window = dict(zip(usable, outputs, strict=True))
     items: list[dict[str, Any]] = []
     for i, s in enumerate(starts.tolist()):

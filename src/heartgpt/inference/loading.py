@@ -9,10 +9,11 @@ fine-tune) and that its modality agrees with the user's; every problem is an
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+import numpy as np
 import torch
 
 from heartgpt.data.tokenizer import LEVELS, Modality, get_modality
@@ -113,3 +114,17 @@ def model_device(model: torch.nn.Module) -> torch.device:
     if param is not None:
         return param.device
     return torch.device(getattr(model, "device", "cpu"))
+
+
+def batched(model: torch.nn.Module, tokens: np.ndarray, batch_size: int,
+            fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+    """``fn`` (default: ``model`` itself) over ``tokens`` (U, T) in batches on the model's
+    device, in eval mode without gradients, concatenated on the CPU."""
+    fn = fn or model
+    device = model_device(model)
+    out = []
+    with eval_mode(model):
+        for i in range(0, len(tokens), batch_size):
+            x = torch.as_tensor(tokens[i : i + batch_size], dtype=torch.long, device=device)
+            out.append(fn(x).float().cpu().numpy())
+    return np.concatenate(out)

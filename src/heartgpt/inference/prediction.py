@@ -44,7 +44,7 @@ from heartgpt.inference.af_screening import (
 )
 from heartgpt.inference.beat_detection import beats_summary, detect_beats, quality_category
 from heartgpt.inference.head_prediction import head_rows
-from heartgpt.inference.loading import eval_mode, model_device
+from heartgpt.inference.loading import batched
 from heartgpt.model import GPT
 
 MODES = ("af", "beats", "loss", "embed", "head")
@@ -119,18 +119,6 @@ def _windows(rec: Recording, mod: Modality, window: int, mode: Mapping[str, Any]
     return starts, usable, np.stack(tokens), skipped
 
 
-def _batched(model: GPT, tokens: np.ndarray, batch_size: int,
-             fn: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
-    """``fn`` over ``tokens`` (U, T) in batches on the model's device, concatenated on the CPU."""
-    device = model_device(model)
-    out = []
-    with eval_mode(model):
-        for i in range(0, len(tokens), batch_size):
-            x = torch.as_tensor(tokens[i : i + batch_size], dtype=torch.long, device=device)
-            out.append(fn(x).float().cpu().numpy())
-    return np.concatenate(out)
-
-
 def _window_items(starts: np.ndarray, window: int, rate: float, skipped: dict[int, str]
                   ) -> list[dict[str, Any]]:
     return [{"window": i, "start_sample": s, "end_sample": s + window, "start_s": s / rate,
@@ -149,7 +137,7 @@ def predict_loss(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, A
         ce = F.cross_entropy(logits.transpose(1, 2), t[:, 1:], reduction="none")  # (B, T-1)
         return ce.mean(dim=1)
 
-    losses = _batched(model, tokens, int(mode["batch_size"]), loss).astype(np.float64)
+    losses = batched(model, tokens, int(mode["batch_size"]), loss).astype(np.float64)
     items = _window_items(starts, window, mod.sample_rate, skipped)
     for i, value in zip(usable, losses.tolist(), strict=True):
         items[i]["loss"] = value
@@ -170,7 +158,7 @@ def predict_embed(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, 
         h = model.hidden(t)  # (B, T, C)
         return h.mean(dim=1) if pool == "mean" else h[:, -1]
 
-    vectors = _batched(model, tokens, int(mode["batch_size"]), embed).astype(np.float32)
+    vectors = batched(model, tokens, int(mode["batch_size"]), embed).astype(np.float32)
     items = _window_items(starts, window, mod.sample_rate, skipped)
     for row_index, i in enumerate(usable):
         items[i]["embedding_row"] = row_index  # within this recording; the writer offsets it
