@@ -15,7 +15,8 @@ A recording counts as done when its part exists, reads back, and was made from a
 same size and modification time (an edited recording is predicted again). A failed recording
 is done too (its reason is in the table); fixing the file changes its time, so a re-run retries
 it. The tables are rebuilt from the parts at the end of every run, so a run killed part-way and
-re-run gives the tables an uninterrupted run would.
+re-run gives the tables an uninterrupted run would. :func:`read_embeddings` reads an embed
+run's vectors back (``python -m heartgpt.probe``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import json
 import logging
 import shutil
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -228,6 +230,43 @@ class PredictionStore:
             f.create_dataset("recordings", data=np.asarray(names, dtype=object),
                              dtype=h5py.string_dtype())
         return out
+
+
+@dataclass
+class Embeddings:
+    """The vectors of one ``predict mode=embed`` folder: a row per window."""
+
+    vectors: np.ndarray  # (N, C) float32
+    recording: list[str]  # the recording of each row
+    start_sample: np.ndarray  # (N,) the window's start at the modality rate
+    run: dict[str, Any]  # predict_run.json: checkpoint, its sha256, mode settings
+
+
+
+def read_embeddings(folder: str | Path) -> Embeddings:
+    """The vectors of ``folder`` (the ``out_dir`` of ``predict mode=embed``).
+
+    Raises:
+        InputError: ``folder`` is no finished ``mode=embed`` run.
+    """
+    import h5py
+
+    folder = Path(folder)
+    manifest, path = folder / MANIFEST, folder / EMBEDDINGS
+    if not manifest.is_file() or not path.is_file():
+        raise InputError(folder, "holds no predict_run.json and embeddings.h5: give the out_dir "
+                                 "of `python -m heartgpt.predict mode=embed ...`")
+    run = json.loads(manifest.read_text())
+    mode = run.get("mode", {}).get("name")
+    if mode != "embed":
+        raise InputError(folder, f"holds predictions of mode={mode}, not embeddings: run "
+                                 "`python -m heartgpt.predict mode=embed ...` into another out_dir")
+    with h5py.File(path, "r") as f:
+        vectors = np.asarray(f["embeddings"], dtype=np.float32)
+        owner = np.asarray(f["recording_index"], dtype=np.int64)
+        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["recordings"][()]]
+        starts = np.asarray(f["start_sample"], dtype=np.int64)
+    return Embeddings(vectors, [names[i] for i in owner], starts, run)
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

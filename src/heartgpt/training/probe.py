@@ -26,7 +26,6 @@ recordings are scored on the same folds, fold for fold.
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import warnings
@@ -40,6 +39,7 @@ from omegaconf import DictConfig
 
 from heartgpt.errors import ConfigError, InputError
 from heartgpt.files import atomic_path, write_json_atomic
+from heartgpt.inference.prediction_store import Embeddings, read_embeddings
 from heartgpt.training.config_checks import Check, integer, number, one_of
 
 log = logging.getLogger(__name__)
@@ -56,16 +56,6 @@ CLASSIFY_METRICS = ("accuracy", "balanced_accuracy", "auroc", "baseline_accuracy
 
 
 @dataclass
-class Embeddings:
-    """The vectors of one ``predict mode=embed`` folder: a row per window."""
-
-    vectors: np.ndarray  # (N, C) float32
-    recording: list[str]  # the recording of each row
-    start_sample: np.ndarray  # (N,) the window's start at the modality rate
-    run: dict[str, Any]  # predict_run.json: checkpoint, its sha256, mode settings
-
-
-@dataclass
 class Examples:
     """The probe's data: features, targets and subjects, one row per example."""
 
@@ -76,32 +66,6 @@ class Examples:
     window_start: list[int | None]  # unit=window: the window's start sample
     unlabelled: list[str]  # recordings with embeddings but no label (or an empty cell)
     without_embedding: int  # labelled records the predict run has no vector of
-
-
-def read_embeddings(folder: str | Path) -> Embeddings:
-    """The vectors of ``folder`` (the ``out_dir`` of ``predict mode=embed``).
-
-    Raises:
-        InputError: ``folder`` is no finished ``mode=embed`` run.
-    """
-    import h5py
-
-    folder = Path(folder)
-    manifest, path = folder / "predict_run.json", folder / "embeddings.h5"
-    if not manifest.is_file() or not path.is_file():
-        raise InputError(folder, "holds no predict_run.json and embeddings.h5: give the out_dir "
-                                 "of `python -m heartgpt.predict mode=embed ...`")
-    run = json.loads(manifest.read_text())
-    mode = run.get("mode", {}).get("name")
-    if mode != "embed":
-        raise InputError(folder, f"holds predictions of mode={mode}, not embeddings: run "
-                                 "`python -m heartgpt.predict mode=embed ...` into another out_dir")
-    with h5py.File(path, "r") as f:
-        vectors = np.asarray(f["embeddings"], dtype=np.float32)
-        owner = np.asarray(f["recording_index"], dtype=np.int64)
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in f["recordings"][()]]
-        starts = np.asarray(f["start_sample"], dtype=np.int64)
-    return Embeddings(vectors, [names[i] for i in owner], starts, run)
 
 
 def read_labels(path: str | Path, record_column: str, subject_column: str | None, target: str
