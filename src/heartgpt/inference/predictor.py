@@ -28,7 +28,7 @@ from heartgpt.data.recording_set import RecordingDataModule, RecordingItem
 from heartgpt.data.tokenizer import Modality
 from heartgpt.errors import InputError, error_line
 from heartgpt.files import sha256_file
-from heartgpt.heads.applied import AppliedHead, applied_head
+from heartgpt.heads.applied import AppliedHead
 from heartgpt.inference.loading import load_tool_model
 from heartgpt.inference.prediction import (
     AUTO,
@@ -42,7 +42,7 @@ from heartgpt.inference.prediction import (
 from heartgpt.inference.prediction_store import ITEM_TABLES, RECORDINGS, PredictionStore
 from heartgpt.model import GPT
 from heartgpt.model.checkpoint_format import LoadedModel, require_torch, warn_if_synthetic
-from heartgpt.model.checkpoints import find_weights, load_model
+from heartgpt.model.checkpoints import find_weights, head_applied, load_model
 
 log = logging.getLogger(__name__)
 
@@ -188,11 +188,7 @@ def prepare_model(loaded: LoadedModel, settings: Mapping[str, Any], modality: st
     if mode == "head":
         gpt = loaded.model if getattr(loaded.model, "applies_head", False) else \
             require_torch(loaded, "mode=head (the head reads hidden states)")
-        try:
-            model = applied_head(gpt, loaded.head, loaded.head_state, str(checkpoint),
-                                 loaded.hparams.get("label_schema"))
-        except ValueError as e:
-            raise InputError(checkpoint, str(e).removeprefix(f"{checkpoint}: ")) from None
+        model = head_applied(loaded, gpt)
         if model.reading.names_from != "label_schema":
             log.warning("%s stores no label schema: its outputs are named %s", checkpoint,
                         ", ".join(model.reading.columns))

@@ -11,6 +11,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from torch import nn
+
+from heartgpt.heads.applied import AppliedHead, applied_head
 from heartgpt.model.checkpoint_format import CheckpointError, LoadedModel, require_torch
 from heartgpt.model.gpt import GPT, GPTConfig
 from heartgpt.model.lightning_checkpoint import read_lightning
@@ -143,3 +146,22 @@ def init_from_pretrained(model: GPT, path: str | os.PathLike, modality: str | No
     assert not unexpected and all(k.startswith("head.") or ".lora_" in k for k in missing), (
         missing, unexpected)
     return loaded
+
+
+def head_applied(loaded: LoadedModel, model: nn.Module | None = None) -> AppliedHead:
+    """The fine-tune ``loaded`` with its head applied (:func:`heartgpt.heads.applied.applied_head`:
+    tokens -> the head's outputs in the labels' terms). ``model``: the network it reads (default
+    ``loaded``'s PyTorch GPT; an ONNX export that already applies its head is passed as is).
+
+    Raises:
+        CheckpointError: naming ``loaded``'s file: it does not say its head, or the head cannot
+            be rebuilt (its tensors or its training statistics are missing).
+    """
+    if not loaded.head:
+        raise CheckpointError(loaded.source, "does not say its head")
+    net = require_torch(loaded, "applying its head") if model is None else model
+    try:
+        return applied_head(net, loaded.head, loaded.head_state, loaded.source,
+                            loaded.hparams.get("label_schema"))
+    except ValueError as e:
+        raise CheckpointError(loaded.source, str(e).removeprefix(f"{loaded.source}: ")) from None

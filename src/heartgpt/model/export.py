@@ -62,8 +62,9 @@ from torch.nn import functional as F
 from heartgpt import __version__
 from heartgpt.data.tokenizer import LEVELS
 from heartgpt.files import atomic_path, sha256_file
-from heartgpt.heads.applied import AppliedHead, applied_head
+from heartgpt.heads.applied import AppliedHead
 from heartgpt.model.checkpoint_format import CheckpointError, LoadedModel, require_torch
+from heartgpt.model.checkpoints import head_applied
 from heartgpt.model.gpt import GPT, GPTConfig
 from heartgpt.model.onnx_file import (
     EXPORT_FORMAT,
@@ -167,20 +168,9 @@ def require_onnx_exporter() -> None:
 
 
 def applied_model(loaded: LoadedModel) -> AppliedHead:
-    """The fine-tune ``loaded`` with its head applied (:func:`heartgpt.heads.applied.applied_head`:
-    tokens -> the head's outputs in the labels' terms), in eval mode.
-
-    Raises:
-        CheckpointError: the head cannot be rebuilt or its tensors are missing.
-    """
-    gpt = _torch_model(loaded)
-    if not loaded.head:
-        raise CheckpointError(loaded.source, "has tensors of a head but does not say its head")
-    try:
-        return applied_head(gpt, loaded.head, loaded.head_state, loaded.source,
-                            loaded.hparams.get("label_schema"))
-    except ValueError as e:
-        raise CheckpointError(loaded.source, str(e).removeprefix(f"{loaded.source}: ")) from None
+    """The fine-tune ``loaded`` with its head applied, in eval mode, for exporting
+    (:func:`heartgpt.model.checkpoints.head_applied`)."""
+    return head_applied(loaded, _torch_model(loaded))
 
 
 def export_onnx(loaded: LoadedModel, path: str | os.PathLike, opset: int | None = None) -> Path:
@@ -311,13 +301,7 @@ def _runner(path: Path, with_head: bool = False) -> nn.Module:
     loaded = load_safetensors(path) if path.suffix == ".safetensors" else load_onnx(path)
     if not with_head:
         return loaded.model
-    if not loaded.head:
-        raise CheckpointError(path, "does not say its head")
-    try:
-        return applied_head(loaded.model, loaded.head, loaded.head_state, str(path),
-                            loaded.hparams.get("label_schema"))
-    except ValueError as e:
-        raise CheckpointError(path, str(e).removeprefix(f"{path}: ")) from None
+    return head_applied(loaded, loaded.model)
 
 
 def check_export(loaded: LoadedModel, path: str | os.PathLike,
