@@ -32,6 +32,7 @@ import torch
 from heartgpt.app.background import Stopped, in_background
 from heartgpt.app.beats_tab import beats_run
 from heartgpt.app.catalog import (
+    CheckpointInfo,
     choices,
     default_base,
     default_folders,
@@ -218,6 +219,20 @@ def test_catalog_lists_what_each_tab_can_use(ckpt_dir, caplog):
         "ppg_lm.safetensors"
     with pytest.raises(FileNotFoundError, match="no such checkpoint folder"):
         find_checkpoints([ckpt_dir / "missing"])
+
+
+def test_the_af_and_beat_tabs_list_only_heads_they_read_as_trained():
+    """A 1-output regression (heart rate) is no probability: only the Apply tab lists it; an
+    attention-pooled AF head is one probability per window: the AF tab reads it."""
+    def info(task: str, head: dict) -> CheckpointInfo:
+        return CheckpointInfo(Path(f"{task}.ckpt"), task, "ecg", task, 1, 2, 2, head)
+
+    regress = info("regress", {"kind": "regress", "outputs": 1})
+    attention_af = info("af", {"kind": "classify", "outputs": 1, "pooling": "attention"})
+    tag_beats = info("beats", {"kind": "tag", "outputs": 1, "stride": 1})
+    assert [regress.fits(r) for r in ("af", "beats", "any")] == [False, False, True]
+    assert [attention_af.fits(r) for r in ("af", "beats")] == [True, False]
+    assert [tag_beats.fits(r) for r in ("af", "beats")] == [False, True]
 
 
 def test_folders_given_are_searched_as_given(tmp_path, monkeypatch, caplog):
@@ -653,3 +668,59 @@ def test_app_with_released_weights(weights_dir, example_inputs_dir, tmp_path):
         app.shot("beats", "beats-figure")
     assert not app.external, app.external
     assert app.proc.returncode == 0, app.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def hr_regressor(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny fine-tune of the targets demo's heart rate (a regression: values in bpm) in a
+    folder of its own, and one of the demo's recordings (500 Hz)."""
+    from heartgpt.training.run import train
+    from training_helpers import FAST, TINY_MODEL, build_tiny_targets, compose_train
+
+    root = tmp_path_factory.mktemp("hr_app")
+    ecg = build_tiny_targets(root)
+    cfg = compose_train([*FAST, *TINY_MODEL, "model.block_size=500", "module.pretrained=null",
+                         "test=false", "trainer.max_steps=4", "task=regress",
+                         "data.val_fraction=0.2", "data.test_fraction=0.3",
+                         f"data.shard_dir={ecg / 'hr'}"],
+                        data_dir=root, output_dir=root / "run", log_dir=root / "logs")
+    train(cfg)
+    (ckpt,) = sorted((root / "run").rglob("*.ckpt"))[-1:]
+    folder = root / "models"
+    folder.mkdir()
+    shutil.copy(ckpt, folder / "demo_hr.ckpt")
+    return folder / "demo_hr.ckpt", sorted((ecg / "recordings").glob("*.npy"))[0]
+
+
+@pytest.mark.slow
+def test_the_apply_tab_shows_a_regressors_values(hr_regressor, tmp_path):
+    """Any checkpoint on an upload: the demo HR regressor's heart rate per window, in bpm,
+    the numbers of ``heartgpt.apply`` (so of ``predict``) on the same signal."""
+    from heartgpt.inference.apply import apply
+
+    ckpt, recording = hr_regressor
+    samples = np.load(recording).astype(np.float64)
+    expected = apply(ckpt, samples, 500.0)
+    assert expected.mode == "head"
+    with _running_app([ckpt.parent], tmp_path) as app:
+        page = app.page
+        _tab(page, "Apply any model")
+        _upload(page, "apply", recording)
+        _status(page, "apply", f"{recording.name}: {len(samples)} samples")
+        page.fill("#apply-rate input", "500")
+        page.click("#apply-run")
+        text = _status(page, "apply", "(mode=head)")
+        median = expected.recording["median_hr_bpm"]
+        assert f"median_hr_bpm {median:.4g}" in text, text
+        rows = _csv(_downloads(page, "apply")[f"{recording.stem}_head_rows.csv"])
+        column = rows[0].index("hr_bpm")
+        got = [float(r[column]) for r in rows[1:]]
+        np.testing.assert_allclose(got, [w["hr_bpm"] for w in expected.windows], atol=1e-6)
+        grid = page.locator("#apply-table [role=grid]")
+        assert "hr_bpm" in page.inner_text("#apply-table")
+        from playwright.sync_api import expect
+
+        expect(grid).to_have_attribute("aria-rowcount", str(len(expected.windows) + 1))
+        app.shot("apply", "apply-figure")
+    assert not app.external, app.external
+    assert "Traceback" not in app.log.read_text()

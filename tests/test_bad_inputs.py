@@ -259,7 +259,7 @@ def _flip_tokens(shard_dir: Path, out: Path) -> None:
 
 def _prepare_good_set(root: Path) -> None:
     """The good ECG shard set the all-skipped and flipped-token cases start from."""
-    from heartgpt.prepare import prepare
+    from heartgpt.training.preparation import prepare
     from training_helpers import compose_train
 
     cfg = compose_train(["modality=ecg", "sample_rate=100", f"input={root}/ecg_records",

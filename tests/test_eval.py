@@ -24,8 +24,8 @@ from heartgpt.model import GPT, GPTConfig
 from heartgpt.model.checkpoint_format import CheckpointError
 from heartgpt.model.checkpoints import load_model
 from heartgpt.model.safetensors_file import save_safetensors
-from heartgpt.prepare import prepare
 from heartgpt.training.evaluation import evaluate
+from heartgpt.training.preparation import prepare
 from heartgpt.training.result_files import EVAL_BEATS as BEATS
 from heartgpt.training.result_files import EVAL_METRICS
 from heartgpt.training.result_files import EVAL_PREDICTIONS as PREDICTIONS

@@ -99,11 +99,15 @@ def predicted(checkpoint: Path, files: list[Path], out: Path) -> list[dict[str, 
 
 
 @pytest.mark.parametrize("name", list(HEADS))
-def test_onnx_and_safetensors_of_a_head_predict_what_its_ckpt_does(name, tmp_path):
+def test_onnx_and_safetensors_of_a_head_predict_what_its_ckpt_does(name, tmp_path, capsys):
     ckpt = write_ckpt(tmp_path, name)
     onnx, st = tmp_path / f"{name}.onnx", tmp_path / f"{name}.safetensors"
     run_export(ckpt, "onnx", onnx)
     run_export(ckpt, "safetensors", st)
+    said = capsys.readouterr().out  # a head of values is compared as values, never probabilities
+    values_head = HEADS[name][1]["kind"] == "value"
+    assert ("probabilities" in said) is not values_head
+    assert ("values (the labels' units)" in said) is values_head
     loaded_onnx = load_model(onnx)
     assert loaded_onnx.model.applies_head and loaded_onnx.head == HEADS[name][0]
     assert loaded_onnx.hparams["label_schema"] == HEADS[name][1]

@@ -213,16 +213,15 @@ def _save_ckpt(module: FinetuneModule, path):
 @pytest.mark.parametrize(("head", "refuse", "why"), [
     ({"kind": "regress", "outputs": 1}, "beats", "is a regress head predicting values"),
     ({"kind": "tag", "target": "value", "stride": 4}, "af", "is a tag head predicting values"),
-    ({"kind": "classify", "outputs": 1, "pooling": "mean"}, "beats",
-     "was trained to read pooling=mean of the positions, not the last"),
     ({"kind": "tag", "outputs": 1, "stride": 1}, "beats", "is a tag head"),
     ({"kind": "classify", "outputs": 1}, "af", "is a classify head (one probability per window)"),
     ({"kind": "tag", "outputs": 1, "stride": 4}, "af", "is a tag head of stride 4"),
 ])
 def test_a_probability_tool_refuses_a_head_it_would_misread(tmp_path, head, refuse, why):
-    """screen_af / detect_beats / predict / the app read 1 output as a sigmoid at the last
-    position (AF) or at every position (beats): a regression or another pooling would give
-    numbers that are not the model's predictions."""
+    """screen_af / detect_beats / predict / the app read 1 output as one probability per
+    window (AF) or at every position (beats): a regression or a tag of another stride would
+    give numbers that are not the model's predictions; the refusal names the command that
+    applies any head."""
     from heartgpt.errors import InputError
     from heartgpt.inference.loading import load_tool_model
 
@@ -230,6 +229,7 @@ def test_a_probability_tool_refuses_a_head_it_would_misread(tmp_path, head, refu
     with pytest.raises(InputError, match="this tool reads a binary") as err:
         load_tool_model(path, "binary", "ecg", refuse_task=refuse)
     assert why in str(err.value)
+    assert "python -m heartgpt.predict" in str(err.value)
 
 
 def test_the_tools_read_the_heads_they_were_made_for(tmp_path):
@@ -241,6 +241,9 @@ def test_the_tools_read_the_heads_they_were_made_for(tmp_path):
                        tmp_path / "beats.ckpt")
     assert load_tool_model(af, "binary", "ecg", refuse_task="beats")[0].head["pooling"] == "last"
     assert load_tool_model(beats, "binary", "ecg", refuse_task="af")[0].head["kind"] == "tag"
+    mean = _save_ckpt(make_module({"kind": "classify", "outputs": 1, "pooling": "mean"},
+                                  task="af"), tmp_path / "mean.ckpt")  # through its own head
+    assert load_tool_model(mean, "binary", "ecg", refuse_task="beats")[0].head["pooling"] == "mean"
 
 
 def test_a_head_with_state_of_its_own_is_not_exported_without_it(tmp_path):

@@ -14,14 +14,14 @@ from command_runner import run_plan
 from training_helpers import CONF_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-PREDICT_ONLY = ("mode",)
+PREDICT_ONLY = ("mode", "trust")
 TRAIN_GROUPS = sorted(p.name for p in CONF_DIR.iterdir()
                       if p.is_dir() and p.name not in ("hydra", *PREDICT_ONLY))
 TRAINING_ONLY = ("freeze", "callbacks", "logger", "trainer", "experiment", "debug")
 
 
 COMMANDS = ("heartgpt.train", "heartgpt.prepare", "heartgpt.eval", "heartgpt.predict",
-            "heartgpt.export", "heartgpt.probe")
+            "heartgpt.export", "heartgpt.probe", "heartgpt.calibrate")
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +108,7 @@ def test_predict_help_names_its_groups_and_their_options(help_text):
     text = help_text("heartgpt.predict")
     assert "python -m heartgpt.predict checkpoint=" in text and "--cfg job" in text
     lines = _group_lines(text)
-    assert set(lines) == {"mode", "trainer", "paths"}
+    assert set(lines) == {"mode", "trust", "trainer", "paths"}
     for group, line in lines.items():
         options = {p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_")}
         assert options <= set(re.findall(r"[\w]+", line)), (group, options)
@@ -134,3 +134,10 @@ def test_probe_help_names_its_keys_and_how_to_get_embeddings(help_text):
         assert re.search(rf"^\s+{key}\b", text, flags=re.M), key
     for group in TRAINING_ONLY:
         assert not re.search(rf"\b{group}\b", text), group
+
+
+def test_calibrate_help_names_what_it_fits_and_writes(help_text):
+    text = help_text("heartgpt.calibrate")
+    assert "python -m heartgpt.calibrate checkpoint=" in text and "--cfg job" in text
+    assert "temperature" in text and "_calibrated.ckpt" in text
+    assert set(_group_lines(text)) == {"modality", "task", "data", "paths"}

@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from heartgpt.data.labels import LabelSchema, LabelsError, read_labels_csv, read_sidecar_values
 from heartgpt.data.shards import ShardMeta, read_manifest, read_shards
 from heartgpt.errors import ConfigError
-from heartgpt.prepare import prepare
+from heartgpt.training.preparation import prepare
 
 FS = 100.0  # Hz of the test recordings: the ECG token rate, so samples are tokens
 

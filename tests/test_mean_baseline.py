@@ -8,6 +8,7 @@ import csv
 import json
 import logging
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,7 +16,12 @@ import torch
 
 from heartgpt.cv import summarize
 from heartgpt.eval import evaluate
+from heartgpt.heads.applied import HeadReading
+from heartgpt.heads.objectives import RegressionObjective
 from heartgpt.heads.registry import build_head
+from heartgpt.inference.head_prediction import values_against_training
+from heartgpt.inference.predictor import predict
+from heartgpt.predict import compose_config as compose_predict
 from heartgpt.training.evaluation import print_summary
 from heartgpt.training.mean_baseline import BEATS_MEAN_BASELINE, verdict
 from heartgpt.training.result_files import TEST_METRICS, TEST_PREDICTIONS
@@ -215,3 +221,33 @@ def test_a_regressor_collapsed_to_the_mean_is_reported_not_beating_it(hr_shards,
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(w.startswith("the model does not beat predicting the training mean (MAE ")
                for w in warnings), warnings
+
+    # predict over recordings, where no label is at hand: the values beside the training mean
+    recordings = sorted((hr_shards.parent / "recordings").glob("*.npy"))[:4]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="heartgpt"):
+        summary = predict(compose_predict([f"checkpoint={constant}", "sample_rate=500",
+                                           f"inputs=[{','.join(map(str, recordings))}]",
+                                           f"out_dir={tmp_path / 'predict'}",
+                                           "trainer.enable_progress_bar=false",
+                                           f"paths.log_dir={tmp_path / 'logs'}"]))
+    spread = summary["values"]["hr_bpm"]
+    assert spread["training_mean"] == pytest.approx(mean) and spread["collapsed"] is True
+    assert spread["mean"] == pytest.approx(mean, rel=1e-5) and spread["n"] == 4
+    assert any("hr_bpm: the predictions barely vary" in r.getMessage() for r in caplog.records)
+
+
+def test_predictions_that_vary_like_the_training_values_are_not_collapsed():
+    """``predict``'s check needs no label: the spread of what the model predicted against the
+    training split's spread (a model collapsed to the mean predicts about one value)."""
+    objective = RegressionObjective(1)
+    objective.set_statistics(torch.tensor([70.0]), torch.tensor([12.0]))
+    model = SimpleNamespace(task_head=SimpleNamespace(objective=objective),
+                            reading=HeadReading("value", ("hr_bpm",), "hr_bpm", "sequence", 1,
+                                                "label_schema"))
+    varied = [{"hr_bpm": v} for v in (55.0, 62.0, 71.0, 84.0, 90.0)]
+    flat = [{"hr_bpm": 70.0 + d} for d in (-0.3, 0.1, 0.2, -0.1, 0.4)]
+    assert values_against_training(model, varied, 0.1)["hr_bpm"]["collapsed"] is False
+    spread = values_against_training(model, flat, 0.1)["hr_bpm"]
+    assert spread["collapsed"] is True and spread["training_sd"] == 12.0
+    assert values_against_training(model, flat, 0.0)["hr_bpm"]["collapsed"] is False

@@ -161,3 +161,26 @@ def test_non_finite_samples_are_gaps_in_the_figures(tmp_path, seconds):
         for ax in fig.axes:
             assert np.isfinite(ax.get_ylim()).all() and np.isfinite(ax.get_xlim()).all(), name
         assert save_figure(fig, tmp_path / f"{name}.png").stat().st_size > 0
+
+
+def test_any_models_outputs_are_drawn_over_the_time_they_describe():
+    """The Apply tab's figure: a step per window (or tagged position) per output column, a dot
+    per beat; where a row is (window, times, status, predicted class) is not drawn."""
+    from heartgpt.inference.output_plots import output_columns, plot_outputs
+
+    windows = [{"window": 0, "start_s": 0.0, "end_s": 5.0, "status": "ok", "prob_sinus": 0.8,
+                "prob_af": 0.2, "predicted": "sinus"},
+               {"window": 1, "start_s": 5.0, "end_s": 10.0, "status": "skipped: flat"},
+               {"window": 2, "start_s": 10.0, "status": "ok", "prob_sinus": 0.3,
+                "prob_af": 0.7, "predicted": "af"}]
+    assert output_columns(windows) == ["prob_sinus", "prob_af"]
+    fig = plot_outputs(np.sin(np.arange(1500) / 10), 100.0, windows, window_seconds=5.0)
+    outputs = fig.axes[1]
+    assert [t.get_text() for t in outputs.get_legend().get_texts()] == ["prob_sinus", "prob_af"]
+    spans = sorted(tuple(np.round(seg[:, 0], 6)) for c in outputs.collections
+                   for seg in c.get_segments())
+    assert spans == [(0.0, 5.0), (0.0, 5.0), (10.0, 15.0), (10.0, 15.0)]  # no start_s: +5 s
+    beats = [{"beat": 0, "time_s": 0.8, "confidence": 0.9, "quality": "good"},
+             {"beat": 1, "time_s": 1.7, "confidence": 0.6, "quality": "fair"}]
+    points = plot_outputs(np.sin(np.arange(500) / 10), 100.0, beats, 5.0).axes[1].lines
+    assert [tuple(line.get_xdata()) for line in points] == [(0.8,), (1.7,)]

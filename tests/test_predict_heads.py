@@ -25,6 +25,7 @@ from heartgpt.inference.head_prediction import output_columns, summarise
 from heartgpt.inference.prediction import default_mode
 from heartgpt.inference.predictor import predict
 from heartgpt.predict import compose_config
+from heartgpt.screen_af import main as screen_af_main
 from heartgpt.training.run import train
 from training_helpers import (
     FAST,
@@ -85,7 +86,7 @@ def test_the_default_mode_is_what_the_checkpoint_is():
     assert default_mode(1, "af", {"kind": "classify", "outputs": 1, "pooling": "last"}) == "af"
     assert default_mode(1, "beats", {"kind": "tag", "outputs": 1, "stride": 1}) == "beats"
     assert default_mode(1, "af", {"kind": "classify", "outputs": 1,
-                                  "pooling": "attention"}) == "head"
+                                  "pooling": "attention"}) == "af"
     assert default_mode(3, "rhythm", {"kind": "classify", "outputs": 3}) == "head"
     assert default_mode(1, "hr", {"kind": "regress", "outputs": 1}) == "head"
 
@@ -190,6 +191,8 @@ def test_a_tag_head_gives_a_value_every_stride_at_its_time(targets, tmp_path):
         target = shards.targets[int(r["row"])].astype(np.float64)
         ok = np.isfinite(target)
         assert int(r["positions"]) == ok.sum()
+        scored = np.array([float(v) for v in r["values_hr_bpm"].split()])  # eval's own values
+        np.testing.assert_allclose(predicted, scored, rtol=0, atol=1e-5)
         if ok.any():  # eval's per-window error of these very values
             assert np.abs(predicted[ok] - target[ok]).mean() == pytest.approx(float(r["mae"]),
                                                                               abs=1e-4)
@@ -198,7 +201,8 @@ def test_a_tag_head_gives_a_value_every_stride_at_its_time(targets, tmp_path):
 @pytest.mark.slow
 def test_an_attention_pooled_af_model_is_read_by_its_head(tmp_path):
     """The classic AF shards' windows written out as recordings (their tokens re-tokenise to
-    themselves): ``predict`` without a mode reads the attention-pooled head as eval does."""
+    themselves): ``predict`` reads the attention-pooled head as eval does, in ``mode=head`` and
+    in ``mode=af`` (its default: an AF model), and so does ``screen_af``."""
     build_tiny_demo(tmp_path / "data")
     shard_dir = tmp_path / "data" / "demo" / "ecg" / "af"
     common = [*FAST, "model.block_size=100", "module.pretrained=null", f"data.shard_dir={shard_dir}",
@@ -218,17 +222,26 @@ def test_an_attention_pooled_af_model_is_read_by_its_head(tmp_path):
         tokens = shards.tokens[int(r["row"])][:100].astype(np.float64)
         files.append(tmp_path / f"row{r['row']}.npy")
         np.save(files[-1], tokens)
-    _run_predict(tmp_path, f"checkpoint={ckpt}", f"inputs=[{','.join(map(str, files))}]",
-                 "sample_rate=100", f"out_dir={tmp_path / 'out'}")
-    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["mode"] == "head"
+    inputs = f"inputs=[{','.join(map(str, files))}]"
+    _run_predict(tmp_path, f"checkpoint={ckpt}", inputs, "sample_rate=100", "mode=head",
+                 f"out_dir={tmp_path / 'out'}")
+    summary = _run_predict(tmp_path, f"checkpoint={ckpt}", inputs, "sample_rate=100",
+                           f"out_dir={tmp_path / 'af'}")
+    assert summary["mode"] == "af"
     windows = {w["recording"]: w for w in _read(tmp_path / "out" / "windows.csv")}
+    af_windows = {w["recording"]: w for w in _read(tmp_path / "af" / "windows.csv")}
     for r in rows:
         window = windows[f"row{r['row']}"]
         assert float(window["prob_1"]) == pytest.approx(float(r["prob"]), abs=1e-5)
-    with pytest.raises(InputError, match="classify head at the last position"):
-        _run_predict(tmp_path, f"checkpoint={ckpt}", f"inputs={files[0]}", "mode=af",
-                     "sample_rate=100", f"out_dir={tmp_path / 'af'}")
+        af_window = af_windows[f"row{r['row']}"]  # the fine-tune stored a temperature:
+        assert float(af_window["af_prob_raw"]) == pytest.approx(float(r["prob"]), abs=1e-5)
+        assert float(af_window["af_prob"]) != pytest.approx(float(r["prob"]), abs=1e-5)
+    assert screen_af_main([str(files[0]), "--checkpoint", str(ckpt), "--sample-rate", "100",
+                           "--out-dir", str(tmp_path / "tool")]) == 0
+    (tool,) = json.loads(next((tmp_path / "tool").glob("*_af.json")).read_text())["windows"]
+    assert tool["af_prob_raw"] == pytest.approx(float(rows[0]["prob"]), abs=1e-5)
+    assert tool["af_prob"] == pytest.approx(float(af_windows[f"row{rows[0]['row']}"]["af_prob"]),
+                                            abs=1e-6)
 
 
 @pytest.mark.slow

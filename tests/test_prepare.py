@@ -26,8 +26,8 @@ from heartgpt.data.shards import (
 )
 from heartgpt.data.tokenizer import resample, sliding_windows, tokenize_window
 from heartgpt.errors import ConfigError
-from heartgpt.prepare import prepare, prepare_spec
 from heartgpt.training.config_checks import PREPARE_CHECKS, check_values
+from heartgpt.training.preparation import prepare, prepare_spec
 
 FS = 250  # Hz of the test recordings
 CONF = CONF_DIR

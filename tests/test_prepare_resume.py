@@ -20,7 +20,7 @@ import heartgpt.data.pipeline as pipeline
 from heartgpt.data.journal import JOURNAL_NAME
 from heartgpt.data.parts import part_slice
 from heartgpt.data.shards import WORK_DIR, ShardError, read_shards, validate_shard_dir
-from heartgpt.prepare import prepare
+from heartgpt.training.preparation import prepare
 
 FS = 250
 RECORDS = 30  # 5 segments each; shards of 7 rows end mid-record

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from heartgpt.data.shards import read_manifest
 from heartgpt.model.checkpoints import load_model
 from heartgpt.training.pretrain import PretrainModule
 from heartgpt.training.resume import WANDB_ID_FILE
@@ -63,6 +64,22 @@ def test_demo_shards_are_built_if_absent(tmp_path):
     ensure_demo_shards(cfg)
     assert (tmp_path / "data" / "demo" / "ppg" / "pretrain" / "manifest.json").is_file()
     assert (tmp_path / "data" / "demo" / "ppg" / "af" / "manifest.json").is_file()
+    assert not (tmp_path / "data" / "demo" / "ppg" / "hr").exists()  # only what the run needs
+
+
+@pytest.mark.slow
+def test_a_targets_demo_set_is_built_if_absent(tmp_path):
+    """``python -m heartgpt.train experiment=demo_hr`` in a fresh folder: the targets demo's
+    recordings and shard sets are prepared as ``prepare source=demo`` prepares them."""
+    cfg = compose_train(["experiment=demo_hr", "module.pretrained=null"],
+                        data_dir=tmp_path / "data", output_dir=tmp_path / "run",
+                        log_dir=tmp_path / "logs")
+    ensure_demo_shards(cfg)
+    ecg = tmp_path / "data" / "demo" / "ecg"
+    for shard_set in ("hr", "rhythm", "hr_tag"):
+        assert read_manifest(ecg / shard_set).meta.synthetic
+    assert (ecg / "recordings" / "labels.csv").is_file()
+    assert not (ecg / "pretrain").exists()
 
 
 def test_overfit_one_batch(data_dir, tmp_path):

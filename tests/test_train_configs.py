@@ -21,7 +21,7 @@ from heartgpt.training.resume import FINISHED_FILE
 from training_helpers import CONF_DIR, compose_train
 
 NOT_OURS = {"data", "prepare"}  # the data engineer's groups
-NOT_TRAINING = {"hydra", "mode"}  # mode: predict's group (tests/test_predict.py composes it)
+NOT_TRAINING = {"hydra", "mode", "trust"}  # predict's groups (tests/test_predict.py composes them)
 GROUPS = sorted(p.name for p in CONF_DIR.iterdir()
                 if p.is_dir() and p.name not in NOT_OURS | NOT_TRAINING)
 # `_name.yaml`: a base the group's options extend (task/_finetune), not an option

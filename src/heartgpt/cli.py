@@ -140,22 +140,32 @@ def tool_arguments(
                         "the checkpoint's)")
     p.add_argument("--csv-decimal", choices=DECIMALS, default=".",
                    help="decimal mark of a CSV/text recording ('.'; ',' for 1,2796;2,5592)")
+    p.add_argument("--channel", default=None,
+                   help=f"column or signal (index or name, e.g. Pleth) of a {recording} holding "
+                        "several (CSV, .npy, EDF/BDF); default: the file must hold one")
     p.add_argument("--device", default="cpu", help="torch device of the model (cpu)")
     return p
 
 
 def read_tool_recording(args: argparse.Namespace, modality: Modality, recording: str = "recording",
                         allow_nan: bool = False) -> tuple[np.ndarray, float]:
-    """A tool's recording (the ``recording`` argument) and its rate (``--sample-rate`` or the
-    modality's), checked for plausibility (:func:`heartgpt.data.plausibility.check_recording`):
-    a recording that evidently is the other modality stops the tool unless ``--modality`` was
+    """A tool's recording (the ``recording`` argument; ``--channel`` of several) and its rate
+    (the file's own for EDF/BDF, else ``--sample-rate`` or the modality's), checked for
+    plausibility (:func:`heartgpt.data.plausibility.check_recording`): a recording that evidently is the other modality stops the tool unless ``--modality`` was
     given; a rhythm outside 25-250 bpm is a ``warning:`` line on stderr."""
     from heartgpt.data.plausibility import check_recording
-    from heartgpt.data.readers import read_signal
+    from heartgpt.data.readers import read_signal_and_rate
 
     path = getattr(args, recording)
-    signal = read_signal(path, allow_nan=allow_nan, decimal=args.csv_decimal)
-    rate = args.sample_rate or modality.sample_rate
+    channel = getattr(args, "channel", None)
+    if isinstance(channel, str) and channel.lstrip("-").isdigit():
+        channel = int(channel)
+    signal, file_rate = read_signal_and_rate(path, allow_nan=allow_nan,
+                                             decimal=args.csv_decimal, channel=channel)
+    rate = file_rate or args.sample_rate or modality.sample_rate  # EDF/BDF carry their rate
+    if file_rate and args.sample_rate and args.sample_rate != file_rate:
+        print(f"warning: {path}: the file's own rate {file_rate:g} Hz is used, not "
+              f"--sample-rate {args.sample_rate:g}", file=sys.stderr)
     for warning in check_recording(path, signal, rate, modality.name,
                                    stated=args.modality is not None):
         print(f"warning: {path}: {warning}", file=sys.stderr)

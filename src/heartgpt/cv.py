@@ -118,6 +118,7 @@ def summarize(cv_dir: str | Path) -> dict:
             pooled["ap"] = float(binary_average_precision(probs, labels))
         pooled["acc"] = float(binary_accuracy(probs, labels))
         summary["pooled"] = pooled
+    _pool_calibration(summary, fold_results, cv_dir)
     regression = pool_folds(fold_results) if pooled_rows else None
     if regression is not None:  # MAE / RMSE over every held-out value, and their baselines
         summary["pooled"] = {"windows": len(pooled_rows), **regression}
@@ -125,7 +126,7 @@ def summarize(cv_dir: str | Path) -> dict:
         if warning:
             log.warning("pooled over the folds: %s", warning)
     numeric = {k for f in per_fold for k, v in f.items() if isinstance(v, int | float)
-               and not isinstance(v, bool) and k not in ("fold", "windows", "test/windows")}
+               and not isinstance(v, bool) and k not in ("fold", "windows", "test/windows", "calibration_bins")}
     # mean over the folds where a metric is defined; `defined_folds` says over how many
     summary["mean"] = {k: float(np.mean([f[k] for f in per_fold if f.get(k) is not None]))
                        for k in sorted(numeric)}
@@ -138,6 +139,27 @@ def summarize(cv_dir: str | Path) -> dict:
         writer.writeheader()
         writer.writerows(per_fold)
     return summary
+
+
+def _pool_calibration(summary: dict, fold_results: list, cv_dir: Path) -> None:
+    """ECE and Brier over every held-out window (raw, and each fold's scaled by its own best
+    checkpoint's temperature) into ``summary["pooled"]``, and ``reliability.png``."""
+    from heartgpt.training.calibration_report import (
+        RELIABILITY_PNG,
+        calibration_metrics,
+        reliability_diagram,
+    )
+
+    bins = next((int(m["calibration_bins"]) for m, _ in fold_results
+                 if m.get("calibration_bins")), None)
+    parts = [(rows, m.get("temperature")) for m, rows in fold_results if rows]
+    pooled = calibration_metrics(parts, bins) if bins and parts else None
+    if pooled is None:
+        return
+    pooled.pop("temperature", None)
+    summary.setdefault("pooled", {}).update(pooled)
+    reliability_diagram(parts, bins, cv_dir / RELIABILITY_PNG["cv"],
+                        f"cross-validation: {len(parts)} folds pooled")
 
 
 def run_cv(cfg, cv_dir: str | Path) -> dict:

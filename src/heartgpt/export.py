@@ -95,10 +95,12 @@ def export(cfg: DictConfig) -> ExportCheck:
     shapes = ", ".join(f"{b}x{t}" for b, t in check.shapes)
     kind = {"onnx": "ONNX model", "torch_export": "torch.export program",
             "safetensors": "safetensors weights"}[fmt]
+    probs = (f"probabilities {check.prob_diff:.1e} (<= {PROB_ATOL:g}), "
+             if check.has_probabilities else "")
+    compared = check.compared if check.has_probabilities else "values (the labels' units)"
     print(f"{out}: {kind} of {checkpoint.name} ({_size_text(out.stat().st_size)}, "
           f"{seconds:.1f} s){' with its head' if loaded.head_state else ''}; max |difference| "
-          f"from PyTorch on tokens {shapes}: probabilities {check.prob_diff:.1e} "
-          f"(<= {PROB_ATOL:g}), {check.compared} "
+          f"from PyTorch on tokens {shapes}: {probs}{compared} "
           f"{check.logit_diff:.1e} (<= {check.logit_tol:.1e})", flush=True)
     return check
 

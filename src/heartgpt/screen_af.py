@@ -23,6 +23,7 @@ from heartgpt.cli import (
     save_plot,
     tool_parser,
 )
+from heartgpt.data.signal_quality import load_trust
 from heartgpt.errors import about
 from heartgpt.inference.af_screening import (
     BATCH_SIZE,
@@ -33,7 +34,8 @@ from heartgpt.inference.af_screening import (
     screen_af,
     write_csv,
 )
-from heartgpt.inference.loading import load_tool_model
+from heartgpt.inference.loading import load_tool_model, window_probability_model
+from heartgpt.inference.window_trust import trust_context
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the stride grid, the last < stride samples unscreened")
     p.add_argument("--threshold", type=probability, default=DEFAULT_THRESHOLD)
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE)
+    p.add_argument("--trust", default="default",
+                   help="the trust thresholds: a conf/trust/<name>.yaml name or a yaml path "
+                        "(default: default); none: no checks (the bare probabilities)")
     add_plot_window(p)
     return p
 
@@ -62,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
         signal, rate = read_tool_recording(args, mod, allow_nan=True)
         check_plot_start(args.recording, args.plot_start, len(signal), rate)
         with about(args.recording):
-            result = screen_af(loaded.model, signal, rate, mod,
+            trust = None if args.trust == "none" else trust_context(loaded,
+                                                                     load_trust(args.trust))
+            result = screen_af(window_probability_model(loaded), signal, rate, mod,
                                stride=args.stride, threshold=args.threshold,
-                               batch_size=args.batch_size, tail=args.tail)
+                               batch_size=args.batch_size, tail=args.tail, trust=trust)
         csv_path = write_csv(output_path(args.out_dir, args.recording, "_af.csv"), result)
         json_path = output_path(args.out_dir, args.recording, "_af.json")
         json_path.write_text(json.dumps({"recording": str(args.recording),
@@ -85,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
                   + (" ..." if len(result.skipped) > 3 else ""))
         if result.uncovered_end:
             print(f"--tail drop: the last {result.uncovered_end} samples in no window")
+        if result.recording_disagreement:
+            print(f"DISAGREEMENT: {result.recording_disagreement}")
         print(f"P(AF) = {result.recording_prob:.4f} ({result.averaged_text()}), "
               f"{100 * result.fraction_above:.1f}% of windows >= {result.threshold} -> "
               f"{csv_path}, {json_path}, {png}")

@@ -16,11 +16,14 @@ from heartgpt.app.demos import SHORT_DEMOS
 from heartgpt.app.inputs import Signal, checkpoint_input, load_for, output_file
 from heartgpt.app.results import USER_ERRORS, escape, figure_output, files_output
 from heartgpt.app.tabs import tool_tab
+from heartgpt.data.signal_quality import load_trust
 from heartgpt.data.tokenizer import tokenize_context
 from heartgpt.errors import about, error_line
 from heartgpt.inference.af_screening import DEFAULT_STRIDE, DEFAULT_THRESHOLD, screen_af, write_csv
 from heartgpt.inference.interpretability import attention_shift
+from heartgpt.inference.loading import window_probability_model
 from heartgpt.inference.plots import plot_af, plot_attention_shift, save_figure
+from heartgpt.inference.window_trust import trust_context
 
 
 def _shift(signal: Signal, tuned_path: str, base_path: str, out_dir: Path
@@ -58,8 +61,9 @@ def af_run(
     loaded, mod = load_for(checkpoint, "binary", signal, refuse_task="beats")
     rate = signal.rate_for(mod)
     with about(signal.name):
-        res = screen_af(loaded.model, signal.samples, rate, mod, stride=stride,
-                        threshold=threshold)
+        res = screen_af(window_probability_model(loaded), signal.samples, rate, mod,
+                        stride=stride, threshold=threshold,
+                        trust=trust_context(loaded, load_trust()))
     title = (f"{signal.name}: P(AF) = {res.recording_prob:.3f} ({res.averaged_text()}), "
              f"{100 * res.fraction_above:.0f}% of windows >= {threshold}")
     png = save_figure(plot_af(res.signal, res.sample_rate, res.starts, res.window, res.probs,
@@ -73,6 +77,8 @@ def af_run(
               f"{res.window} samples each), "
               f"{100 * res.fraction_above:.1f}% of windows >= {threshold}; "
               f"{len(res.skipped)} window(s) skipped.")
+    if res.recording_disagreement:
+        status += f" DISAGREEMENT: {res.recording_disagreement}."
     files = [csv_path, json_path, png]
     shift_png = None
     if base:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from heartgpt.cli import OUTPUTS_DIR
+from heartgpt.heads.registry import misread_by_tools
 from heartgpt.model.checkpoints import WEIGHTS_ENV, load_model, weights_dirs
 
 log = logging.getLogger(__name__)
@@ -67,15 +68,17 @@ class CheckpointInfo:
     n_out: int | None  # None: a language-model head
     n_layer: int
     n_head: int
+    head: dict | None = None  # module.head of our fine-tunes; None: released or pre-trained
 
     def fits(self, role: str) -> bool:
-        """Whether a tab of ``role`` ('lm', 'af', 'beats' or 'any') can use it."""
+        """Whether a tab of ``role`` ('lm', 'af', 'beats' or 'any') can use it: the AF and
+        beat tabs list only the heads they read as trained (never a regression)."""
         if role == "lm":
             return self.n_out is None
-        if role == "af":
-            return self.n_out == 1 and self.task != "beats"
-        if role == "beats":
-            return self.n_out == 1 and self.task != "af"
+        if role in ("af", "beats"):
+            other = "beats" if role == "af" else "af"
+            return (self.n_out == 1 and self.task != other and
+                    (self.head is None or misread_by_tools(self.head, role == "beats") is None))
         return True
 
 
@@ -86,7 +89,7 @@ def describe(path: Path, name: str) -> CheckpointInfo:
     kind = "pre-trained" if loaded.task == "pretrain" else f"fine-tuned: {loaded.task}"
     label = f"{name} ({(loaded.modality or '?').upper()}, {kind})"
     return CheckpointInfo(path, label, loaded.modality, loaded.task, cfg.out_features,
-                          cfg.n_layer, cfg.n_head)
+                          cfg.n_layer, cfg.n_head, loaded.head)
 
 
 def find_checkpoints(folders: Iterable[str | os.PathLike]) -> list[CheckpointInfo]:

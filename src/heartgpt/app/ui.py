@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import gradio as gr
 
-from heartgpt.app import af_tab, attention_tab, beats_tab, generate_tab, homonyms_tab
+from heartgpt.app import (
+    af_tab,
+    apply_tab,
+    attention_tab,
+    beats_tab,
+    generate_tab,
+    homonyms_tab,
+)
 from heartgpt.app.context import AppContext
 
 # Gradio's own sweep of its cache (every 30 min, files older than 4 h): a back-stop for
@@ -34,5 +41,6 @@ def build_app(ctx: AppContext) -> gr.Blocks:
             homonyms_tab.build(ctx)
             af_tab.build(ctx)
             beats_tab.build(ctx)
+            apply_tab.build(ctx)
         app.unload(ctx.end_session)
     return app

@@ -37,6 +37,7 @@ from heartgpt.files import write_json_atomic
 
 # Reasons a record or segment is skipped (the summary counts them).
 UNREADABLE = "unreadable"
+UNSUPPORTED_FILE = "not a recording"  # a file of no supported format (RecordFile.problem)
 TOO_SHORT = "too short"
 NAN = "NaN/inf"
 FLAT = "flat"
@@ -307,6 +308,8 @@ def _attach_annotations(rec: Recording, rf: RecordFile, spec: PrepareSpec) -> Re
 def process_file(rf: RecordFile, spec: PrepareSpec) -> RecordResult:
     """Read one file and segment it; any error reading it becomes an 'unreadable' skip, and
     a signal that looks like another modality or a wrong rate is kept with a warning."""
+    if rf.problem is not None:  # listed so that it is reported, never read
+        return RecordResult(name=rf.name, skip_reason=UNSUPPORTED_FILE, detail=rf.problem)
     try:
         rec = read_recording(rf, spec.channel, spec.sample_rate, spec.dx_positive, spec.csv_decimal)
         rec = _attach_annotations(rec, rf, spec)

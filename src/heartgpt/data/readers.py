@@ -1,150 +1,76 @@
-"""Read one channel of a recording from CSV, NumPy (.npy/.npz), MATLAB (.mat) or WFDB files.
+"""Read one channel of a recording from CSV, NumPy (.npy/.npz), MATLAB (.mat, v4 to v7.3),
+EDF/BDF or WFDB files, also compressed (``.gz``/``.bz2``/``.xz`` around any but WFDB).
 
 Every reader returns a :class:`Recording`: the chosen channel as float64 samples plus whatever
 the file itself says about it (sampling rate, subject, label, beat sample indices). Layout
 conventions, documented in ``data/README.md``:
 
-- CSV: one column per channel, one row per sample; an optional header row names the columns
-  (names are matched without surrounding spaces, case-insensitively). Empty cells are NaN.
+- CSV/text: one column per channel, one row per sample; an optional header row names the
+  columns (names are matched without surrounding spaces, case-insensitively). Empty cells are
+  NaN. A single row of values (no header) is one channel running along the row; a few rows of
+  many values (channels along rows) are refused with how to write them.
 - .npy: 1-D (one channel) or 2-D (samples, channels).
-- .npz / .mat: a ``signal`` array (1-D or (samples, channels)); optional ``fs`` (Hz),
-  ``channel_names``, ``subject``, ``label`` and ``beats`` (sample indices, 0-based).
-  A .mat file with only ``val`` (PhysioNet style) is read as (channels, samples).
+- .npz / .mat: a ``signal`` array (1-D or (samples, channels)); optional ``fs`` (Hz; also
+  ``sample_rate``, ``sampling_rate``, ``srate``, ``sfreq``), ``channel_names``, ``subject``,
+  ``label`` and ``beats`` (sample indices, 0-based). A .mat file with only ``val``
+  (PhysioNet style) is read as (channels, samples). v7.3 files: :mod:`heartgpt.data.mat_files`.
+- EDF/EDF+/BDF/BDF+: one signal by label or index, at its own rate
+  (:mod:`heartgpt.data.edf_files`).
 - WFDB: ``<record>.hea`` plus its signal files (``.dat`` or PhysioNet/CinC 2020 ``.mat``);
   channels by index or by name (e.g. lead ``I``). ``# Dx:`` header comments can give the label.
+
+Which files are recordings: :mod:`heartgpt.data.discovery` (``find_records``, ``list_inputs``).
 """
 
 from __future__ import annotations
 
 import csv
-import glob
+import io
 import os
-import re
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from heartgpt.data.channels import column as _column
+from heartgpt.data.channels import pick_channel as _pick
+from heartgpt.data.compressed import compression_of, inner_suffix, read_bytes
+from heartgpt.data.discovery import (  # noqa: F401  (re-exported: the readers' public names)
+    FORMATS,
+    UNSUPPORTED,
+    find_records,
+    format_of,
+    list_inputs,
+)
+from heartgpt.data.edf_files import read_edf
+from heartgpt.data.mat_files import load_mat
 from heartgpt.data.recording import RecordError, RecordFile, Recording
 from heartgpt.data.text_tables import is_float, parse_text
-
-FORMATS = ("csv", "npy", "mat", "wfdb")
-_EXTENSIONS = {".csv": "csv", ".npy": "npy", ".npz": "npy", ".mat": "mat", ".hea": "wfdb"}
-_GLOB_CHARS = re.compile(r"[*?\[]")
-
-
-# --------------------------------------------------------------------------------- discovery
-
-
-def _root_of(pattern: str) -> Path:
-    """The folder part of a glob before its first wildcard (record names are relative to it)."""
-    fixed = []
-    for part in Path(pattern).parts:
-        if _GLOB_CHARS.search(part):
-            break
-        fixed.append(part)
-    return Path(*fixed) if fixed else Path(".")
-
-
-def format_of(path: Path) -> str | None:
-    """The reader for ``path`` by extension; a .mat beside a .hea of the same stem is WFDB."""
-    fmt = _EXTENSIONS.get(path.suffix.lower())
-    if fmt == "mat" and path.with_suffix(".hea").exists():
-        return None  # signal file of a WFDB record: the .hea is the record
-    return fmt
-
-
-def find_records(
-    input: str | Path | Sequence[str | Path],
-    format: str = "auto",
-    exclude: Sequence[str | Path] = (),
-    exclude_suffixes: Sequence[str] = (),
-) -> list[RecordFile]:
-    """List the recordings under a folder (recursively) or matching a glob, sorted by name.
-
-    ``input`` may also be a list of folders/globs. Record names are paths relative to the
-    folder (or the glob's fixed part), without extension. ``format`` 'auto' picks by extension
-    (.csv, .npy/.npz, .mat, .hea); otherwise only files of that format are taken. ``exclude``
-    are files to leave out (a labels CSV), ``exclude_suffixes`` file-name endings to leave out
-    (beat-annotation sidecars).
-    """
-    if format != "auto" and format not in FORMATS:
-        raise ValueError(f"format must be 'auto' or one of {FORMATS}, got {format!r}")
-    if not isinstance(input, (str, Path)):
-        found = [r for one in input for r in find_records(one, format, exclude, exclude_suffixes)]
-        dup = sorted(n for n, c in Counter(r.name for r in found).items() if c > 1)
-        if dup:
-            raise ValueError(f"record names found in more than one input: {dup[:5]}")
-        return sorted(found, key=lambda r: r.name)
-    text = str(input)
-    if _GLOB_CHARS.search(text):
-        root = _root_of(text)
-        paths = [Path(p) for p in glob.glob(text, recursive=True)]
-    else:
-        root = Path(text)
-        if root.is_file():
-            paths, root = [root], root.parent
-        elif root.is_dir():
-            paths = list(root.rglob("*"))
-        else:
-            raise FileNotFoundError(f"{root}: no such file or folder")
-    skip = {Path(p).resolve() for p in exclude}
-    out = []
-    for p in paths:
-        if not p.is_file() or p.resolve() in skip or p.name.endswith(tuple(exclude_suffixes)):
-            continue
-        fmt = format_of(p)
-        if fmt is None or (format != "auto" and fmt != format):
-            continue
-        rel = p.relative_to(root) if p.is_relative_to(root) else Path(p.name)
-        out.append(RecordFile(name=rel.with_suffix("").as_posix(), path=p, format=fmt))
-    return sorted(out, key=lambda r: r.name)
-
-
-# --------------------------------------------------------------------------------- channels
-
-
-def _pick(names: Sequence[str] | None, channel: int | str, n_channels: int, where: Path) -> int:
-    if isinstance(channel, (int, np.integer)) and not isinstance(channel, bool):
-        if not -n_channels <= channel < n_channels:
-            raise RecordError(where, f"channel {channel} out of range ({n_channels} channels)")
-        return int(channel) % n_channels
-    text = str(channel).strip()
-    if names:
-        clean = [str(n).strip() for n in names]
-        if text in clean:
-            return clean.index(text)
-        lower = [n.lower() for n in clean]
-        if text.lower() in lower:
-            return lower.index(text.lower())
-    if text.lstrip("-").isdigit():
-        return _pick(names, int(text), n_channels, where)
-    raise RecordError(where, f"no channel named {text!r} (channels: {list(names or [])})")
-
-
-def _column(data: np.ndarray, names: Sequence[str] | None, channel: int | str, where: Path) -> np.ndarray:
-    """Channel ``channel`` of a (samples,) or (samples, channels) array."""
-    data = np.asarray(data)
-    if data.ndim == 1:
-        data = data[:, None]
-    if data.ndim != 2:
-        raise RecordError(where, f"expected a 1-D or 2-D signal array, got shape {data.shape}")
-    j = _pick(names, channel, data.shape[1], where)
-    col = data[:, j]
-    if not np.issubdtype(col.dtype, np.number):
-        raise RecordError(where, f"channel {channel!r} is not numeric ({col.dtype})")
-    return col.astype(np.float64)
-
 
 # --------------------------------------------------------------------------------- readers
 
 
+_ROW_MAJOR_ROWS, _ROW_MAJOR_VALUES = 16, 100  # at most this many rows of at least so many values
+
+
 def read_csv(path: Path, channel: int | str, decimal: str = ".") -> np.ndarray:
-    """Channel of a CSV/text file (header row optional, see :func:`parse_text`)."""
+    """Channel of a CSV/text file (header row optional, see :func:`parse_text`).
+
+    One row of values without a header is one channel along the row (as :func:`read_signal`
+    reads it); a few rows of many values (channels along rows) are refused, saying so.
+    """
     names, data = parse_text(path, decimal)
     if data.size == 0:
         raise RecordError(path, "empty signal: no samples")
+    rows, values = data.shape
+    if rows == 1 and values > 1 and names is None and _pick(None, channel, 1, path) == 0:
+        return data[0].astype(np.float64)
+    if rows <= _ROW_MAJOR_ROWS and values >= _ROW_MAJOR_VALUES and values > rows:
+        raise RecordError(path, f"{rows} row(s) of {values} values: the samples run along the "
+                                "rows (one row per channel), but a recording file has one row "
+                                "per sample and one column per channel; transpose it, e.g. "
+                                "numpy.savetxt(path, x.T, delimiter=',') (one row alone is read "
+                                "as one channel)")
     return _column(data, names, channel, path)
 
 
@@ -163,9 +89,12 @@ def _names(value) -> list[str] | None:
     return [str(_scalar(v) if not isinstance(v, str) else v).strip() for v in a]
 
 
+_RATE_KEYS = ("fs", "sample_rate", "sampling_rate", "samplerate", "srate", "sfreq", "fs_hz")
+
+
 def _from_mapping(d: dict, path: Path, channel: int | str, default_key: str | None) -> tuple[np.ndarray, dict]:
     """Shared .npz/.mat logic: the ``signal`` array plus optional metadata keys."""
-    keys = [k for k in d if not k.startswith("__")]
+    keys = [k for k in d if not k.startswith("__") and k.lower() not in _RATE_KEYS]
     if "signal" in d:
         data = np.asarray(d["signal"])
     elif "val" in d and default_key == "val":
@@ -178,8 +107,9 @@ def _from_mapping(d: dict, path: Path, channel: int | str, default_key: str | No
         data = data.reshape(-1)
     sig = _column(data, _names(d.get("channel_names")), channel, path)
     meta = {}
-    if "fs" in d:
-        meta["fs"] = float(_scalar(d["fs"]))
+    rate_key = next((k for k in d if k.lower() in _RATE_KEYS), None)
+    if rate_key is not None:
+        meta["fs"] = float(_scalar(d[rate_key]))
     if "subject" in d:
         meta["subject"] = str(_scalar(d["subject"]))
     if "label" in d:
@@ -189,21 +119,21 @@ def _from_mapping(d: dict, path: Path, channel: int | str, default_key: str | No
     return sig, meta
 
 
+def _npy_source(path: Path) -> Path | io.BytesIO:
+    return io.BytesIO(read_bytes(path)) if compression_of(path) else path
+
+
 def read_numpy(path: Path, channel: int | str) -> tuple[np.ndarray, dict]:
-    if path.suffix.lower() == ".npy":
-        return _column(np.load(path, allow_pickle=False), None, channel, path), {}
-    with np.load(path, allow_pickle=False) as z:
+    """Channel of a .npy/.npz file (``.npy.gz`` too); an .npz's metadata keys."""
+    if inner_suffix(path) == ".npy":
+        return _column(np.load(_npy_source(path), allow_pickle=False), None, channel, path), {}
+    with np.load(_npy_source(path), allow_pickle=False) as z:
         return _from_mapping({k: z[k] for k in z.files}, path, channel, None)
 
 
 def read_mat(path: Path, channel: int | str) -> tuple[np.ndarray, dict]:
-    import scipy.io
-
-    try:
-        d = scipy.io.loadmat(path, squeeze_me=False)
-    except NotImplementedError as e:  # MATLAB v7.3 files are HDF5
-        raise RecordError(path, f"MATLAB v7.3 files are not supported; save with -v7 ({e})") from e
-    return _from_mapping(d, path, channel, "val")
+    """Channel of a MATLAB .mat file, v4 to v7.3 (:func:`heartgpt.data.mat_files.load_mat`)."""
+    return _from_mapping(load_mat(path), path, channel, "val")
 
 
 _WFDB_WHOLE_READ_SAMPLES = 4_000_000  # records up to this many samples (all channels) are read whole
@@ -222,9 +152,27 @@ def _wfdb_samples(path: Path) -> int | None:
     return int(fields[1]) * int(fields[3])
 
 
+def _missing_signal_files(path: Path) -> list[str]:
+    """The signal files a single-segment WFDB header names that are not beside it."""
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    lines = [ln.split() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines or "/" in lines[0][0]:
+        return []  # multi-segment: its segments are headers of their own
+    names = {fields[0] for fields in lines[1:] if fields and fields[0] != "~"}
+    return sorted(n for n in names if not (path.parent / n).exists())
+
+
 def read_wfdb(path: Path, channel: int | str) -> tuple[np.ndarray, dict]:
+    """Channel of a WFDB record (its ``.hea``), physical units, its own rate and comments."""
     import wfdb
 
+    missing = _missing_signal_files(path)
+    if missing:
+        raise RecordError(path, f"WFDB header without its signal file(s) {', '.join(missing)}: "
+                                "copy them beside it")
     rec_path = str(path.with_suffix(""))
     record = None
     samples = _wfdb_samples(path)
@@ -297,18 +245,22 @@ def read_sidecar_beats(path: Path, column: int | str | None, index_base: int) ->
 
 # --------------------------------------------------------------------------------- one signal
 
-SIGNAL_SUFFIXES = (".csv", ".txt", ".tsv", "", ".npy")
+SIGNAL_SUFFIXES = (".csv", ".txt", ".tsv", "", ".npy", ".edf", ".bdf")  # and compressed
 
 
-def read_signal(path: str | os.PathLike, *, allow_nan: bool = False, decimal: str = ".") -> np.ndarray:
+def read_signal(path: str | os.PathLike, *, allow_nan: bool = False, decimal: str = ".",
+                channel: int | str | None = None) -> np.ndarray:
     """Read one signal from a ``.csv``/``.txt``/``.tsv`` (one column or one row, see
-    :func:`parse_text`) or ``.npy`` file: the input of the per-file tools.
+    :func:`parse_text`), ``.npy`` or EDF/BDF file, also ``.gz``/``.bz2``/``.xz``: the input of
+    the per-file tools (:func:`read_signal_and_rate` also gives the rate an EDF file carries).
 
     Args:
         path: the file.
         allow_nan: keep NaN/inf samples (tools that skip unusable windows); otherwise they
             are an error naming their count and the first index.
         decimal: the decimal mark of a text file, ``"."`` or ``","`` (:func:`parse_text`).
+        channel: the column/signal (index or name) of a file of several; None: the file
+            must hold one.
 
     Returns:
         (n,) float64 samples.
@@ -316,17 +268,33 @@ def read_signal(path: str | os.PathLike, *, allow_nan: bool = False, decimal: st
     Raises:
         RecordError: missing file, unsupported type, not numeric, several channels, empty, NaNs.
     """
+    return read_signal_and_rate(path, allow_nan=allow_nan, decimal=decimal, channel=channel)[0]
+
+
+def read_signal_and_rate(path: str | os.PathLike, *, allow_nan: bool = False, decimal: str = ".",
+                         channel: int | str | None = None) -> tuple[np.ndarray, float | None]:
+    """:func:`read_signal`, and the sampling rate (Hz) the file states (EDF/BDF) or None."""
     path = Path(path)
     if not path.exists():
         raise RecordError(path, "no such file")
     if path.is_dir():
         raise RecordError(path, "is a directory, expected a signal file")
-    suffix = path.suffix.lower()
+    suffix = inner_suffix(path)
     if suffix not in SIGNAL_SUFFIXES:
-        raise RecordError(path, f"unsupported file type {suffix!r} (expected .csv, .txt or .npy)")
-    if suffix == ".npy":
+        raise RecordError(path, f"unsupported file type {suffix!r} (expected .csv, .txt, .npy, "
+                                ".edf or .bdf, also .gz)")
+    rate = None
+    if suffix in (".edf", ".bdf"):
+        arr, meta = read_edf(path, channel)
+        rate = meta["fs"]
+    elif channel is not None:
+        rf = RecordFile(path.stem, path, "npy" if suffix == ".npy" else "csv")
+        arr = _READERS[rf.format](path, channel, decimal)[0]
+    elif suffix == ".npy":
         try:
-            arr = np.load(path, allow_pickle=False)
+            arr = np.load(_npy_source(path), allow_pickle=False)
+        except RecordError:
+            raise
         except Exception as e:  # numpy raises ValueError/OSError/EOFError depending on damage
             raise RecordError(path, f"cannot read as a NumPy .npy file ({e})") from None
     else:
@@ -337,7 +305,7 @@ def read_signal(path: str | os.PathLike, *, allow_nan: bool = False, decimal: st
         arr = arr.reshape(-1)
     if arr.ndim != 1:
         raise RecordError(path, f"expected one channel (one column or one row), got shape "
-                                f"{arr.shape}")
+                                f"{arr.shape}; choose one (channel=..., the tools: --channel)")
     x = arr.astype(np.float64)
     if x.size == 0:
         raise RecordError(path, "empty signal: no samples")
@@ -345,7 +313,7 @@ def read_signal(path: str | os.PathLike, *, allow_nan: bool = False, decimal: st
     if bad.any() and not allow_nan:
         raise RecordError(path, f"{int(bad.sum())} NaN/inf sample(s), first at index "
                                 f"{int(np.argmax(bad))}")
-    return x
+    return x, rate
 
 
 # --------------------------------------------------------------------------------- entry point
@@ -354,9 +322,10 @@ def read_signal(path: str | os.PathLike, *, allow_nan: bool = False, decimal: st
 _READERS = {"csv": lambda path, channel, decimal: (read_csv(path, channel, decimal), {}),
             "npy": lambda path, channel, decimal: read_numpy(path, channel),
             "mat": lambda path, channel, decimal: read_mat(path, channel),
-            "wfdb": lambda path, channel, decimal: read_wfdb(path, channel)}
+            "wfdb": lambda path, channel, decimal: read_wfdb(path, channel),
+            "edf": lambda path, channel, decimal: read_edf(path, channel)}
 _FORMAT_NAMES = {"csv": "a CSV/text file", "npy": "a NumPy .npy/.npz file",
-                 "mat": "a MATLAB .mat file", "wfdb": "a WFDB record"}
+                 "mat": "a MATLAB .mat file", "wfdb": "a WFDB record", "edf": "an EDF/BDF file"}
 
 
 def read_recording(
@@ -372,6 +341,8 @@ def read_recording(
     that is not a positive number is refused. ``dx_positive``: WFDB diagnosis codes that make
     the label 1 (else 0). ``csv_decimal``: the decimal mark of CSV/text files (``.`` or ``,``).
     """
+    if rf.problem is not None:  # a file list_inputs found but cannot read: say why
+        raise RecordError(rf.path, rf.problem)
     if rf.format not in _READERS:
         raise ValueError(f"unknown format {rf.format!r}")
     try:

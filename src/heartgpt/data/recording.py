@@ -27,11 +27,13 @@ class Recording:
 
 @dataclass(frozen=True)
 class RecordFile:
-    """A recording found on disk, before reading."""
+    """A recording found on disk, before reading; or, with a ``problem``, a file that is not
+    read (of no supported format), reported with that reason instead of being left out."""
 
     name: str
     path: Path
     format: str
+    problem: str | None = None
 
 
 class RecordError(InputError):

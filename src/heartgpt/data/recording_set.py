@@ -1,7 +1,7 @@
 """Recordings on disk as a Lightning predict set: one item per recording, read in the loader.
 
 :class:`RecordingDataModule` lists the recordings of a folder, glob, file or list (any format
-:func:`~heartgpt.data.readers.find_records` finds), leaves out those ``skip`` says are done,
+:func:`~heartgpt.data.discovery.list_inputs` finds), leaves out those ``skip`` says are done,
 and gives each process its share (``[rank::world_size]``, nothing repeated or padded). Rank 0
 lists and broadcasts, so every process splits the same list even when files appear meanwhile.
 A recording that cannot be read is an item with its error, not an exception: predicting
@@ -10,6 +10,7 @@ reports it in the table and goes on.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,9 +20,12 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from heartgpt.data.readers import find_records, read_recording
+from heartgpt.data.discovery import list_inputs
+from heartgpt.data.readers import read_recording
 from heartgpt.data.recording import RecordFile, Recording
 from heartgpt.errors import InputError, error_line
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -63,7 +67,7 @@ class RecordingDataModule(L.LightningDataModule):
 
     Args:
         inputs: a folder (searched recursively), a glob, a file, or a list of them.
-        format: ``auto`` (by extension) or one of csv, npy, mat, wfdb.
+        format: ``auto`` (by extension) or one of csv, npy, mat, wfdb, edf.
         channel: column index or name of the channel to read.
         sample_rate: Hz of files that do not carry their rate (CSV, plain .npy); files that
             do use their own. ``None``: such files are reported as failed.
@@ -96,15 +100,19 @@ class RecordingDataModule(L.LightningDataModule):
             InputError: an input that does not exist, or no recording found.
         """
         try:
-            records = find_records(self.inputs, self.format)
+            listing = list_inputs(self.inputs, self.format, exclude_dirs=self.exclude_dirs)
         except FileNotFoundError as e:
             raise InputError(str(self.inputs), str(e).split(": ", 1)[-1]) from None
-        records = [r for r in records
-                   if not any(r.path.resolve().is_relative_to(d) for d in self.exclude_dirs)]
-        if not records:
-            raise InputError(str(self.inputs), "no recordings found (.csv, .npy/.npz, .mat or "
-                                               f"WFDB .hea{'' if self.format == 'auto' else ', format=' + self.format})")
-        return records
+        if not listing.readable:
+            unread = "; ".join(f"{r.name}: {r.problem}" for r in listing.unread[:3])
+            raise InputError(str(self.inputs), "no recordings found (.csv/.txt, .npy/.npz, "
+                             ".mat, .edf/.bdf, WFDB .hea, or any of them .gz"
+                             f"{'' if self.format == 'auto' else ', format=' + self.format})"
+                             f"{'; ' + unread if unread else ''}")
+        note = listing.note()
+        if note:
+            log.info("%s", note)
+        return listing.records  # the files of no supported format too: a row each, failed
 
     def setup(self, stage: str) -> None:
         trainer = self.trainer

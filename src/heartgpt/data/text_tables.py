@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from heartgpt.data.compressed import read_bytes
 from heartgpt.data.recording import RecordError
 
 _DELIMITED = re.compile(r"[,;\t]")
@@ -36,9 +37,11 @@ def parse_text(path: Path, decimal: str = ".") -> tuple[list[str] | None, np.nda
     if decimal not in DECIMALS:
         raise ValueError(f"decimal must be '.' or ',', got {decimal!r}")
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = read_bytes(path).decode("utf-8-sig")  # .gz/.bz2/.xz: decompressed first
     except UnicodeDecodeError:
         raise RecordError(path, "not a text file (cannot decode as UTF-8)") from None
+    if "\r" in text:  # CRLF or CR line ends, as reading in text mode would give
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
     if decimal == ".":
         evidence = _may_have_decimal_commas(text) and _decimal_comma_evidence(text.splitlines())
         if evidence:

@@ -94,6 +94,11 @@ class AppliedHead(nn.Module):
         self.inside = bool(getattr(gpt, "applies_head", False))  # fixed: traced away
 
     @property
+    def config(self) -> Any:
+        """The network's :class:`~heartgpt.model.GPTConfig` (window length, vocabulary)."""
+        return self.gpt.config
+
+    @property
     def block_size(self) -> int:
         return int(self.gpt.config.block_size)
 

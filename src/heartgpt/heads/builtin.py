@@ -87,13 +87,12 @@ def _predicts_values(head: Mapping[str, Any]) -> str:
 
 
 def misread_classify(head: Mapping[str, Any], per_position: bool) -> str | None:
-    """A binary classify head is one probability per window, read at the position it pools."""
+    """A binary classify head is one probability per window, whatever its pooling (the tools
+    apply a pooling other than the last position through the head itself)."""
     if head.get("target") == "value":
         return _predicts_values(head)
     if per_position:
         return "is a classify head (one probability per window)"
-    if head.get("pooling", "last") != "last":
-        return f"was trained to read pooling={head.get('pooling')} of the positions, not the last"
     return None
 
 

@@ -272,5 +272,8 @@ class RegressionObjective(Objective):
                     **{f"predicted_{n}": float(p) for n, p in zip(names, prediction.tolist(), strict=True)}}
         pred, tgt = prediction.reshape(-1), target.float().reshape(-1)
         ok = torch.isfinite(tgt)
+        per_name = prediction.reshape(-1, len(names))  # (P, L): the values at each position
         return {"positions": int(ok.sum().item()),
-                "mae": float((pred[ok] - tgt[ok]).abs().mean().item()) if ok.any() else float("nan")}
+                "mae": float((pred[ok] - tgt[ok]).abs().mean().item()) if ok.any() else float("nan"),
+                **{f"values_{n}": " ".join(f"{v:.9g}" for v in per_name[:, i].tolist())
+                   for i, n in enumerate(names)}}

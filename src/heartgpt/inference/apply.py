@@ -33,9 +33,11 @@ import numpy as np
 
 from heartgpt.data.plausibility import check_recording
 from heartgpt.data.recording import Recording
+from heartgpt.data.signal_quality import TrustSettings, load_trust
 from heartgpt.errors import InputError
 from heartgpt.inference.prediction import AUTO, MODES, predict_recording
 from heartgpt.inference.predictor import mode_settings, prepare_model
+from heartgpt.inference.window_trust import trust_context
 from heartgpt.model.checkpoint_format import LoadedModel
 from heartgpt.model.checkpoints import load_model
 
@@ -85,7 +87,7 @@ def _settings(mode: str | None, given: dict[str, Any]) -> dict[str, Any]:
 
 def apply(model: str | os.PathLike | LoadedModel, signal: np.ndarray, sample_rate: float,
           mode: str | None = None, *, modality: str | None = None,
-          **mode_settings: Any) -> Applied:
+          trust: str | TrustSettings | None = "default", **mode_settings: Any) -> Applied:
     """Apply ``model`` to one 1-D ``signal`` sampled at ``sample_rate`` Hz: the tables
     ``python -m heartgpt.predict`` writes for one recording (see the module docstring).
 
@@ -99,6 +101,9 @@ def apply(model: str | os.PathLike | LoadedModel, signal: np.ndarray, sample_rat
         modality: ``"ecg"``/``"ppg"``, for a checkpoint that does not say its own (must agree
             with one that does); stating it also lets through a signal that looks like the
             other modality, with a warning, as ``predict modality=...`` does.
+        trust: the thresholds of the trust checks (``af``, ``head``: each window's signal
+            quality and OOD score, the rhythm beside P(AF)): a ``conf/trust/<name>.yaml`` name
+            or a yaml path, :class:`TrustSettings`, or None (no checks: the bare numbers).
         **mode_settings: settings of ``conf/mode/<mode>.yaml`` to replace (``stride``,
             ``tail``, ``batch_size``, ``threshold``, ``shift``, ``chunk_seconds``, ``pool``).
 
@@ -110,6 +115,9 @@ def apply(model: str | os.PathLike | LoadedModel, signal: np.ndarray, sample_rat
     loaded = model if isinstance(model, LoadedModel) else load_model(model)
     settings = _settings(mode, mode_settings)
     net, mod, name, settings = prepare_model(loaded, settings, modality)
+    if isinstance(trust, str):
+        trust = load_trust(trust)
+    context = None if trust is None else trust_context(loaded, trust)
     try:
         x = np.asarray(signal, dtype=np.float64)
     except (TypeError, ValueError) as e:
@@ -124,7 +132,7 @@ def apply(model: str | os.PathLike | LoadedModel, signal: np.ndarray, sample_rat
         log.warning("%s: %s", SIGNAL, warning)
     rec = Recording(name=SIGNAL, path=Path(SIGNAL), signal=x, sample_rate=rate)
     try:
-        result = predict_recording(net, rec, mod, settings)
+        result = predict_recording(net, rec, mod, settings, context)
     except InputError:
         raise
     except ValueError as e:  # too short, no usable window: what predict records for a file

@@ -11,6 +11,10 @@ it (resampled to the modality rate, ``stride`` apart, ``tail`` as ``af``/``loss`
   recording's ``mean_<name>``, ``median_<name>`` and ``iqr_<name>``.
 * a tag head (one output every ``stride`` tokens): a row per position of each window, with
   ``position`` and its ``time_s`` (the first sample it describes) and ``end_s``.
+
+Over a whole run, :func:`values_against_training` sets a value head's predictions beside the
+training split's mean and spread: a regressor collapsed to that mean (the same value for every
+input) shows at a glance.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from typing import Any
 import numpy as np
 
 from heartgpt.heads.applied import AppliedHead, HeadReading
+from heartgpt.heads.objectives import RegressionObjective
 from heartgpt.inference.loading import batched
+from heartgpt.inference.window_trust import WindowTrust
 
 
 def output_columns(reading: HeadReading, values: np.ndarray) -> dict[str, Any]:
@@ -56,18 +62,33 @@ def summarise(reading: HeadReading, outputs: np.ndarray) -> dict[str, Any]:
 
 
 def head_rows(model: AppliedHead, reading: HeadReading, starts: np.ndarray, usable: list[int],
-              tokens: np.ndarray, skipped: dict[int, str], rate: float, batch_size: int
-              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+              tokens: np.ndarray, skipped: dict[int, str], rate: float, batch_size: int,
+              trust: WindowTrust | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One recording's row and its items (a window, or a tagged position, each) from its
-    windows (``starts`` at the modality ``rate``; ``tokens`` (U, T) of the ``usable`` ones)."""
+    windows (``starts`` at the modality ``rate``; ``tokens`` (U, T) of the ``usable`` ones).
+    With ``trust`` each item says whether its window is reliable, and the recording's numbers
+    stand on the reliable windows (on all of them when none is, which the row says)."""
     window = model.block_size
     outputs = batched(model, tokens, batch_size).astype(np.float64)  # (U, K) | (U, P, K)
     by_window = dict(zip(usable, outputs, strict=True))
     items: list[dict[str, Any]] = []
+    kept = outputs
+    trust_row: dict[str, Any] = {}
+    if trust is not None:
+        reliable = trust.reliable[usable]
+        if reliable.any():
+            kept = outputs[reliable]
+        trust_row = {"n_reliable": int(trust.reliable.sum()),
+                     "n_unreliable": int(trust.unreliable.sum()),
+                     "unreliable_reasons": "; ".join(f"{r}: {n}" for r, n in
+                                                     trust.reason_counts().items()),
+                     "ood_available": trust.ood_threshold is not None}
     for i, s in enumerate(starts.tolist()):
         base = {"window": i, "start_sample": s, "end_sample": s + window, "start_s": s / rate,
                 "end_s": (s + window) / rate,
                 "status": f"skipped: {skipped[i]}" if i in skipped else "ok"}
+        if trust is not None:
+            base.update(trust.columns(i))
         out = by_window.get(i)
         if reading.level == "sequence":
             items.append({**base, **({} if out is None else output_columns(reading, out))})
@@ -80,5 +101,30 @@ def head_rows(model: AppliedHead, reading: HeadReading, starts: np.ndarray, usab
                               "position_end_s": (first + reading.stride) / rate,
                               **output_columns(reading, values)})
     row = {"n_windows": len(starts), "n_skipped": len(skipped),
-           **summarise(reading, outputs), "names_from": reading.names_from}
+           **summarise(reading, kept), **trust_row, "names_from": reading.names_from}
     return row, items
+
+
+
+def values_against_training(model: AppliedHead, items: list[dict[str, Any]],
+                            collapse_sd_ratio: float) -> dict[str, dict[str, Any]]:
+    """Per value column of a regression head: the mean and SD of every value predicted in
+    ``items`` (a run's window or position rows) beside the training split's mean and SD (the
+    head's standardisation, i.e. what always predicting the mean gives), and ``collapsed``:
+    whether the predictions' SD is below ``collapse_sd_ratio`` times the training SD. Empty for
+    a class head or a head that does not hold its training statistics (an ONNX export)."""
+    objective = model.task_head.objective
+    reading = model.reading
+    if reading is None or reading.kind != "value" or not isinstance(objective,
+                                                                    RegressionObjective):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    for k, name in enumerate(reading.columns):
+        values = np.array([float(i[name]) for i in items if i.get(name) is not None])
+        train_mean, train_sd = float(objective.mean[k]), float(objective.std[k])
+        sd = float(values.std()) if len(values) else float("nan")
+        out[name] = {"n": len(values), "mean": float(values.mean()) if len(values) else None,
+                     "sd": sd if len(values) else None, "training_mean": train_mean,
+                     "training_sd": train_sd,
+                     "collapsed": bool(len(values) > 1 and sd < collapse_sd_ratio * train_sd)}
+    return out

@@ -18,9 +18,11 @@ import torch
 
 from heartgpt.data.tokenizer import LEVELS, Modality, get_modality
 from heartgpt.errors import InputError
+from heartgpt.heads.applied import AppliedHead
 from heartgpt.heads.registry import misread_by_tools
+from heartgpt.model import GPT
 from heartgpt.model.checkpoint_format import LoadedModel
-from heartgpt.model.checkpoints import load_model
+from heartgpt.model.checkpoints import head_applied, load_model
 
 M = TypeVar("M", bound=torch.nn.Module)
 
@@ -64,8 +66,9 @@ def load_tool_model(
         refuse_task: a fine-tune task this tool cannot use: 'beats' for the tools reading one
             probability per window (AF screening), 'af' for those reading one per position
             (beat detection). A 1-output checkpoint whose head is known (ours, exports, the
-            released ones) must also be read as it was trained: a binary ``classify`` head at
-            the last position, or a binary ``tag`` head at every position (never a regression).
+            released ones) must also be read as it was trained: a binary ``classify`` head (one
+            probability per window, any pooling: :func:`window_probability_model`), or a binary
+            ``tag`` head at every position (never a regression).
         device: where to put the model.
         loaded: ``path`` already loaded (it is not read again).
     """
@@ -88,11 +91,26 @@ def load_tool_model(
     if need == "binary" and loaded.head is not None:
         why = misread_by_tools(loaded.head, per_position=refuse_task == "af")
         if why:
-            raise InputError(path, f"{why}; this tool reads a binary "
-                             f"{'tag head at every position' if refuse_task == 'af' else 'classify head at the last position'}")
+            reads = ("tag head at every position" if refuse_task == "af"
+                     else "classify head (one probability per window)")
+            raise InputError(path, f"{why}; this tool reads a binary {reads}: python -m "
+                             f"heartgpt.predict checkpoint={path} inputs=<recordings> applies "
+                             "any head")
     mod = resolve_modality(loaded, modality)
     loaded.model.to(device).eval()
     return loaded, mod
+
+
+def window_probability_model(loaded: LoadedModel) -> GPT | AppliedHead:
+    """The network the AF tools read one probability per window from: the GPT itself when its
+    head is read at the last position (the released models, last-pooled fine-tunes), else the
+    fine-tune with its head applied (mean or attention pooling, an ONNX export that applies its
+    head), whose second column is the probability
+    (:func:`heartgpt.inference.af_screening.af_probabilities` reads either)."""
+    head, inside = loaded.head, bool(getattr(loaded.model, "applies_head", False))
+    if head is None or (head.get("pooling", "last") == "last" and not inside):
+        return loaded.model
+    return head_applied(loaded, loaded.model if inside else None)
 
 
 @contextmanager

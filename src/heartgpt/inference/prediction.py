@@ -45,6 +45,7 @@ from heartgpt.inference.af_screening import (
 from heartgpt.inference.beat_detection import beats_summary, detect_beats, quality_category
 from heartgpt.inference.head_prediction import head_rows
 from heartgpt.inference.loading import batched
+from heartgpt.inference.window_trust import TrustContext, assess_windows
 from heartgpt.model import GPT
 
 MODES = ("af", "beats", "loss", "embed", "head")
@@ -65,26 +66,33 @@ class RecordingPrediction:
     array: np.ndarray | None = None  # embed: (W_usable, n_embd) float32, in the order of items
 
 
-def predict_af(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, Any]
-               ) -> RecordingPrediction:
-    """``screen_af`` of one recording: a row per window, the recording mean and burden."""
+AF_ROW = ("recording_af_prob", "fraction_windows_above_threshold", "n_windows", "n_skipped",
+          "tail_window", "uncovered_end_samples")
+# with trust checks: the raw probability, what the number stands on, the rhythm cross-check
+AF_TRUST_ROW = ("recording_af_prob_raw", "temperature", "headline", "n_reliable", "n_unreliable",
+                "unreliable_reasons", "ood_available", "rhythm_heart_rate_bpm", "rhythm_cv",
+                "rhythm_cosen", "rhythm_verdict", "disagreement")
+
+
+def predict_af(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, Any],
+               trust: TrustContext | None = None) -> RecordingPrediction:
+    """``screen_af`` of one recording: a row per window, the recording mean and burden (with
+    ``trust``: over the reliable windows, beside the rhythm cross-check)."""
     res = screen_af(model, rec.signal, rec.sample_rate, mod, stride=int(mode["stride"]),
                     threshold=float(mode["threshold"]), batch_size=int(mode["batch_size"]),
-                    tail=str(mode["tail"]))
+                    tail=str(mode["tail"]), trust=trust)
     summary = res.summary()
-    row = {key: summary[key] for key in (
-        "recording_af_prob", "fraction_windows_above_threshold", "n_windows", "n_skipped",
-        "tail_window", "uncovered_end_samples")}
-    items = [{"window": w["window"], "start_sample": w["start_sample"],
-              "end_sample": w["end_sample"], "start_s": w["start_s"], "af_prob": w["af_prob"],
-              "status": f"skipped: {w['skipped']}" if "skipped" in w else "ok",
-              "overlaps_previous": int(w["overlaps_previous"])}
-             for w in res.to_dict()["windows"]]
+    row = {key: summary[key] for key in (*AF_ROW, *AF_TRUST_ROW) if key in summary}
+    items = []
+    for w in res.window_rows():
+        skipped = w.pop("skipped", None)
+        items.append({**w, "status": f"skipped: {skipped}" if skipped else "ok",
+                      "overlaps_previous": int(w["overlaps_previous"])})
     return RecordingPrediction(row, items)
 
 
-def predict_beats(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, Any]
-                  ) -> RecordingPrediction:
+def predict_beats(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, Any],
+                  trust: TrustContext | None = None) -> RecordingPrediction:
     """``detect_beats`` of one recording: a row per beat, the count, quality and heart rate."""
     beats = detect_beats(model, rec.signal, rec.sample_rate, mod, tail=str(mode["tail"]),
                          shift=int(mode["shift"]), batch_size=int(mode["batch_size"]),
@@ -126,8 +134,8 @@ def _window_items(starts: np.ndarray, window: int, rate: float, skipped: dict[in
             for i, s in enumerate(starts.tolist())]
 
 
-def predict_loss(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, Any]
-                 ) -> RecordingPrediction:
+def predict_loss(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, Any],
+                 trust: TrustContext | None = None) -> RecordingPrediction:
     """Next-token loss of a language model on every window of ``block_size`` samples."""
     window = model.config.block_size
     starts, usable, tokens, skipped = _windows(rec, mod, window, mode)
@@ -147,8 +155,8 @@ def predict_loss(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, A
     return RecordingPrediction(row, items)
 
 
-def predict_embed(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, Any]
-                  ) -> RecordingPrediction:
+def predict_embed(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, Any],
+                  trust: TrustContext | None = None) -> RecordingPrediction:
     """Pooled final-norm hidden states (``n_embd``) of every ``block_size`` window."""
     pool = str(mode["pool"])
     window = model.config.block_size
@@ -167,20 +175,32 @@ def predict_embed(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, 
     return RecordingPrediction(row, items, vectors)
 
 
-def predict_head(model: AppliedHead, rec: Recording, mod: Modality, mode: Mapping[str, Any]
-                 ) -> RecordingPrediction:
-    """A fine-tuned head's outputs in its labels' terms on every ``block_size`` window."""
+def predict_head(model: AppliedHead, rec: Recording, mod: Modality, mode: Mapping[str, Any],
+                 trust: TrustContext | None = None) -> RecordingPrediction:
+    """A fine-tuned head's outputs in its labels' terms on every ``block_size`` window (with
+    ``trust``: each window's reliability, and the recording's numbers over the reliable ones)."""
     if model.reading is None:
         raise ValueError("mode=head needs an AppliedHead with its reading")
     starts, usable, tokens, skipped = _windows(rec, mod, model.block_size, mode)
+    verdict = None
+    if trust is not None:
+        x = resample(np.asarray(rec.signal, dtype=np.float64), rec.sample_rate, mod.sample_rate)
+        scored = np.zeros(len(starts), dtype=bool)
+        scored[usable] = True
+        ood = None
+        if trust.ood is not None:
+            ood = np.full(len(starts), np.nan)
+            ood[usable] = trust.ood(tokens)
+        verdict = assess_windows(x, starts, model.block_size, mod.sample_rate, mod.name, scored,
+                                 trust.settings, ood, trust.ood_threshold)
     row, items = head_rows(model, model.reading, starts, usable, tokens, skipped,
-                           mod.sample_rate, int(mode["batch_size"]))
+                           mod.sample_rate, int(mode["batch_size"]), verdict)
     return RecordingPrediction(row, items)
 
 
 def default_mode(out_features: int | None, task: str, head: Mapping[str, Any] | None) -> str:
     """The mode of what a checkpoint is: ``loss`` for a pre-trained model, ``af``/``beats``
-    for a released-style binary AF or beat model (a binary classify head at the last position,
+    for a released-style binary AF or beat model (a binary classify head (any pooling),
     a binary tag head at every position), ``head`` for every other fine-tune."""
     if out_features is None:
         return "loss"
@@ -193,8 +213,8 @@ def default_mode(out_features: int | None, task: str, head: Mapping[str, Any] | 
     return "head"
 
 
-PREDICTORS: dict[str, Callable[[GPT, Recording, Modality, Mapping[str, Any]],
-                               RecordingPrediction]] = {
+PREDICTORS: dict[str, Callable[[GPT, Recording, Modality, Mapping[str, Any],
+                                TrustContext | None], RecordingPrediction]] = {
     "af": predict_af, "beats": predict_beats, "loss": predict_loss, "embed": predict_embed,
     "head": predict_head}  # type: ignore[dict-item]  (head: an AppliedHead, not a GPT)
 
@@ -233,13 +253,18 @@ def check_mode(mode: Mapping[str, Any], block_size: int) -> None:
         threshold = mode.get("threshold")
         if not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
             raise bad("threshold", "must be a probability in [0, 1]")
+    if name == "head":
+        ratio = mode.get("collapse_sd_ratio")
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+            raise bad("collapse_sd_ratio", "must be a number in [0, 1)")
     if name == "embed" and mode.get("pool") not in POOLS:
         raise bad("pool", f"must be one of {POOLS}")
 
 
-def predict_recording(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, Any]
-                      ) -> RecordingPrediction:
-    """The prediction of mode ``mode["name"]`` for one recording.
+def predict_recording(model: GPT, rec: Recording, mod: Modality, mode: Mapping[str, Any],
+                      trust: TrustContext | None = None) -> RecordingPrediction:
+    """The prediction of mode ``mode["name"]`` for one recording (``trust``: the checks of
+    each window's reliability, for ``af`` and ``head``).
 
     Raises:
         ValueError: unknown mode, a recording too short for one window or with no usable one.
@@ -247,4 +272,4 @@ def predict_recording(model: GPT, rec: Recording, mod: Modality, mode: Mapping[s
     name = str(mode["name"])
     if name not in PREDICTORS:
         raise ValueError(f"mode must be one of {MODES}, got {name!r}")
-    return PREDICTORS[name](model, rec, mod, mode)
+    return PREDICTORS[name](model, rec, mod, mode, trust)

@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -147,8 +147,11 @@ class PredictionStore:
 
     # ------------------------------------------------------------------ the tables
     def merge(self, records: Sequence[RecordFile], done_before: set[str],
-              wall_seconds: float) -> dict[str, Any]:
-        """Write the tables of ``records`` from their parts (atomically) and the summary.
+              wall_seconds: float,
+              describe: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None
+              ) -> dict[str, Any]:
+        """Write the tables of ``records`` from their parts (atomically) and the summary
+        (with ``describe(item rows)``'s keys, when given).
 
         Raises:
             InputError: a recording of the run has no result part (a process failed).
@@ -175,6 +178,7 @@ class PredictionStore:
         summary = {
             "mode": self.mode, "recordings": len(rows), "ok": len(ok),
             "failed": len(rows) - len(ok), "done_in_earlier_runs": len(parts) - len(predicted_now),
+            "not_recordings": sum(rf.problem is not None for rf in records),  # of the failed
             "predicted_now": len(predicted_now), "hours_of_signal": hours,
             "hours_predicted_now": sum(p["row"]["duration_s"] or 0.0 for p in predicted_now
                                        if p["row"]["status"] == "ok") / 3600,
@@ -185,6 +189,8 @@ class PredictionStore:
         if wall_seconds > 0 and predicted_now:
             summary["recordings_per_minute"] = 60 * len(predicted_now) / wall_seconds
             summary["signal_hours_per_minute"] = 60 * summary["hours_predicted_now"] / wall_seconds
+        if describe is not None:
+            summary.update(describe([i for i in items if i.get("status") == "ok"]))
         write_json_atomic(self.out_dir / SUMMARY, summary)
         return summary
 

@@ -25,11 +25,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from heartgpt.data.plausibility import check_recording
 from heartgpt.data.recording_set import RecordingDataModule, RecordingItem
+from heartgpt.data.signal_quality import trust_settings
 from heartgpt.data.tokenizer import Modality
 from heartgpt.errors import InputError, error_line
 from heartgpt.files import sha256_file
 from heartgpt.heads.applied import AppliedHead
-from heartgpt.inference.loading import load_tool_model
+from heartgpt.inference.head_prediction import values_against_training
+from heartgpt.inference.loading import load_tool_model, window_probability_model
 from heartgpt.inference.prediction import (
     AUTO,
     MODEL_NEED,
@@ -40,11 +42,26 @@ from heartgpt.inference.prediction import (
     predict_recording,
 )
 from heartgpt.inference.prediction_store import ITEM_TABLES, RECORDINGS, PredictionStore
+from heartgpt.inference.window_trust import TrustContext, trust_context
 from heartgpt.model import GPT
 from heartgpt.model.checkpoint_format import LoadedModel, require_torch, warn_if_synthetic
 from heartgpt.model.checkpoints import find_weights, head_applied, load_model
 
 log = logging.getLogger(__name__)
+VALUES = "values"  # summary.json: a value head's predictions beside the training mean and SD
+UNRELIABLE = "unreliable_windows"  # summary.json: windows the trust checks left out, by reason
+
+
+def unreliable_windows(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """How many of the run's scored windows the trust checks found unreliable, and why."""
+    windows = {(i.get("recording"), i.get("window")): i for i in items if "reliable" in i}
+    judged = list(windows.values())  # a tag head's positions share their window's verdict
+    reasons: dict[str, int] = {}
+    for item in judged:
+        for part in filter(None, str(item.get("unreliable_reason") or "").split(";")):
+            reasons[part.strip()] = reasons.get(part.strip(), 0) + 1
+    return {"judged": len(judged), "unreliable": sum(not i["reliable"] for i in judged),
+            "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1]))}
 
 
 class PredictionModule(L.LightningModule):
@@ -56,10 +73,10 @@ class PredictionModule(L.LightningModule):
     """
 
     def __init__(self, model: GPT, modality: Modality, mode: dict[str, Any],
-                 modality_stated: bool = False) -> None:
+                 modality_stated: bool = False, trust: TrustContext | None = None) -> None:
         super().__init__()
         self.model, self.modality, self.mode = model, modality, dict(mode)
-        self.modality_stated = modality_stated
+        self.modality_stated, self.trust = modality_stated, trust
 
     def predict_step(self, batch: RecordingItem, batch_idx: int
                      ) -> tuple[RecordingItem, RecordingPrediction | str, float]:
@@ -72,7 +89,7 @@ class PredictionModule(L.LightningModule):
                                            self.modality.name, stated=self.modality_stated):
                 log.warning("%s: %s", rec.path, warning)
             result: RecordingPrediction | str = predict_recording(
-                self.model, rec, self.modality, self.mode)
+                self.model, rec, self.modality, self.mode, self.trust)
         except ValueError as e:  # too short, no usable window, bad settings: this file only
             result = error_line(e)
         return batch, result, time.perf_counter() - start
@@ -113,6 +130,7 @@ def run_settings(cfg: DictConfig, checkpoint: Path, modality: Modality,
         "sample_rate": cfg.sample_rate,
         "format": cfg.format,
         "csv_decimal": cfg.csv_decimal,
+        "trust": OmegaConf.to_container(cfg.trust, resolve=True),
     }
 
 
@@ -128,9 +146,10 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
     if mode not in (*MODES, AUTO):
         raise InputError("mode", f"must be one of {MODES}, got {mode!r}")
     checkpoint = find_weights(cfg.checkpoint, cfg.paths.weights_dir)
+    loaded = load_model(checkpoint)
     model, modality, mode, settings = prepare_model(
-        load_model(checkpoint), OmegaConf.to_container(cfg.mode, resolve=True), cfg.modality,
-        source=checkpoint)
+        loaded, OmegaConf.to_container(cfg.mode, resolve=True), cfg.modality, source=checkpoint)
+    trust = trust_context(loaded, trust_settings(cfg.trust))
     if cfg.sample_rate is not None and float(cfg.sample_rate) <= 0:
         raise InputError("sample_rate", f"must be a positive rate in Hz, got {cfg.sample_rate}")
     store = PredictionStore(cfg.out_dir, mode)
@@ -144,7 +163,7 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
                                csv_decimal=str(cfg.csv_decimal), skip=store.done, num_workers=int(cfg.num_workers),
                                exclude_dirs=[cfg.out_dir, cfg.paths.log_dir])
     module = PredictionModule(model, modality, settings,
-                              modality_stated=cfg.modality is not None)
+                              modality_stated=cfg.modality is not None, trust=trust)
     start = time.perf_counter()
     with warnings.catch_warnings():  # an empty share means "all done", not a mistake
         warnings.filterwarnings("ignore", message="Total length of `DataLoader` across ranks")
@@ -152,8 +171,24 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
     trainer.strategy.barrier()
     if trainer.global_rank != 0:
         return None
-    summary = store.merge(data.records, data.done, time.perf_counter() - start)
+    ratio = float(settings.get("collapse_sd_ratio") or 0.0)
+
+    def describe(items: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {UNRELIABLE: unreliable_windows(items)}
+        if isinstance(model, AppliedHead) and mode == "head":
+            out[VALUES] = values_against_training(model, items, ratio)
+        return out
+
+    summary = store.merge(data.records, data.done, time.perf_counter() - start, describe)
     print(summary_text(summary, store))
+    for name, spread in summary.get(VALUES, {}).items():
+        if spread["collapsed"]:
+            log.warning("%s: the predictions barely vary (SD %.4g over %d values, under %g x the "
+                        "training SD %.4g) around %.4g (the training mean: %.4g): the regressor "
+                        "may have collapsed to the mean; eval on labelled shards says whether it "
+                        "beats always predicting it", name, spread["sd"], spread["n"],
+                        float(settings["collapse_sd_ratio"]), spread["training_sd"],
+                        spread["mean"], spread["training_mean"])
     return summary
 
 
@@ -183,6 +218,8 @@ def prepare_model(loaded: LoadedModel, settings: Mapping[str, Any], modality: st
     warn_if_synthetic(loaded, log)
     check_mode(settings, loaded.model.config.block_size)
     model: GPT | AppliedHead = loaded.model
+    if mode == "af":
+        model = window_probability_model(loaded)
     if mode == "embed":
         require_torch(loaded, "mode=embed (hidden states)")
     if mode == "head":
@@ -219,8 +256,10 @@ def mode_settings(name: str, given: Mapping[str, Any] | None = None,
 
 def summary_text(summary: dict[str, Any], store: PredictionStore) -> str:
     """The closing lines: counts, failures (the first 5), signal hours, speed, files."""
+    unread = summary.get("not_recordings", 0)  # files of no supported format, among the failed
     lines = [f"predict {summary['mode']}: {summary['recordings']} recordings, {summary['ok']} ok, "
-             f"{summary['failed']} failed, {summary['done_in_earlier_runs']} done in an earlier "
+             f"{summary['failed']} failed{f' ({unread} not recordings)' if unread else ''}, "
+             f"{summary['done_in_earlier_runs']} done in an earlier "
              f"run; {summary['hours_of_signal']:.2f} h of signal"]
     if "recordings_per_minute" in summary:
         lines.append(f"  this run: {summary['predicted_now']} recordings in "
@@ -230,5 +269,17 @@ def summary_text(summary: dict[str, Any], store: PredictionStore) -> str:
         lines.append(f"  failed {name}: {why}")
     if summary["failed"] > 5:
         lines.append(f"  ... {summary['failed'] - 5} more in {store.out_dir / RECORDINGS}")
+    checked = summary.get(UNRELIABLE, {})
+    if checked.get("judged"):
+        reasons = ", ".join(f"{r} {n}" for r, n in checked["reasons"].items())
+        lines.append(f"  trust: {checked['unreliable']} of {checked['judged']} windows unreliable"
+                     f"{': ' + reasons if reasons else ''} (left out of the recordings' numbers)")
+    for name, spread in summary.get(VALUES, {}).items():
+        if spread["n"]:
+            lines.append(f"  {name}: mean {spread['mean']:.4g}, SD {spread['sd']:.4g} over "
+                         f"{spread['n']} values; the training split's mean {spread['training_mean']:.4g}"
+                         f", SD {spread['training_sd']:.4g} (always predicting it: the mean "
+                         "baseline)" + ("; COLLAPSED to about one value" if spread["collapsed"]
+                                        else ""))
     lines.append(f"  -> {store.out_dir / RECORDINGS}, {store.out_dir / ITEM_TABLES[summary['mode']]}")
     return "\n".join(lines)

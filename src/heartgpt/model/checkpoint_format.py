@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from heartgpt.errors import InputError
+from heartgpt.heads.calibration import Calibration, OodReference
 from heartgpt.model.gpt import GPT, GPTConfig
 
 # The layout of our Lightning .ckpt files: a dict with the module's state dict and its
@@ -25,6 +26,9 @@ HPARAMS_KEY = "hyper_parameters"
 MODEL_PREFIX = "model."  # the LightningModules keep the GPT as self.model
 COMPILED_PREFIX = "_orig_mod."  # torch.compile(model) wraps the keys so
 TASK_HEAD_PREFIX = "task_head."  # a fine-tune's head outside the GPT (attention pooling, ...)
+# The trust state (issue 29), beside state_dict and hyper_parameters: {"calibration": {...},
+# "ood_reference": {...}} (heartgpt.heads.calibration), written by heartgpt.model.trust_file.
+TRUST_KEY = "trust"
 
 UNSAFE_LOAD_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 
@@ -53,6 +57,11 @@ class LoadedModel:
     hparams: dict[str, Any] = field(default_factory=dict, repr=False)
     # tensors of the head outside the GPT (.ckpt task_head.*, prefix dropped)
     head_state: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+    # the temperature fitted on labelled windows (.ckpt files that hold one; None: raw only)
+    calibration: Calibration | None = None
+    # the training windows' pooled hidden states (None: OOD scores unavailable until
+    # python -m heartgpt.calibrate stores one); see heartgpt.model.trust.ood_scores
+    ood_reference: OodReference | None = field(default=None, repr=False, compare=False)
 
 
 def warn_if_synthetic(loaded: LoadedModel, log: logging.Logger) -> None:
@@ -146,3 +155,22 @@ def model_of(config: Any, weights: dict[str, torch.Tensor], path: Path) -> GPT:
     model = GPT(checked_config(config, weights, path))
     model.load_state_dict(weights, strict=True)
     return model.eval()
+
+
+def read_trust(checkpoint: dict[str, Any], path: str | os.PathLike
+               ) -> tuple[Calibration | None, OodReference | None]:
+    """The calibration and OOD reference a ``.ckpt`` dict stores under :data:`TRUST_KEY`
+    (``(None, None)`` when it stores none); a damaged one is a :class:`CheckpointError`."""
+    trust = checkpoint.get(TRUST_KEY)
+    if not trust:
+        return None, None
+    if not isinstance(trust, dict):
+        raise CheckpointError(path, f"its '{TRUST_KEY}' entry is not a mapping")
+    try:
+        calibration = (Calibration.from_dict(trust["calibration"])
+                       if trust.get("calibration") else None)
+        reference = (OodReference.from_dict(trust["ood_reference"])
+                     if trust.get("ood_reference") else None)
+    except (TypeError, ValueError, KeyError) as e:
+        raise CheckpointError(path, f"its stored trust state cannot be read: {e}") from None
+    return calibration, reference

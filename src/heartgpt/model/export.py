@@ -277,6 +277,7 @@ class ExportCheck:
     logit_diff: float  # max |logit difference|
     logit_tol: float  # LOGIT_RTOL * max|logit| + LOGIT_ATOL
     compared: str = "logits"  # 'outputs': a head's, in the labels' terms (held as logits are)
+    has_probabilities: bool = True  # False: a head of values (a regression), no probability
 
     @property
     def ok(self) -> bool:
@@ -336,4 +337,4 @@ def check_export(loaded: LoadedModel, path: str | os.PathLike,
             prob_diff = max(prob_diff, diff if not with_head or classes else 0.0)
             top = max(top, want.abs().max().item())
     return ExportCheck(path, shapes, prob_diff, logit_diff, LOGIT_RTOL * top + LOGIT_ATOL,
-                       "outputs" if with_head else "logits")
+                       "outputs" if with_head else "logits", not with_head or classes)

@@ -46,6 +46,7 @@ from heartgpt.model.checkpoint_format import (
     existing_file,
     load_weights_only,
     model_of,
+    read_trust,
     require_torch,
 )
 from heartgpt.model.lora import merge_lora_weights
@@ -75,9 +76,11 @@ def read_lightning(path: str | os.PathLike, load_base: LoadBase) -> LoadedModel:
     model = model_of(hparams["model_config"], weights, path)
     head_state = {k.removeprefix(TASK_HEAD_PREFIX): v for k, v in state.items()
                   if k.startswith(TASK_HEAD_PREFIX)}
+    calibration, reference = read_trust(ckpt, path)
     return LoadedModel(model, hparams.get("modality"), hparams.get("task", "pretrain"), str(path),
                        bool(hparams.get("synthetic_data", False)), head=head_of(hparams),
-                       hparams=dict(hparams), head_state=head_state)
+                       hparams=dict(hparams), head_state=head_state, calibration=calibration,
+                       ood_reference=reference)
 
 
 def base_reference(hparams: Mapping[str, Any]) -> dict[str, str] | None:

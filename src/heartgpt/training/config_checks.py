@@ -175,7 +175,7 @@ CHECKS: dict[str, Check] = {
 
 # Keys whose meaning depends on the command (``format`` is a recording format here, an export
 # format in ``heartgpt.export``): added by the command that has them.
-RECORDING_FORMATS = ("auto", "csv", "npy", "mat", "wfdb")
+RECORDING_FORMATS = ("auto", "csv", "npy", "mat", "wfdb", "edf")
 PREPARE_CHECKS: dict[str, Check] = {
     "format": one_of(*RECORDING_FORMATS),
     "label_kind": one_of("unlabelled", "sequence", "token"),

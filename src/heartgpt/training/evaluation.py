@@ -160,6 +160,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         results = trainer.test(module, datamodule=datamodule, verbose=False)
     report = eval_report(cfg, results[0] if results else {}, trainer.world_size)
     if trainer.is_global_zero:
+        add_calibration(report, cfg, loaded)
         _, warning = verdict(report["metrics"])
         if warning:
             log.warning(warning)
@@ -192,6 +193,25 @@ def eval_report(cfg: DictConfig, logged: dict[str, float], devices: int) -> dict
         "files": [name for name, present in files.items() if present],
         **({BEATS_MEAN_BASELINE: beats} if beats is not None else {}),
     }
+
+
+def add_calibration(report: dict[str, Any], cfg: DictConfig, loaded: LoadedModel) -> None:
+    """ECE and Brier score (raw, and scaled by the checkpoint's temperature when it holds
+    one) into ``report["metrics"]``, the temperature into ``report``, and the reliability
+    diagram ``eval_reliability.png`` beside the predictions (classifying heads only)."""
+    from heartgpt.training.calibration_report import RELIABILITY_PNG, report_files
+
+    out = Path(cfg.paths.output_dir)
+    temperature = loaded.calibration.temperature if loaded.calibration else None
+    metrics = report_files(out, EVAL_PREDICTIONS, "eval", temperature, int(cfg.calibration_bins),
+                           f"eval: {Path(cfg.checkpoint).name}")
+    if not metrics:
+        return
+    metrics.pop("temperature", None)
+    report["metrics"].update(metrics)
+    report["temperature"] = temperature
+    report["calibration"] = loaded.calibration.to_dict() if loaded.calibration else None
+    report["files"].append(RELIABILITY_PNG["eval"])
 
 
 def print_summary(report: dict[str, Any], out: Path) -> None:

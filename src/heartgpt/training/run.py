@@ -23,7 +23,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 import heartgpt.training.resolvers  # noqa: F401  (registers ${cwd:} and ${latest_ckpt:} before Hydra composes)
-from heartgpt.conf import CONF_DIR
 from heartgpt.errors import ConfigError
 from heartgpt.files import sha256_file, write_text_atomic
 from heartgpt.model.checkpoints import check_starting_point, find_weights, load_model
@@ -31,7 +30,7 @@ from heartgpt.model.gpt import GPTConfig
 from heartgpt.training.batching import apply_batch_plan
 from heartgpt.training.environments import detected_environments
 from heartgpt.training.renamed_keys import TRAIN_RENAMES, check_config, check_overrides
-from heartgpt.training.result_files import write_test_metrics
+from heartgpt.training.result_files import TEST_PREDICTIONS, write_test_metrics
 from heartgpt.training.resume import mark_finished, resolve_ckpt_path, save_wandb_id, wandb_id_for
 
 log = logging.getLogger("heartgpt.train")  # what a run logs keeps its name in train.log
@@ -69,28 +68,27 @@ def compose_config(overrides: list[str] | None = None, config_name: str = "train
 
 
 def ensure_demo_shards(cfg: DictConfig) -> None:
-    """Build the SYNTHETIC demo shards when ``data.shard_dir`` is under ``<data_dir>/demo``
-    and has no manifest yet (settings: the ``demo`` section of ``conf/prepare.yaml``)."""
-    from heartgpt.data.demo import build_demo
+    """Build the SYNTHETIC demo set that ``data.shard_dir`` names when it is under
+    ``<data_dir>/demo`` and has no manifest yet, as ``python -m heartgpt.prepare source=demo``
+    builds it (settings: the ``demo`` section of ``conf/prepare.yaml``): the classic sets for
+    pretrain/af/beats, the targets demo for hr/rhythm/hr_tag."""
     from heartgpt.data.shards import MANIFEST_NAME
+    from heartgpt.training.preparation import build_demo_sets, demo_set_config
 
     shard_dir = cfg.data.get("shard_dir")
     if not shard_dir or (Path(shard_dir) / MANIFEST_NAME).is_file():
         return
     demo_root = (Path(cfg.paths.data_dir) / "demo").resolve()
     try:
-        modality = Path(shard_dir).resolve().relative_to(demo_root).parts[0]
+        modality, shard_set = Path(shard_dir).resolve().relative_to(demo_root).parts[:2]
     except (ValueError, IndexError):
         return  # not demo data: the DataModule reports what is missing
-    prep = OmegaConf.load(CONF_DIR / "prepare.yaml")
-    d = prep.demo
-    log.info("building the SYNTHETIC demo shards in %s", demo_root / modality)
-    build_demo(
-        demo_root / modality, modality, subjects=d.subjects, seconds=d.seconds, seed=prep.seed,
-        pretrain_samples=d.pretrain_samples, finetune_samples=d.finetune_samples,
-        finetune_stride=d.finetune_stride, beat_tolerance=d.beat_tolerance,
-        rows_per_shard=d.rows_per_shard,
-    )
+    prep = demo_set_config(cfg, modality, shard_set) if modality in ("ecg", "ppg") else None
+    if prep is None:
+        return  # not a demo set: the DataModule reports what is missing
+    log.info("building the SYNTHETIC demo shards (%s) in %s", ", ".join(prep.demo.sets),
+             demo_root / modality)
+    build_demo_sets(prep)
 
 
 SYNTHETIC_WARNING = ("trained on SYNTHETIC demo data (%s): its losses and metrics say nothing "
@@ -240,6 +238,7 @@ def train(cfg: DictConfig) -> float | None:
             if trainer.is_global_zero:
                 trained = {"trainable_params": sum(p.numel() for p in module.parameters()
                                                    if p.requires_grad)} if cfg.get("train") else {}
+                trained.update(test_calibration(cfg, best or ckpt_path))
                 write_test_metrics(cfg.paths.output_dir, results, best or ckpt_path, trained)
         if trainer.checkpoint_callback is not None:
             for lg in trainer.loggers:
@@ -251,6 +250,22 @@ def train(cfg: DictConfig) -> float | None:
         log.warning("optimized_metric %r was not logged", cfg.optimized_metric)
         return None
     return float(metric)
+
+
+def test_calibration(cfg: DictConfig, ckpt: str | None) -> dict[str, Any]:
+    """``test/ece``, ``test/brier`` (and ``_calibrated`` with the tested checkpoint's
+    temperature), ``temperature`` and ``calibration_bins`` for ``test_metrics.json``, and
+    ``test_reliability.png`` (classifying heads only; {} otherwise)."""
+    from heartgpt.training.calibration_report import checkpoint_temperature, report_files
+
+    bins = int(cfg.calibration_bins)
+    temperature = checkpoint_temperature(ckpt)
+    metrics = report_files(cfg.paths.output_dir, TEST_PREDICTIONS, "test", temperature, bins,
+                           f"test: {Path(ckpt).name if ckpt else cfg.run_name}")
+    if not metrics:
+        return {}
+    return {**{f"test/{k}": v for k, v in metrics.items() if k != "temperature"},
+            "temperature": temperature, "calibration_bins": bins}
 
 
 def tested_checkpoint(cfg: DictConfig, trainer: L.Trainer) -> str:
