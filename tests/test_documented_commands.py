@@ -84,10 +84,11 @@ PLAN: dict[str, Step] = {
     "python -m heartgpt.train -m experiment=demo_hr,demo_rhythm,demo_hr_tag,demo_af,demo_af_lora "
     "++module.pretrained=ECGPT_560k_iters.zip run_name=demo_heads": run(*SHORT),
     "python -m heartgpt.compare outputs/demo_heads/multiruns/<time>": run(),
-    "python -m heartgpt.train -m experiment=demo_af hparams_search=demo_af_optuna":
-        compose("12 trials: the 3-trial command below runs"),
-    "python -m heartgpt.train -m experiment=demo_af hparams_search=demo_af_optuna "
-    "hydra.sweeper.n_trials=3": run(*TINY, *SHORT),
+    "python -m heartgpt.search experiment=demo_af hparams_search=demo_af_optuna":
+        help_only("12 trials: the 3-trial command below runs"),
+    "python -m heartgpt.search experiment=demo_af hparams_search=demo_af_optuna "
+    "search.n_trials=3": run(*TINY, *SHORT),
+    "python -m heartgpt.compare outputs/af_ecg/searches/demo_af_ecg": run(),
     "python -m heartgpt.cv experiment=demo_af data.folds=5": run(*TINY, *SHORT),
     "python -m heartgpt.cv experiment=paper_ppg_af data.folds=loso":
         run(*SHORT, "data.shard_dir=data/demo/ppg/af"),

@@ -284,4 +284,4 @@ def test_command_errors_are_one_line_naming_the_file(run_export, tmp_path):
     assert code == 1 and err.strip().startswith("error: checkpoint: not given: checkpoint=<file>")
     code, out, err = run_export(f"checkpoint={corrupt}", "format=tflite")
     assert code == 1
-    assert err.strip() == "error: format=tflite: unknown export format; use onnx, torch_export or safetensors"
+    assert err.strip() == "error: format=tflite: unknown export format; use onnx, torch_export, safetensors or hub"

@@ -108,7 +108,7 @@ def test_predict_help_names_its_groups_and_their_options(help_text):
     text = help_text("heartgpt.predict")
     assert "python -m heartgpt.predict checkpoint=" in text and "--cfg job" in text
     lines = _group_lines(text)
-    assert set(lines) == {"mode", "trust", "trainer", "paths"}
+    assert set(lines) == {"mode", "modality", "trust", "trainer", "paths"}
     for group, line in lines.items():
         options = {p.stem for p in (CONF_DIR / group).glob("*.yaml") if not p.stem.startswith("_")}
         assert options <= set(re.findall(r"[\w]+", line)), (group, options)

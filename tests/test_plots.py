@@ -184,3 +184,47 @@ def test_any_models_outputs_are_drawn_over_the_time_they_describe():
              {"beat": 1, "time_s": 1.7, "confidence": 0.6, "quality": "fair"}]
     points = plot_outputs(np.sin(np.arange(500) / 10), 100.0, beats, 5.0).axes[1].lines
     assert [tuple(line.get_xdata()) for line in points] == [(0.8,), (1.7,)]
+
+
+def hatched_spans(ax) -> list[tuple[float, float]]:
+    """The x spans (s) of the hatched (unreliable) patches of ``ax``."""
+    return sorted((round(p.get_x(), 6), round(p.get_x() + p.get_width(), 6))
+                  for p in ax.patches if p.get_hatch() == "//")
+
+
+def legend_of(ax) -> list[str]:
+    legend = ax.get_legend()
+    return [t.get_text() for t in legend.get_texts()] if legend is not None else []
+
+
+@pytest.mark.parametrize("seconds", [30.0, 120.0])
+def test_unreliable_windows_are_hatched_grey_with_a_legend_entry(seconds):
+    rate = 50.0
+    signal = beats_of(seconds, rate).signal
+    starts, probs = af_windows(len(signal), stride=500)  # 10-s windows side by side
+    unreliable = np.zeros(len(starts), dtype=bool)
+    unreliable[[1, 2]] = True  # 10-30 s, one span
+    fig = plot_af(signal, rate, starts, 500, probs, unreliable=unreliable)
+    names = ["signal", "probability"] if seconds < 60 else ["overview", "probability", "zoom"]
+    for name in names:
+        assert hatched_spans(named_axis(fig, name)) == [(10.0, 30.0)], name
+    assert "unreliable" in legend_of(named_axis(fig, "probability"))
+    plain = plot_af(signal, rate, starts, 500, probs)
+    assert not any(hatched_spans(ax) for ax in plain.axes)
+    assert "unreliable" not in legend_of(named_axis(plain, "probability"))
+    with pytest.raises(ValueError, match="flags for"):
+        plot_af(signal, rate, starts, 500, probs, unreliable=unreliable[:-1])
+
+
+def test_apply_figure_hatches_rows_that_are_not_reliable():
+    from heartgpt.inference.output_plots import plot_outputs
+
+    rows = [{"window": 0, "start_s": 0.0, "end_s": 5.0, "prob_af": 0.2, "reliable": True},
+            {"window": 1, "start_s": 5.0, "end_s": 10.0, "prob_af": 0.9, "reliable": False},
+            {"window": 2, "start_s": 10.0, "end_s": 15.0, "prob_af": 0.4, "reliable": True}]
+    fig = plot_outputs(np.sin(np.arange(1500) / 10), 100.0, rows, window_seconds=5.0)
+    assert [hatched_spans(ax) for ax in fig.axes[:2]] == [[(5.0, 10.0)]] * 2
+    assert legend_of(fig.axes[1]) == ["unreliable", "prob_af"]
+    for row in rows:
+        row.pop("reliable")
+    assert not hatched_spans(plot_outputs(np.zeros(1500), 100.0, rows, 5.0).axes[1])

@@ -213,6 +213,11 @@ def test_a_checkpoint_that_does_not_fit_the_mode_is_one_error(tmp_path, monkeypa
     with pytest.raises(InputError, match="sample_rate: must be a positive rate"):
         run_predict(tmp_path, f"checkpoint={lm}", "mode=loss", f"inputs={tmp_path}",
                     "sample_rate=0")
+    with pytest.raises(InputError, match="checkpoint is for PPG but --modality says ECG"):
+        run_predict(tmp_path, f"checkpoint={lm}", f"inputs={tmp_path / 'r.npy'}",
+                    "modality=ecg", "sample_rate=50")  # the recordings' modality, stated
+    assert run_predict(tmp_path, f"checkpoint={lm}", f"inputs={tmp_path / 'r.npy'}",
+                       "modality=ppg", "sample_rate=50", "out_dir=stated")["ok"] == 1
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["heartgpt.predict", f"checkpoint={lm}"])
     with pytest.raises(SystemExit, match="^error: inputs: not given: inputs="):

@@ -171,8 +171,12 @@ def test_classes_come_from_the_label_schema_and_match_eval(targets, tmp_path):
     assert classes == ("sinus", "af", "ectopic")
     for r in rows:
         (window,) = items[records[int(r["row"])]]
-        probs = [float(window[f"prob_{c}"]) for c in classes]
+        # eval's are the model's raw probabilities; predict writes them beside the ones its
+        # stored temperature calibrates (argmax unchanged)
+        probs = [float(window[f"prob_{c}_raw"]) for c in classes]
         np.testing.assert_allclose(probs, [float(r[f"prob_{k}"]) for k in range(3)], atol=1e-5)
+        calibrated = np.array([float(window[f"prob_{c}"]) for c in classes])
+        assert calibrated.sum() == pytest.approx(1.0) and np.abs(calibrated - probs).max() > 1e-4
         assert window["predicted"] == classes[int(r["predicted"])]
         summary = recordings[records[int(r["row"])]]
         assert float(summary[f"fraction_{window['predicted']}"]) == 1.0
@@ -232,7 +236,7 @@ def test_an_attention_pooled_af_model_is_read_by_its_head(tmp_path):
     af_windows = {w["recording"]: w for w in _read(tmp_path / "af" / "windows.csv")}
     for r in rows:
         window = windows[f"row{r['row']}"]
-        assert float(window["prob_1"]) == pytest.approx(float(r["prob"]), abs=1e-5)
+        assert float(window["prob_1_raw"]) == pytest.approx(float(r["prob"]), abs=1e-5)
         af_window = af_windows[f"row{r['row']}"]  # the fine-tune stored a temperature:
         assert float(af_window["af_prob_raw"]) == pytest.approx(float(r["prob"]), abs=1e-5)
         assert float(af_window["af_prob"]) != pytest.approx(float(r["prob"]), abs=1e-5)

@@ -3,10 +3,13 @@
     python -m heartgpt.export checkpoint=ECGPT_AF_1k_iters.zip              # outputs/export/ECGPT_AF_1k_iters.onnx
     python -m heartgpt.export checkpoint=last.ckpt format=torch_export out=model.pt2
     python -m heartgpt.export checkpoint=lora/last.ckpt format=safetensors   # LoRA merged
+    python -m heartgpt.export checkpoint=run/checkpoints/last.ckpt format=hub out=hub/af
 
 Writes an ONNX file (ONNX Runtime), a ``torch.export`` program (``.pt2``) or the plain weights
 (``.safetensors``: a LoRA run's adapters merged into their layers, a model of the released
-layout and the adapted model's outputs), then runs it on
+layout and the adapted model's outputs) or a model-hub folder (``format=hub``: weights,
+``config.json`` and a ``README.md`` model card with the run's metrics,
+:mod:`heartgpt.training.hub_export`), then runs it on
 deterministic token windows and compares it with the PyTorch model
 (:func:`heartgpt.model.export.check_export`; a head with tensors outside the GPT, attention
 pooling or a regression, is exported with them and compared with its head applied): one line with the file, its size and the largest
@@ -36,15 +39,18 @@ from heartgpt.model.export import (
     export_onnx,
     export_program,
 )
+from heartgpt.model.hub_folder import remove_hub
 from heartgpt.model.safetensors_file import save_safetensors
 from heartgpt.training.config_checks import CHECKPOINT_WANTED, require_given
+from heartgpt.training.hub_export import export_hub, hub_name
 
 
 def output_path(cfg: DictConfig, checkpoint: Path) -> Path:
-    """``cfg.out``, or ``<paths.log_dir>/export/<checkpoint stem>.onnx|.pt2|.safetensors``."""
+    """``cfg.out``, or ``<paths.log_dir>/export/<checkpoint stem>.onnx|.pt2|.safetensors`` (a
+    hub folder: ``<paths.log_dir>/export/<checkpoint stem>/``)."""
     if cfg.get("out"):
         return Path(cfg.out)
-    return Path(cfg.paths.log_dir) / "export" / f"{checkpoint.stem}{FORMATS[cfg.format]}"
+    return Path(cfg.paths.log_dir) / "export" / f"{hub_name(checkpoint)}{FORMATS[cfg.format]}"
 
 
 def _size_text(n_bytes: int) -> str:
@@ -81,24 +87,30 @@ def export(cfg: DictConfig) -> ExportCheck:
         save_safetensors(loaded.model, out, loaded.modality, loaded.task, loaded.synthetic,
                          head=loaded.head, head_state=loaded.head_state or None,
                          label_schema=loaded.hparams.get("label_schema"))
+    elif fmt == "hub":  # a folder: weights, config.json, trust state, model card
+        export_hub(loaded, checkpoint, out, str(cfg.license), cfg.get("eval_metrics"))
     else:
         export_program(loaded, out)
     seconds = time.perf_counter() - start
+    remove = remove_hub if fmt == "hub" else (lambda p: p.unlink(missing_ok=True))
     try:
         check = check_export(loaded, out)
     except BaseException:
-        out.unlink(missing_ok=True)
+        remove(out)
         raise
     if not check.ok:
-        out.unlink(missing_ok=True)
-        raise InputError(out, f"{check.problem()}; the file was removed")
+        remove(out)
+        raise InputError(out, f"{check.problem()}; the {'folder' if fmt == 'hub' else 'file'} "
+                         "was removed")
     shapes = ", ".join(f"{b}x{t}" for b, t in check.shapes)
     kind = {"onnx": "ONNX model", "torch_export": "torch.export program",
-            "safetensors": "safetensors weights"}[fmt]
+            "safetensors": "safetensors weights", "hub": "hub folder"}[fmt]
+    size = (sum(f.stat().st_size for f in out.iterdir()) if out.is_dir()
+            else out.stat().st_size)
     probs = (f"probabilities {check.prob_diff:.1e} (<= {PROB_ATOL:g}), "
              if check.has_probabilities else "")
     compared = check.compared if check.has_probabilities else "values (the labels' units)"
-    print(f"{out}: {kind} of {checkpoint.name} ({_size_text(out.stat().st_size)}, "
+    print(f"{out}: {kind} of {checkpoint.name} ({_size_text(size)}, "
           f"{seconds:.1f} s){' with its head' if loaded.head_state else ''}; max |difference| "
           f"from PyTorch on tokens {shapes}: {probs}{compared} "
           f"{check.logit_diff:.1e} (<= {check.logit_tol:.1e})", flush=True)

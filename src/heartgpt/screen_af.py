@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             result.signal, result.sample_rate, result.starts, result.window, result.probs,
             result.threshold, zoom_start=int(args.plot_start * result.sample_rate),
             zoom_length=int(args.plot_seconds * result.sample_rate) or None,
+            unreliable=result.trust.unreliable if result.trust is not None else None,
             title=f"{Path(args.recording).name}: P(AF) = {result.recording_prob:.3f} "
                   f"({result.averaged_text()}), "
                   f"{100 * result.fraction_above:.0f}% of windows >= {result.threshold}"))

@@ -9,6 +9,10 @@ import argparse
 import logging
 import sys
 
+APP_EXTRA = "app"  # pyproject.toml's optional dependencies of the app (gradio)
+MISSING_EXTRA = (f"error: the browser app needs gradio, which a plain install leaves out: "
+                 f"pip install 'heartgpt[{APP_EXTRA}]' (from a clone: pip install -e '.[{APP_EXTRA}]')")
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -30,6 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Serve until Ctrl-C / SIGTERM; returns the exit status."""
     args = build_parser().parse_args(argv)
+    try:
+        import gradio  # noqa: F401  (the optional extra; every tab is built with it)
+    except ImportError:
+        print(MISSING_EXTRA, file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up probes
     from heartgpt.app.server import serve

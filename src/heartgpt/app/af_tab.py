@@ -66,8 +66,10 @@ def af_run(
                         trust=trust_context(loaded, load_trust()))
     title = (f"{signal.name}: P(AF) = {res.recording_prob:.3f} ({res.averaged_text()}), "
              f"{100 * res.fraction_above:.0f}% of windows >= {threshold}")
+    unreliable = res.trust.unreliable if res.trust is not None else None
     png = save_figure(plot_af(res.signal, res.sample_rate, res.starts, res.window, res.probs,
-                              threshold, title=title), output_file(out_dir, signal, "_af.png"))
+                              threshold, title=title, unreliable=unreliable),
+                      output_file(out_dir, signal, "_af.png"))
     csv_path = write_csv(output_file(out_dir, signal, "_af.csv"), res)
     json_path = output_file(out_dir, signal, "_af.json")
     json_path.write_text(json.dumps({"recording": signal.name,

@@ -106,7 +106,7 @@ def find_beats(x: np.ndarray, rate: float, modality: str) -> np.ndarray:
                                          sampling_rate=fs)["PPG_Peaks"]
             else:
                 raise ValueError(f"modality must be 'ecg' or 'ppg', not {modality!r}")
-        except (IndexError, ValueError, ZeroDivisionError) as e:
+        except (IndexError, TypeError, ValueError, ZeroDivisionError) as e:  # too short, no peak
             if "modality" in str(e):
                 raise
             return np.zeros(0, dtype=np.int64)  # nk fails on signals without any peak

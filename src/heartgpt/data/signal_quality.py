@@ -170,7 +170,7 @@ def _template(x: np.ndarray, beats: np.ndarray, fs: int, modality: str) -> float
             else:
                 q = nk.ecg_quality(nk.ecg_clean(x, sampling_rate=fs), rpeaks=beats,
                                    sampling_rate=fs, method="templatematch")
-        except (IndexError, ValueError, ZeroDivisionError):
+        except (IndexError, TypeError, ValueError, ZeroDivisionError):  # too short, no peak
             return float("nan")
     q = np.asarray(q, dtype=np.float64)
     return float(np.nanmean(q)) if np.isfinite(q).any() else float("nan")

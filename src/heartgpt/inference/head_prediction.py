@@ -19,6 +19,7 @@ input) shows at a glance.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -29,11 +30,16 @@ from heartgpt.inference.loading import batched
 from heartgpt.inference.window_trust import WindowTrust
 
 
-def output_columns(reading: HeadReading, values: np.ndarray) -> dict[str, Any]:
-    """The columns of one output row (``values``: (K,)) in the labels' terms."""
+def output_columns(reading: HeadReading, values: np.ndarray,
+                   raw: np.ndarray | None = None) -> dict[str, Any]:
+    """The columns of one output row (``values``: (K,)) in the labels' terms (``raw``: the
+    uncalibrated probabilities of a calibrated class head, written beside them)."""
     if reading.kind == "class":
         row: dict[str, Any] = {f"prob_{c}": float(v)
                                for c, v in zip(reading.columns, values.tolist(), strict=True)}
+        if raw is not None:
+            row.update({f"prob_{c}_raw": float(v)
+                        for c, v in zip(reading.columns, raw.tolist(), strict=True)})
         row["predicted"] = reading.columns[int(np.argmax(values))]
         return row
     return {name: float(v) for name, v in zip(reading.columns, values.tolist(), strict=True)}
@@ -63,14 +69,24 @@ def summarise(reading: HeadReading, outputs: np.ndarray) -> dict[str, Any]:
 
 def head_rows(model: AppliedHead, reading: HeadReading, starts: np.ndarray, usable: list[int],
               tokens: np.ndarray, skipped: dict[int, str], rate: float, batch_size: int,
-              trust: WindowTrust | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+              trust: WindowTrust | None = None,
+              calibrate: Callable[[np.ndarray], np.ndarray | None] | None = None
+              ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One recording's row and its items (a window, or a tagged position, each) from its
     windows (``starts`` at the modality ``rate``; ``tokens`` (U, T) of the ``usable`` ones).
     With ``trust`` each item says whether its window is reliable, and the recording's numbers
-    stand on the reliable windows (on all of them when none is, which the row says)."""
+    stand on the reliable windows (on all of them when none is, which the row says).
+    ``calibrate`` rescales a class head's probabilities by its stored temperature (None: none
+    stored); the raw ones are written beside them."""
     window = model.block_size
     outputs = batched(model, tokens, batch_size).astype(np.float64)  # (U, K) | (U, P, K)
+    raw = None
+    if calibrate is not None and reading.kind == "class":
+        scaled = calibrate(outputs)
+        if scaled is not None:
+            raw, outputs = outputs, scaled
     by_window = dict(zip(usable, outputs, strict=True))
+    raw_by_window = dict(zip(usable, raw, strict=True)) if raw is not None else {}
     items: list[dict[str, Any]] = []
     kept = outputs
     trust_row: dict[str, Any] = {}
@@ -89,9 +105,10 @@ def head_rows(model: AppliedHead, reading: HeadReading, starts: np.ndarray, usab
                 "status": f"skipped: {skipped[i]}" if i in skipped else "ok"}
         if trust is not None:
             base.update(trust.columns(i))
-        out = by_window.get(i)
+        out, out_raw = by_window.get(i), raw_by_window.get(i)
         if reading.level == "sequence":
-            items.append({**base, **({} if out is None else output_columns(reading, out))})
+            items.append({**base, **({} if out is None else output_columns(reading, out,
+                                                                          out_raw))})
         elif out is None:
             items.append(base)
         else:
@@ -99,7 +116,8 @@ def head_rows(model: AppliedHead, reading: HeadReading, starts: np.ndarray, usab
                 first = s + p * reading.stride
                 items.append({**base, "position": p, "time_s": first / rate,
                               "position_end_s": (first + reading.stride) / rate,
-                              **output_columns(reading, values)})
+                              **output_columns(reading, values,
+                                               None if out_raw is None else out_raw[p])})
     row = {"n_windows": len(starts), "n_skipped": len(skipped),
            **summarise(reading, kept), **trust_row, "names_from": reading.names_from}
     return row, items

@@ -5,7 +5,8 @@ The rows are those ``predict`` writes (:class:`heartgpt.inference.apply.Applied`
 ``position_end_s``) or a beat (``time_s``) each, with the model's numbers in the other columns
 (``prob_<class>``, a value per label column, ``af_prob``, ``loss``, ``confidence``). Each number
 column is drawn as a step over the time its row covers, or as points for beats, under the
-signal.
+signal; a window row with ``reliable`` false (the trust checks flagged it) is hatched grey on
+both axes, with a legend entry "unreliable".
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from heartgpt.inference.plots import finite_limits, finite_or_nan
+from heartgpt.inference.plots import finite_limits, finite_or_nan, shade_spans
 
 # Columns that say where a row is or what it is, not what the model says about it.
 PLACE_COLUMNS = frozenset({
@@ -48,6 +49,25 @@ def _span(row: Mapping[str, Any], window_seconds: float) -> tuple[float, float] 
     return None
 
 
+def unreliable_row_spans(rows: Sequence[Mapping[str, Any]], window_seconds: float
+                         ) -> list[tuple[float, float]]:
+    """The seconds covered by the rows whose ``reliable`` is false (rows without the column,
+    and beats, are not judged), overlapping spans merged."""
+    spans: list[tuple[float, float]] = []
+    for row in rows:
+        if row.get("reliable", True) in (False, "False", "false", 0):
+            span = _span(row, window_seconds)
+            if span is not None:
+                spans.append(span)
+    merged: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
 def plot_outputs(signal: np.ndarray, sample_rate: float, rows: Sequence[Mapping[str, Any]],
                  window_seconds: float, title: str = "") -> Figure:
     """The signal (top) and every output column of ``rows`` over time (bottom): a step over
@@ -66,6 +86,9 @@ def plot_outputs(signal: np.ndarray, sample_rate: float, rows: Sequence[Mapping[
     ax.plot(np.arange(len(x)) / sample_rate, x, color="0.15", linewidth=0.6)
     ax.set_ylim(*finite_limits(x))
     ax.set_ylabel("signal")
+    spans = unreliable_row_spans(rows, window_seconds)
+    shade_spans(ax, spans)
+    shade_spans(axo, spans, legend=True)
     for k, column in enumerate(columns[:MAX_LINES]):
         style = {"color": f"C{k}", "label": column}
         for row in rows:
@@ -88,6 +111,8 @@ def plot_outputs(signal: np.ndarray, sample_rate: float, rows: Sequence[Mapping[
     else:
         axo.text(0.5, 0.5, "no per-window numbers to draw (see the table)", ha="center",
                  va="center", transform=axo.transAxes, fontsize=8)
+        if spans:
+            axo.legend(fontsize=7, loc="upper right")
     axo.set_xlabel("time (s)")
     fig.suptitle(title, fontsize=10)
     return fig

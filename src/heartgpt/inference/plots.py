@@ -173,14 +173,52 @@ def _draw_shaded_signal(ax: Axes, signal: np.ndarray, per_sample: np.ndarray,
     return im
 
 
+UNRELIABLE_LABEL = "unreliable"  # the legend entry of the hatched unreliable windows
+
+
+def unreliable_spans(starts: np.ndarray, window: int, unreliable: np.ndarray | None,
+                     sample_rate: float) -> list[tuple[float, float]]:
+    """The seconds ``[start, end)`` the ``unreliable`` (W,) windows cover, overlapping windows
+    merged ([] for None or no flagged window).
+
+    Raises:
+        ValueError: ``unreliable`` is not one flag per window.
+    """
+    if unreliable is None:
+        return []
+    flags = np.asarray(unreliable, dtype=bool).reshape(-1)
+    if flags.size != len(starts):
+        raise ValueError(f"unreliable has {flags.size} flags for {len(starts)} windows")
+    spans: list[tuple[float, float]] = []
+    for s in np.sort(np.asarray(starts)[flags]).tolist():
+        a, b = s / sample_rate, (s + window) / sample_rate
+        if spans and a <= spans[-1][1]:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], b))
+        else:
+            spans.append((a, b))
+    return spans
+
+
+def shade_spans(ax: Axes, spans: Sequence[tuple[float, float]], legend: bool = False) -> None:
+    """Hatch the time ``spans`` (s) of ``ax`` grey; ``legend``: the first one labelled
+    :data:`UNRELIABLE_LABEL`."""
+    for i, (a, b) in enumerate(spans):
+        ax.axvspan(a, b, facecolor="0.6", alpha=0.55, hatch="//", edgecolor="0.25", lw=0,
+                   zorder=1.5, label=UNRELIABLE_LABEL if legend and i == 0 else None)
+
+
 def _draw_window_probs(axp: Axes, starts: np.ndarray, window: int, probs: np.ndarray,
-                       threshold: float, sample_rate: float) -> None:
-    """The probability of every window at its centre; skipped windows as grey crosses."""
+                       threshold: float, sample_rate: float,
+                       spans: Sequence[tuple[float, float]] = ()) -> None:
+    """The probability of every window at its centre; skipped windows as grey crosses, the
+    ``spans`` of unreliable windows hatched (both with a legend entry)."""
     centres = (np.asarray(starts) + window / 2) / sample_rate
     ok = np.isfinite(probs)
     axp.plot(centres[ok], probs[ok], ".-", color="C3", ms=3, lw=0.8)
+    shade_spans(axp, spans, legend=True)
     if (~ok).any():
         axp.plot(centres[~ok], np.zeros((~ok).sum()), "x", color="0.5", label="skipped window")
+    if (~ok).any() or spans:
         axp.legend(loc="upper right", fontsize=8)
     axp.axhline(threshold, color="0.4", ls="--", lw=0.8)
     axp.set_ylim(-0.03, 1.03)
@@ -198,9 +236,13 @@ def plot_af(
     title: str = "",
     zoom_start: int = 0,
     zoom_length: int | None = None,
+    unreliable: np.ndarray | None = None,
 ) -> Figure:
     """The signal shaded by AF probability (mean over the windows covering each sample), and
     the probability of every window at its centre; skipped windows (NaN) are marked grey.
+    ``unreliable``: (W,) bool, the windows the trust checks flagged
+    (:class:`~heartgpt.inference.window_trust.WindowTrust` ``.unreliable``): their time is
+    hatched grey on every axis, with a legend entry "unreliable".
 
     Non-finite samples are drawn as gaps and the limits come from the finite ones. A recording
     longer than :data:`LONG_SECONDS` gets three rows: an ``overview`` axis (the whole signal's
@@ -210,9 +252,10 @@ def plot_af(
     """
     n = len(signal)
     per_sample = _af_per_sample(n, starts, window, probs)  # (n,)
+    spans = unreliable_spans(starts, window, unreliable, sample_rate)
     if not is_long(n, sample_rate):
         return _plot_af_short(signal, sample_rate, starts, window, probs, per_sample, threshold,
-                              title)
+                              title, spans)
     fig = _figure(figsize=(10, 6.4))
     ax_over, axp, ax_zoom = fig.subplots(3, 1, gridspec_kw={"height_ratios": [1.4, 1, 2]})
     axp.sharex(ax_over)
@@ -221,8 +264,10 @@ def plot_af(
     im = _draw_shaded_signal(ax_over, signal, per_sample, sample_rate, 0, n, step=step,
                              line=False)  # the envelope draws the signal
     _draw_overview(ax_over, signal, sample_rate, span)
-    _draw_window_probs(axp, starts, window, probs, threshold, sample_rate)
+    _draw_window_probs(axp, starts, window, probs, threshold, sample_rate, spans)
     _draw_shaded_signal(ax_zoom, signal, per_sample, sample_rate, *span)
+    shade_spans(ax_over, spans)
+    shade_spans(ax_zoom, spans)
     ax_zoom.set_label("zoom")
     ax_zoom.set_title(f"zoom: {duration_text(span[0] / sample_rate)}-"
                       f"{duration_text(span[1] / sample_rate)} s", fontsize=8, loc="left")
@@ -233,15 +278,16 @@ def plot_af(
 
 
 def _plot_af_short(signal: np.ndarray, sample_rate: float, starts: np.ndarray, window: int,
-                   probs: np.ndarray, per_sample: np.ndarray, threshold: float, title: str
-                   ) -> Figure:
+                   probs: np.ndarray, per_sample: np.ndarray, threshold: float, title: str,
+                   spans: list[tuple[float, float]]) -> Figure:
     """:func:`plot_af` of a recording up to :data:`LONG_SECONDS`: signal and probabilities."""
     fig = _figure(figsize=(10, 4.2))
     ax, axp = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2, 1]})
     im = _draw_shaded_signal(ax, signal, per_sample, sample_rate, 0, len(signal))
+    shade_spans(ax, spans)
     ax.set_label("signal")
     fig.colorbar(im, ax=ax, label="AF probability", pad=0.01)
-    _draw_window_probs(axp, starts, window, probs, threshold, sample_rate)
+    _draw_window_probs(axp, starts, window, probs, threshold, sample_rate, spans)
     axp.set_xlabel("time (s)")
     fig.colorbar(im, ax=axp, pad=0.01).remove()  # keep both axes the same width
     fig.suptitle(title, fontsize=10)

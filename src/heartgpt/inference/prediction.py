@@ -194,7 +194,8 @@ def predict_head(model: AppliedHead, rec: Recording, mod: Modality, mode: Mappin
         verdict = assess_windows(x, starts, model.block_size, mod.sample_rate, mod.name, scored,
                                  trust.settings, ood, trust.ood_threshold)
     row, items = head_rows(model, model.reading, starts, usable, tokens, skipped,
-                           mod.sample_rate, int(mode["batch_size"]), verdict)
+                           mod.sample_rate, int(mode["batch_size"]), verdict,
+                           trust.calibrated_classes if trust is not None else None)
     return RecordingPrediction(row, items)
 
 

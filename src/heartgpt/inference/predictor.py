@@ -117,6 +117,13 @@ class PredictionWriter(BasePredictionWriter):
             log.warning("skipped %s: %s", item.file.path, result)
 
 
+def stated_modality(cfg: DictConfig) -> str | None:
+    """The recordings' modality the user stated (``modality=ecg``: the ``modality`` group's
+    choice), or None (the checkpoint's)."""
+    chosen = cfg.get("modality")
+    return None if chosen is None else str(chosen.name)
+
+
 def run_settings(cfg: DictConfig, checkpoint: Path, modality: Modality,
                  mode: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a result depends on: a re-run into the same folder must have the same
@@ -148,7 +155,8 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
     checkpoint = find_weights(cfg.checkpoint, cfg.paths.weights_dir)
     loaded = load_model(checkpoint)
     model, modality, mode, settings = prepare_model(
-        loaded, OmegaConf.to_container(cfg.mode, resolve=True), cfg.modality, source=checkpoint)
+        loaded, OmegaConf.to_container(cfg.mode, resolve=True), stated_modality(cfg),
+        source=checkpoint)
     trust = trust_context(loaded, trust_settings(cfg.trust))
     if cfg.sample_rate is not None and float(cfg.sample_rate) <= 0:
         raise InputError("sample_rate", f"must be a positive rate in Hz, got {cfg.sample_rate}")
@@ -163,7 +171,7 @@ def predict(cfg: DictConfig) -> dict[str, Any] | None:
                                csv_decimal=str(cfg.csv_decimal), skip=store.done, num_workers=int(cfg.num_workers),
                                exclude_dirs=[cfg.out_dir, cfg.paths.log_dir])
     module = PredictionModule(model, modality, settings,
-                              modality_stated=cfg.modality is not None, trust=trust)
+                              modality_stated=stated_modality(cfg) is not None, trust=trust)
     start = time.perf_counter()
     with warnings.catch_warnings():  # an empty share means "all done", not a mistake
         warnings.filterwarnings("ignore", message="Total length of `DataLoader` across ranks")

@@ -47,31 +47,45 @@ class TrustContext:
     temperature: float | None = None
     ood: Callable[[np.ndarray], np.ndarray] | None = None  # tokens (B, T) -> (B,) distances
     ood_threshold: float | None = None
+    calibration_kind: str = "binary"  # of the temperature: 'binary' | 'multiclass'
 
     def calibrated(self, probs: np.ndarray) -> np.ndarray:
-        """Binary probabilities ``probs`` rescaled by the temperature (as they are without
+        """Binary probabilities ``probs`` rescaled by a binary temperature (as they are without
         one); NaN stays NaN."""
-        if self.temperature is None:
+        if self.temperature is None or self.calibration_kind != "binary":
             return probs
         p = torch.as_tensor(probs, dtype=torch.float64)
         out = scaled_probabilities(logits_of(p, "binary"), self.temperature, "binary").double()
         return torch.where(torch.isfinite(p), out, p).numpy()
 
+    def calibrated_classes(self, probs: np.ndarray) -> np.ndarray | None:
+        """Class probabilities (..., K) rescaled by the temperature (a binary head's columns
+        are ``[1 - p, p]``); None when the model stores none."""
+        if self.temperature is None:
+            return None
+        if self.calibration_kind == "binary":
+            p = self.calibrated(probs[..., 1])
+            return np.stack([1.0 - p, p], axis=-1)
+        p = torch.as_tensor(probs, dtype=torch.float64)
+        return scaled_probabilities(logits_of(p, "multiclass"), self.temperature,
+                                    "multiclass").double().numpy()
+
 
 def trust_context(loaded: LoadedModel, settings: TrustSettings) -> TrustContext:
     """``loaded``'s calibration (a binary temperature) and OOD reference with ``settings``."""
     cal = loaded.calibration
-    temperature = cal.temperature if cal is not None and cal.kind == "binary" else None
+    temperature = float(cal.temperature) if cal is not None else None
+    kind = cal.kind if cal is not None else "binary"
     ref = loaded.ood_reference
     if ref is None or not hasattr(loaded.model, "hidden"):  # an ONNX file: no hidden states
-        return TrustContext(settings, temperature)
+        return TrustContext(settings, temperature, calibration_kind=kind)
 
     def ood(tokens: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             scores = ood_scores(loaded, tokens=torch.as_tensor(tokens, dtype=torch.long))
         return scores.double().numpy()
 
-    return TrustContext(settings, temperature, ood, float(ref.threshold))
+    return TrustContext(settings, temperature, ood, float(ref.threshold), kind)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 The formats (each in its own module, over :mod:`.checkpoint_format`): the released ``.zip`` /
 ``.pth`` (:mod:`.released`), our Lightning ``.ckpt`` (:mod:`.lightning_checkpoint`), our
-``.safetensors`` export (:mod:`.safetensors_file`) and an ``.onnx`` export (:mod:`.onnx_file`).
+``.safetensors`` export (:mod:`.safetensors_file`), an ``.onnx`` export (:mod:`.onnx_file`) and a
+hub folder (:mod:`.hub_folder`: ``config.json`` + ``model.safetensors``).
 Also where a bare file name is looked for, and whether a loaded model can start another.
 """
 
@@ -16,6 +17,7 @@ from torch import nn
 from heartgpt.heads.applied import AppliedHead, applied_head
 from heartgpt.model.checkpoint_format import CheckpointError, LoadedModel, require_torch
 from heartgpt.model.gpt import GPT, GPTConfig
+from heartgpt.model.hub_folder import HUB_WEIGHTS, is_hub_folder, is_hub_weights, load_hub
 from heartgpt.model.lightning_checkpoint import read_lightning
 from heartgpt.model.onnx_file import load_onnx
 from heartgpt.model.released import load_released
@@ -44,16 +46,27 @@ def weights_dirs(weights_dir: str | os.PathLike | None = None) -> list[Path]:
 
 def find_weights(path: str | os.PathLike, weights_dir: str | os.PathLike | None = None) -> Path:
     """The checkpoint file ``path`` names: as given when it exists; a bare file name
-    (``PPGPT_500k_iters.zip``) is also looked up in :func:`weights_dirs`. Raises
-    FileNotFoundError saying every place it looked."""
+    (``PPGPT_500k_iters.zip``) is also looked up in :func:`weights_dirs`. A hub folder
+    (:func:`heartgpt.model.hub_folder.is_hub_folder`) stands for its ``model.safetensors``, the
+    file whose sha256 pins it (:func:`load_model` of that file reads the whole folder). Raises
+    FileNotFoundError saying every place it looked (a folder that is no hub folder: what it
+    lacks)."""
     given = Path(path).expanduser()
     if given.is_file():
         return given
+    if is_hub_folder(given):
+        return given / HUB_WEIGHTS
+    if given.is_dir():
+        raise FileNotFoundError(f"{path}: a folder, not a checkpoint file or a hub folder (one "
+                                f"holds config.json and {HUB_WEIGHTS}: python -m heartgpt.export "
+                                "format=hub)")
     looked = [given.resolve()]
     if len(given.parts) == 1:
         for d in weights_dirs(weights_dir):
             if (d / given).is_file():
                 return d / given
+            if is_hub_folder(d / given):
+                return d / given / HUB_WEIGHTS
             looked.append(d / given)
     where = ", ".join(str(p) for p in looked)
     raise FileNotFoundError(
@@ -65,12 +78,15 @@ def load_model(path: str | os.PathLike, weights_dir: str | os.PathLike | None = 
     """Load any HeartGPT weights file.
 
     A released ``.zip``/``.pth``, one of our Lightning ``.ckpt`` files, a ``.safetensors``
-    export or an ``.onnx`` export (an :class:`~heartgpt.model.onnx_file.OnnxGPT` run by ONNX
-    Runtime, which must be installed: ``pip install 'heartgpt[onnx]'``); the kind is told by
-    the suffix (``.ckpt``, ``.safetensors``, ``.onnx``, anything else released). A bare name is
-    looked up as :func:`find_weights` says.
+    export, an ``.onnx`` export (an :class:`~heartgpt.model.onnx_file.OnnxGPT` run by ONNX
+    Runtime, which must be installed: ``pip install 'heartgpt[onnx]'``) or a hub folder (or its
+    ``model.safetensors``: :func:`heartgpt.model.hub_folder.load_hub`, with its calibration and
+    OOD reference); the kind is told by the suffix (``.ckpt``, ``.safetensors``, ``.onnx``,
+    anything else released). A bare name is looked up as :func:`find_weights` says.
     """
     path = find_weights(path, weights_dir)
+    if is_hub_weights(path):
+        return load_hub(path)
     if path.suffix == ".onnx":
         return load_onnx(path)
     if path.suffix == ".safetensors":

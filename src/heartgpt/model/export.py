@@ -25,6 +25,9 @@ the last position, beats at every one) or ``softmax`` (language models) as the P
   outputs in the labels' terms: the pooling inside, the standardisation undone inside), its
   metadata ``outputs=head`` plus ``head`` and ``label_schema``; a ``.safetensors`` stores the
   head's tensors and ``label_schema`` beside the GPT's. ``torch_export`` cannot hold them.
+- ``format=hub`` writes a folder for a model hub (:mod:`heartgpt.model.hub_folder`:
+  ``model.safetensors``, ``config.json``, the trust state, a ``README.md`` model card), read
+  back by ``load_model(<folder>)`` with outputs identical to the source's.
 - :func:`check_export` runs an exported file on deterministic token windows and compares it with
   the PyTorch model; ``python -m heartgpt.export`` refuses a file that fails it.
 
@@ -66,6 +69,7 @@ from heartgpt.heads.applied import AppliedHead
 from heartgpt.model.checkpoint_format import CheckpointError, LoadedModel, require_torch
 from heartgpt.model.checkpoints import head_applied
 from heartgpt.model.gpt import GPT, GPTConfig
+from heartgpt.model.hub_folder import load_hub
 from heartgpt.model.onnx_file import (
     EXPORT_FORMAT,
     HEAD_OUTPUT_NAME,
@@ -81,8 +85,10 @@ from heartgpt.model.onnx_file import (
 from heartgpt.model.safetensors_file import load_safetensors
 
 PROGRAM_METADATA = "heartgpt.json"  # the extra file of a .pt2 holding the same metadata
-# export format -> file suffix; safetensors: the plain weights (a LoRA run's adapters merged)
-FORMATS = {"onnx": ".onnx", "torch_export": ".pt2", "safetensors": ".safetensors"}
+# export format -> file suffix; safetensors: the plain weights (a LoRA run's adapters merged);
+# hub: a folder (no suffix) of model.safetensors, config.json and a model card
+# (heartgpt.model.hub_folder)
+FORMATS = {"onnx": ".onnx", "torch_export": ".pt2", "safetensors": ".safetensors", "hub": ""}
 
 PROB_ATOL = 1e-5  # probabilities (sigmoid / softmax) must agree with PyTorch's to this
 LOGIT_RTOL = 1e-5  # logits: |diff| <= LOGIT_RTOL * max|logit| + LOGIT_ATOL (module docstring)
@@ -295,11 +301,14 @@ class ExportCheck:
 
 def _runner(path: Path, with_head: bool = False) -> nn.Module:
     """The exported file as a callable: an :class:`~heartgpt.model.onnx_file.OnnxGPT`, a ``.pt2``'s module or the
-    :class:`GPT` of a ``.safetensors``; ``with_head``: the file's head applied
+    :class:`GPT` of a ``.safetensors`` or a hub folder; ``with_head``: the file's head applied
     (:func:`applied_model`)."""
     if path.suffix == ".pt2":
         return load_program(path)[0].module()
-    loaded = load_safetensors(path) if path.suffix == ".safetensors" else load_onnx(path)
+    if path.is_dir():  # a hub folder, read as load_model reads it (config.json first)
+        loaded = load_hub(path)
+    else:
+        loaded = load_safetensors(path) if path.suffix == ".safetensors" else load_onnx(path)
     if not with_head:
         return loaded.model
     return head_applied(loaded, loaded.model)
@@ -307,7 +316,7 @@ def _runner(path: Path, with_head: bool = False) -> nn.Module:
 
 def check_export(loaded: LoadedModel, path: str | os.PathLike,
                  shapes: list[tuple[int, int]] | None = None) -> ExportCheck:
-    """Run the exported ``path`` (``.onnx``, ``.pt2`` or ``.safetensors``) and ``loaded.model`` on
+    """Run the exported ``path`` (``.onnx``, ``.pt2``, ``.safetensors`` or a hub folder) and ``loaded.model`` on
     :func:`verification_tokens` windows of ``shapes`` (default :func:`verification_shapes`)
     and compare logits and probabilities (tolerances: module docstring). A head with tensors
     outside the GPT: both with the head applied (:func:`applied_model`), its outputs compared

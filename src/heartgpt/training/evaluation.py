@@ -11,7 +11,9 @@ so 1 and N processes give the same metrics (exactly, when the split fills a batc
 
 Writes, beside the run's ``config.yaml``: ``eval_metrics.json``, and for fine-tuned tasks
 ``eval_predictions.csv`` (a row per window) and for ``beats`` ``eval_beats.csv`` (a row per
-detected and per annotated beat).
+detected and per annotated beat); for heads with a per-window metric ``eval_risk_coverage.csv``
+and ``.png``: the metric as the least reliable windows are dropped first
+(:mod:`heartgpt.training.risk_coverage`, ``risk_coverage:`` in ``conf/eval.yaml``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from heartgpt.training.result_files import (
     null_undefined,
     read_predictions,
 )
+from heartgpt.training.risk_coverage import add_risk_coverage
 from heartgpt.training.run import (
     INITIAL_WEIGHTS_KEYS,
     closing_wandb,
@@ -51,6 +54,7 @@ from heartgpt.training.run import (
     instantiate_all,
     start_trainer,
 )
+from heartgpt.training.wandb_artifacts import log_result_tables
 
 log = logging.getLogger(__name__)
 _CARRIED_HPARAMS = ("head",)  # fine-tuning settings a .ckpt knows better than the config
@@ -158,9 +162,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                             instantiate_all(cfg.get("logger")))
     with closing_wandb(trainer):
         results = trainer.test(module, datamodule=datamodule, verbose=False)
+        log_result_tables(trainer, cfg.paths.output_dir, "eval")  # W&B tables of the eval files
     report = eval_report(cfg, results[0] if results else {}, trainer.world_size)
     if trainer.is_global_zero:
         add_calibration(report, cfg, loaded)
+        add_risk_coverage(report, cfg, loaded)
         _, warning = verdict(report["metrics"])
         if warning:
             log.warning(warning)

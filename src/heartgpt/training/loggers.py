@@ -15,10 +15,19 @@ class WandbLogger(_LightningWandbLogger):
     """Lightning's WandbLogger, minus its noise: it no longer passes ``anonymous=None`` to
     ``wandb.init`` (wandb >= 0.19 warns on every run that the setting has no effect), and an
     offline run ends with one line saying how to upload it (with ``settings.quiet``, wandb's own
-    30-line history and summary footer is not printed)."""
+    30-line history and summary footer is not printed).
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    ``log_model``: the best and last checkpoints as model artifacts at the end of the run, with
+    their metrics and sha256 (:mod:`heartgpt.training.wandb_artifacts`; Lightning's own scanning
+    of every checkpoint stays off); ``log_tables``: the test/eval predictions and confusion
+    matrices as W&B tables and plots."""
+
+    def __init__(self, *args: Any, log_model: bool = False, log_tables: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, log_model=False, **kwargs)
+        if log_model not in (True, False):
+            raise ValueError(f"logger.wandb.log_model: true or false, got {log_model!r}")
+        self.log_checkpoints, self.log_tables = bool(log_model), bool(log_tables)
         if self._wandb_init.get("anonymous") is None:
             self._wandb_init.pop("anonymous", None)
         self._sync_hint_logged = False

@@ -38,6 +38,14 @@ def read_predictions(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def read_test_metrics(output_dir: str | Path) -> dict[str, Any]:
+    """``<run dir>/test_metrics.json`` ({} when the run was not tested)."""
+    import json
+
+    path = Path(output_dir) / TEST_METRICS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def undefined_metrics(metrics: dict, rows: list[dict]) -> dict[str, str]:
     """``{metric: reason}`` for the fold's test metrics that its held-out labels leave
     undefined (an AUROC over one class, a sensitivity without positives): torchmetrics reports

@@ -30,8 +30,9 @@ from heartgpt.model.gpt import GPTConfig
 from heartgpt.training.batching import apply_batch_plan
 from heartgpt.training.environments import detected_environments
 from heartgpt.training.renamed_keys import TRAIN_RENAMES, check_config, check_overrides
-from heartgpt.training.result_files import TEST_PREDICTIONS, write_test_metrics
+from heartgpt.training.result_files import TEST_PREDICTIONS, read_test_metrics, write_test_metrics
 from heartgpt.training.resume import mark_finished, resolve_ckpt_path, save_wandb_id, wandb_id_for
+from heartgpt.training.wandb_artifacts import log_checkpoints, log_result_tables
 
 log = logging.getLogger("heartgpt.train")  # what a run logs keeps its name in train.log
 CONF_MODULE = "heartgpt.conf"  # conf/ of the repository, installed as heartgpt.conf
@@ -186,12 +187,16 @@ def continue_wandb_run(cfg: DictConfig, ckpt_path: str | None) -> None:
             cfg.logger.wandb.id = run_id
 
 
-def train(cfg: DictConfig) -> float | None:
+def train(cfg: DictConfig, callbacks: list[L.Callback] | None = None) -> float | None:
     """Fit (and optionally test) the model of ``cfg``; return ``cfg.optimized_metric``.
 
     ``ckpt_path`` resumes model, optimiser, scheduler, step and data order from a checkpoint
     (``last``: the newest ``last.ckpt`` of this task's runs), continuing the same W&B run.
+    ``callbacks`` join those of ``cfg.callbacks`` (a search's pruning).
     """
+    if cfg.get("search"):
+        raise ConfigError("hparams_search", "a search preset runs with python -m heartgpt.search "
+                          "<the same overrides>, not heartgpt.train")
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     ensure_demo_shards(cfg)
@@ -210,7 +215,7 @@ def train(cfg: DictConfig) -> float | None:
                                   Path(cfg.paths.log_dir) / cfg.run_name)
     continue_wandb_run(cfg, ckpt_path)
     loggers: list[Logger] = instantiate_all(cfg.get("logger"))
-    callbacks: list[L.Callback] = instantiate_all(cfg.get("callbacks"))
+    callbacks = [*instantiate_all(cfg.get("callbacks")), *(callbacks or [])]
     if cfg.get("freeze") and "_target_" in cfg.freeze:
         callbacks.append(instantiate(cfg.freeze, _convert_="all"))
     if not loggers:  # nothing to log learning rates to (LearningRateMonitor would refuse)
@@ -229,7 +234,8 @@ def train(cfg: DictConfig) -> float | None:
                     "last": trainer.checkpoint_callback.last_model_path
                     if trainer.checkpoint_callback else "",
                     "initial_weights": plain_dict(cfg.get("initial_weights"))})
-        metric = trainer.callback_metrics.get(cfg.optimized_metric)
+        fit_metrics = dict(trainer.callback_metrics)  # before test replaces them
+        metric = fit_metrics.get(cfg.optimized_metric)
         best = tested_checkpoint(cfg, trainer)
         if cfg.get("test"):
             check_weights_to_test(cfg, trained=bool(cfg.get("train")), ckpt=best or ckpt_path,
@@ -240,7 +246,11 @@ def train(cfg: DictConfig) -> float | None:
                                                    if p.requires_grad)} if cfg.get("train") else {}
                 trained.update(test_calibration(cfg, best or ckpt_path))
                 write_test_metrics(cfg.paths.output_dir, results, best or ckpt_path, trained)
+                log_result_tables(trainer, cfg.paths.output_dir, "test")
         if trainer.checkpoint_callback is not None:
+            log_checkpoints(trainer, best, fit_metrics,
+                            best or ckpt_path if cfg.get("test") else None,
+                            read_test_metrics(cfg.paths.output_dir), cfg.optimized_metric)
             for lg in trainer.loggers:
                 lg.log_hyperparams({"checkpoints/best": best,
                                     "checkpoints/last": trainer.checkpoint_callback.last_model_path})
