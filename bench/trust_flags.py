@@ -368,7 +368,7 @@ def markdown(args: argparse.Namespace, flags: list[dict], rhythm: list[dict], co
               "finding and templatematch are most of the quality checks' time. The OOD score is "
               "one forward pass of the model, as scoring the window already costs: with the "
               "pooled hidden states of that pass (`heartgpt.model.trust.window_outputs`) only "
-              "the Mahalanobis distance (microseconds) is extra.", ""]
+              "the Mahalanobis distance (the table's last row) is extra.", ""]
     return "\n".join(lines)
 
 

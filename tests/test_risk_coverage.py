@@ -113,6 +113,8 @@ def test_metrics_of_each_kind_of_prediction_rows():
     assert window_metrics([{"row": "0", "positives": "3", "mean_prob": "0.1"}]) is None
     with pytest.raises(ConfigError, match="coverages"):
         check_settings({"coverages": [1.0, 1.5], "random_orders": 1})
+    with pytest.raises(ConfigError, match="max_windows"):
+        check_settings({"coverages": [1.0], "random_orders": 1, "max_windows": 0})
 
 
 def test_eval_writes_the_risk_coverage_of_a_model_holding_an_ood_reference(tmp_path):
@@ -141,8 +143,9 @@ def test_eval_writes_the_risk_coverage_of_a_model_holding_an_ood_reference(tmp_p
     report = evaluate(cfg)
     rc = json.loads((out / EVAL_METRICS).read_text())["risk_coverage"]
     assert rc == report["risk_coverage"]
-    assert rc["order"] == "OOD distance"  # 64-token windows: too short to judge quality
-    assert rc["quality_not_judged"] == rc["windows"] == report["windows"]
+    assert rc["order"].endswith("OOD distance") and rc["windows"] == report["windows"]
+    assert rc["quality_flagged"] + rc["quality_not_judged"] <= rc["windows"]
+    assert rc["flagged"] >= max(rc["quality_flagged"], rc["ood_flagged"])
     assert 0 <= rc["ood_flagged"] <= rc["windows"] and rc["metric"] == "auroc"
     with open(out / RISK_COVERAGE_CSV, newline="") as f:
         table = list(csv.DictReader(f))
@@ -151,4 +154,11 @@ def test_eval_writes_the_risk_coverage_of_a_model_holding_an_ood_reference(tmp_p
     assert float(table[0]["auroc"]) == pytest.approx(report["metrics"]["auroc"], abs=1e-4)
     assert (out / RISK_COVERAGE_PNG).stat().st_size > 0
     assert {RISK_COVERAGE_CSV, RISK_COVERAGE_PNG} <= set(report["files"])
-    assert Path(report["checkpoint"]).name == "af_ood.ckpt"
+    assert Path(report["checkpoint"]).name == "af_ood.ckpt" and rc["sampled_from"] is None
+    cfg = compose_eval(["task=af", f"checkpoint={ckpt}", f"data.shard_dir={shard_dir}",
+                        "data.num_workers=0", "logger=none", "risk_coverage.max_windows=10",
+                        "risk_coverage.quality=false"], output_dir=tmp_path / "sample")
+    sample = evaluate(cfg)["risk_coverage"]
+    assert sample["windows"] == sample["table"][0]["windows"] == 10
+    assert sample["sampled_from"] == report["windows"] > 10
+    assert sample["order"] == "OOD distance" and sample["quality_not_judged"] == 10

@@ -148,7 +148,8 @@ class AFScreen:
         scored = int(self.usable.sum())
         reliable = int(self.trust.reliable.sum())
         text = (f"mean of {reliable} reliable window{'s' if reliable != 1 else ''} of {scored}"
-                if reliable else f"mean of all {scored} windows, NONE reliable")
+                if reliable else f"mean of all {scored} window{'s' if scored != 1 else ''}, "
+                                 "NONE reliable")
         unreliable = int(self.trust.unreliable.sum())
         if unreliable:
             reasons = ", ".join(f"{r} {n}" for r, n in self.trust.reason_counts().items())

@@ -5,7 +5,7 @@ tokenising) by its signal quality (:mod:`heartgpt.data.signal_quality`) and, whe
 holds a reference of its training windows, by its out-of-distribution score (a distance and
 the threshold past which a window is unlike the training data). A window that fails either is
 ``unreliable`` with its reason; it keeps its own number, but the recording's headline numbers
-leave it out and say over how many windows they stand (:func:`headline`).
+leave it out and say over how many windows they stand.
 
 :func:`rhythm_check` finds the recording's beats once (a library detector, or the beats the
 caller has, e.g. the PPG beat model's) and measures the irregularity of the intervals in each
@@ -190,16 +190,3 @@ def disagreements(probs: np.ndarray, check: RhythmCheck, settings: TrustSettings
     return [disagreement(float(p), m, settings.rhythm) or ""
             for p, m in zip(probs.tolist(), check.windows, strict=True)]
 
-
-def headline(name: str, value: float, trust: WindowTrust, scored: int) -> str:
-    """A recording's number and what it stands on: ``P(AF) 0.04 over 41 of 48 windows; 7
-    unreliable: low quality (template) 5, out of distribution 2``."""
-    reliable = int(trust.reliable.sum())
-    text = f"{name} {value:.2f} over {reliable} of {scored} windows"
-    if reliable == 0:
-        text = f"{name} {value:.2f} over all {scored} windows, NONE reliable"
-    unreliable = int(trust.unreliable.sum())
-    if unreliable:
-        reasons = ", ".join(f"{r} {n}" for r, n in trust.reason_counts().items())
-        text += f"; {unreliable} unreliable: {reasons}"
-    return text

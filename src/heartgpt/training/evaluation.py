@@ -253,6 +253,14 @@ def print_summary(report: dict[str, Any], out: Path) -> None:
         reasons.setdefault(reason, []).append(name)
     for reason, names in reasons.items():
         console.print(f"  {', '.join(names)} {reason}", markup=False, soft_wrap=True)
+    rc = report.get("risk_coverage")
+    if rc:
+        metric, rows = rc["metric"], rc["table"]
+        cells = " | ".join(f"{100 * r['coverage']:.0f} % {_number(r[metric])} (random "
+                           f"{_number(r.get(metric + '_random'))})" for r in rows)
+        console.print(f"risk-coverage ({metric}; least reliable by {rc['order']} dropped first; "
+                      f"{rc['flagged']} of {rc['windows']} windows flagged): {cells}",
+                      markup=False, soft_wrap=True)
     for name in (EVAL_METRICS, *report["files"]):
         console.print(f"-> {out / name}", markup=False, soft_wrap=True)
 
