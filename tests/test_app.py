@@ -43,6 +43,7 @@ from heartgpt.app.demos import DEMOS, demo_signal
 from heartgpt.app.generate_tab import generate_run
 from heartgpt.app.inputs import AUTO, load_for, read_input_signal
 from heartgpt.app.session import Sessions
+from heartgpt.data.signal_quality import load_trust
 from heartgpt.data.tokenizer import get_modality, tokenize_context
 from heartgpt.errors import InputError
 from heartgpt.inference.af_screening import screen_af, write_csv
@@ -54,6 +55,7 @@ from heartgpt.inference.interpretability import (
     homonyms,
     trace_signal,
 )
+from heartgpt.inference.window_trust import TrustContext
 from heartgpt.model.checkpoints import WEIGHTS_ENV, load_model
 from heartgpt.model.safetensors_file import save_safetensors
 from tiny import tiny_gpt
@@ -558,16 +560,17 @@ def test_app_in_a_browser(ckpt_dir, inputs, tmp_path):
         _status(page, "af", "gaps.csv: 1500 samples, 15 NaN/inf")
         page.click("#af-run")
         gaps = read_input_signal(str(inputs["nan"]), None, None, AUTO, True).samples
-        af = screen_af(models["af"], gaps, RATE, "ppg")
+        trust = TrustContext(load_trust())  # the app's checks (the tiny model: no reference)
+        af = screen_af(models["af"], gaps, RATE, "ppg", trust=trust)
         text = _status(page, "af", "gaps.csv: P(AF) =")
-        assert f"P(AF) = {af.recording_prob:.4f} (mean of {int(af.usable.sum())} window" in text
+        assert f"P(AF) = {af.recording_prob:.4f} ({af.averaged_text()}" in text
         assert f"{len(af.skipped)} window(s) skipped" in text
         _upload(page, "af", inputs["good"])
         page.click("#af-run")
         assert "Attention shift (last 64 samples)" in _status(page, "af", "context.csv: P(AF)")
         files = _downloads(page, "af")
         assert files["context_af.csv"] == _library_csv(
-            write_csv, screen_af(models["af"], x, RATE, "ppg"), tmp_path)
+            write_csv, screen_af(models["af"], x, RATE, "ppg", trust=trust), tmp_path)
         shift = attention_shift(models["lm"], models["af"], tokenize_context(x, RATE, PPG, 64))
         got = np.array(_csv(files["context_attention_shift.csv"])[1:], dtype=np.float64)
         np.testing.assert_allclose(got[:, 2], shift, atol=1e-7)
@@ -655,7 +658,8 @@ def test_app_with_released_weights(weights_dir, example_inputs_dir, tmp_path):
         _tab(page, "AF screening")
         _upload(page, "af", ex / "example_context_ECG_AFib1.csv")
         page.click("#af-run")
-        text = _status(page, "af", "P(AF) = 0.9914 (mean of 1 window; 500 samples each)")
+        text = _status(page, "af", "P(AF) = 0.9914 (mean of 1 reliable window of 1; 500 samples "
+                                   "each)")
         assert "Attention shift (last 500 samples)" in text  # against ECGPT_560k, the default
         app.shot("af", "af-figure", "af-shift")
 

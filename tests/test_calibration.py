@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from heartgpt.data.demo import build_demo
 from heartgpt.files import sha256_file
 from heartgpt.heads.calibration import (
     fit_ood_reference,
@@ -32,23 +31,23 @@ from heartgpt.model.trust import (
 from heartgpt.training.calibration_run import calibrate
 from heartgpt.training.evaluation import evaluate
 from heartgpt.training.run import train
-from training_helpers import TINY_MODEL, compose_eval, compose_train
+from training_helpers import (
+    TINY_CALIBRATED_AF,
+    TINY_MODEL,
+    build_ecg_demo_500,
+    compose_eval,
+    compose_train,
+)
 
+TINY_AF = TINY_CALIBRATED_AF
 FAST = ["debug=fast", "logger=csv", "callbacks.progress.mode=log",
         "callbacks.rich_model_summary=null", "data.global_batch_size=4"]
-TINY_AF = [*FAST, *TINY_MODEL, "task=af", "test=true", "data.test_fraction=0.5",
-           "trainer.limit_test_batches=1.0", "trainer.max_steps=4", "trainer.val_check_interval=2",
-           "trainer.limit_val_batches=1.0", "callbacks.calibration.max_reference_windows=16"]
 
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
     """SYNTHETIC ECG demo shards with 500-sample fine-tuning windows (the released context)."""
-    root = tmp_path_factory.mktemp("data")
-    build_demo(root / "demo" / "ecg", "ecg", subjects=6, seconds=40, seed=0,
-               pretrain_samples=501, finetune_samples=500, finetune_stride=250,
-               beat_tolerance=0, rows_per_shard=64)
-    return root
+    return build_ecg_demo_500(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
@@ -170,11 +169,8 @@ def _calibrate(overrides: list[str], data_dir: Path, out: Path) -> dict:
 @pytest.fixture(scope="module")
 def more_data(tmp_path_factory) -> Path:
     """SYNTHETIC ECG demo shards of 8 subjects x 2 min (about 47 windows of 500 each)."""
-    root = tmp_path_factory.mktemp("more")
-    build_demo(root / "demo" / "ecg", "ecg", subjects=8, seconds=120, seed=0,
-               pretrain_samples=501, finetune_samples=500, finetune_stride=250,
-               beat_tolerance=0, rows_per_shard=128)
-    return root
+    return build_ecg_demo_500(tmp_path_factory.mktemp("more"), subjects=8, seconds=120,
+                              rows_per_shard=128)
 
 
 @pytest.mark.shared

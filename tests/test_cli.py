@@ -115,16 +115,17 @@ def test_screen_af_with_infinite_and_nan_runs(files, tmp_path, capsys, seconds):
 
 
 def test_screen_af_tail(files, tmp_path, capsys):
-    """300 samples, windows of 64 every 16: 0..224, and (align) one more ending at the end."""
+    """300 samples, windows of 64 every 16: 0..224, and (align) one more ending at the end
+    (the bare probabilities: ``--trust none``; the trust columns: tests/test_window_trust.py)."""
     ok(capsys, screen_af.main([files["good"], "-c", files["af"], "--stride", "16",
-                               "-o", str(tmp_path)]))
+                               "--trust", "none", "-o", str(tmp_path)]))
     align = json.loads((tmp_path / "good_af.json").read_text())
     rows = (tmp_path / "good_af.csv").read_text().splitlines()
     assert rows[0].endswith(",overlaps_previous") and rows[-1].startswith("15,236,300,")
     assert [r[-1] for r in rows[1:]] == ["0"] * 15 + ["1"]
     assert (align["tail"], align["tail_window"], align["averaged_windows"]) == ("align", 15, "0-15")
     out = ok(capsys, screen_af.main([files["good"], "-c", files["af"], "--stride", "16",
-                                     "--tail", "drop", "-o", str(tmp_path)]))
+                                     "--tail", "drop", "--trust", "none", "-o", str(tmp_path)]))
     assert "mean of 15 windows)" in out and "last 12 samples in no window" in out
     drop = json.loads((tmp_path / "good_af.json").read_text())
     assert (drop["n_windows"], drop["tail_window"], drop["uncovered_end_samples"]) == (15, None, 12)

@@ -250,9 +250,8 @@ def test_documented_commands_run_as_typed(shared_dir, tmp_path):
                if s.is_dir()]
     assert [re.search(r"freeze=(\w+)", o).group(1) for o in freezes] == ["head", "last_block", "full"]
     # the search wrote its best parameters; the heads' sweep checked what each run expects
-    (search,) = [s for s in (cwd / "outputs" / "af_ecg" / "multiruns").iterdir()
-                 if (s / "optimization_results.yaml").is_file()]
-    assert "best_params" in (search / "optimization_results.yaml").read_text()
+    (search,) = (cwd / "outputs" / "af_ecg" / "searches").glob("*/optimization_results.yaml")
+    assert "best_params" in search.read_text()
     (heads,) = (cwd / "outputs" / "demo_heads" / "multiruns").iterdir()
     with open(heads / "comparison.csv", newline="") as f:
         table = list(csv.DictReader(f))

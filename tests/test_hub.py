@@ -16,7 +16,7 @@ import pytest
 import torch
 import yaml
 
-from heartgpt.data.demo import build_demo, draw_subjects, synthesize
+from heartgpt.data.demo import draw_subjects, synthesize
 from heartgpt.errors import InputError
 from heartgpt.export import export
 from heartgpt.inference.predictor import predict
@@ -27,15 +27,10 @@ from heartgpt.predict import compose_config
 from heartgpt.training.run import train
 from test_export_heads import HEADS, write_ckpt
 from tiny import tiny_gpt
-from training_helpers import TINY_MODEL, compose_train
+from training_helpers import TINY_CALIBRATED_AF, build_ecg_demo_500, compose_train
 
-FAST = ["debug=fast", "logger=csv", "callbacks.progress.mode=log",
-        "callbacks.rich_model_summary=null", "data.global_batch_size=4"]
 # 500-token windows (5 s at 100 Hz): predict's signal-quality checks need seconds, not 0.64 s
-TINY_AF = [*FAST, *TINY_MODEL, "model.block_size=500", "task=af", "modality=ecg", "test=true", "data.test_fraction=0.5",
-           "trainer.limit_test_batches=1.0", "trainer.max_steps=4",
-           "trainer.val_check_interval=2", "trainer.limit_val_batches=1.0",
-           "callbacks.calibration.max_reference_windows=16"]
+TINY_AF = [*TINY_CALIBRATED_AF, "model.block_size=500", "modality=ecg"]
 
 
 def hub_export(checkpoint: Path, out: Path, *extra: str) -> Path:
@@ -109,11 +104,7 @@ def test_a_released_model_as_a_hub_folder(weights_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    build_demo(root / "demo" / "ecg", "ecg", subjects=6, seconds=40, seed=0,
-               pretrain_samples=501, finetune_samples=500, finetune_stride=250,
-               beat_tolerance=0, rows_per_shard=64)
-    return root
+    return build_ecg_demo_500(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")

@@ -107,7 +107,7 @@ def test_a_confusion_matrix_and_a_folder_are_logged(tmp_path):
     (hub / "config.json").write_text("{}")
     (hub / "sub" / "model.safetensors").write_bytes(b"\0" * 64)
     logger = WandbLogger(project="heartgpt", save_dir=str(tmp_path), offline=True,
-                         settings={"quiet": True})
+                         settings={"quiet": True}, log_model=False, log_tables=True)
     trainer = SimpleNamespace(is_global_zero=True, loggers=[logger])
     try:
         keys = log_result_tables(trainer, run_dir, "eval")

@@ -23,6 +23,26 @@ TINY_MODEL = ["model.n_layer=2", "model.n_embd=32", "model.n_head=4", "model.blo
 FAST = ["debug=fast", *TINY_MODEL]
 
 
+# A tiny AF fine-tune that tests and calibrates itself (the calibration callback on a small
+# reference), on shards of build_ecg_demo_500
+TINY_CALIBRATED_AF = ["debug=fast", "logger=csv", "callbacks.progress.mode=log",
+                      "callbacks.rich_model_summary=null", "data.global_batch_size=4", *TINY_MODEL,
+                      "task=af", "test=true", "data.test_fraction=0.5",
+                      "trainer.limit_test_batches=1.0", "trainer.max_steps=4",
+                      "trainer.val_check_interval=2", "trainer.limit_val_batches=1.0",
+                      "callbacks.calibration.max_reference_windows=16"]
+
+
+def build_ecg_demo_500(root: Path, subjects: int = 6, seconds: float = 40,
+                       rows_per_shard: int = 64) -> Path:
+    """SYNTHETIC ECG demo shards under ``<root>/demo/ecg`` with 500-sample fine-tuning windows
+    (the released context) every 250 samples; returns ``root`` (the data_dir)."""
+    build_demo(root / "demo" / "ecg", "ecg", subjects=subjects, seconds=seconds, seed=0,
+               pretrain_samples=501, finetune_samples=500, finetune_stride=250,
+               beat_tolerance=0, rows_per_shard=rows_per_shard)
+    return root
+
+
 def build_tiny_demo(data_dir: Path) -> Path:
     """SYNTHETIC demo shards for both modalities under ``<data_dir>/demo`` (8 subjects, 60 s)."""
     for modality in ("ecg", "ppg"):

@@ -22,8 +22,8 @@ class WandbLogger(_LightningWandbLogger):
     of every checkpoint stays off); ``log_tables``: the test/eval predictions and confusion
     matrices as W&B tables and plots."""
 
-    def __init__(self, *args: Any, log_model: bool = False, log_tables: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(self, *args: Any, log_model: bool, log_tables: bool, **kwargs: Any) -> None:
+        # no defaults: conf/logger/wandb.yaml holds them (one source of the settings)
         super().__init__(*args, log_model=False, **kwargs)
         if log_model not in (True, False):
             raise ValueError(f"logger.wandb.log_model: true or false, got {log_model!r}")
