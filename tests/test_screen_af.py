@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from heartgpt.data.readers import read_signal
+from heartgpt.data.signal_quality import load_trust
 from heartgpt.inference.af_screening import (
     af_probabilities,
     index_ranges,
@@ -15,6 +16,7 @@ from heartgpt.inference.af_screening import (
     window_starts,
     write_csv,
 )
+from heartgpt.inference.window_trust import trust_context
 from heartgpt.model import GPT
 from heartgpt.model.checkpoints import load_model
 from tiny import tiny_gpt
@@ -45,6 +47,13 @@ def test_released_af_probability(name, weights, rate, weights_dir, reference_dir
     assert result.probs[0] == pytest.approx(float(ref["af_prob"]), abs=1e-5)
     assert result.recording_prob == pytest.approx(float(ref["af_prob"]), abs=1e-5)
     assert result.fraction_above == 1.0
+    # with the trust checks the tools run by default: the same probability, judged reliable
+    # (a released file stores no temperature and no OOD reference: nothing rescales it)
+    trusted = screen_af(loaded.model, signal, rate, loaded.modality,
+                        trust=trust_context(loaded, load_trust()))
+    assert trusted.raw_probs is None and trusted.trust.reliable.all()
+    assert trusted.recording_prob == pytest.approx(float(ref["af_prob"]), abs=1e-5)
+    assert trusted.summary()["ood_available"] is False
 
 
 def test_window_starts_cover_the_end():

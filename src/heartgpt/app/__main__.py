@@ -6,6 +6,7 @@ Without a FOLDER it looks for checkpoints in ``$HEARTGPT_WEIGHTS``, ``./weights`
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
 import sys
 
@@ -34,9 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Serve until Ctrl-C / SIGTERM; returns the exit status."""
     args = build_parser().parse_args(argv)
-    try:
-        import gradio  # noqa: F401  (the optional extra; every tab is built with it)
-    except ImportError:
+    # found, not imported: gradio reads $GRADIO_TEMP_DIR when imported, and serve() sets it
+    # first (to the app's own temporary folder, removed at exit)
+    if importlib.util.find_spec("gradio") is None:  # the optional extra
         print(MISSING_EXTRA, file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
