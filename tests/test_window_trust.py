@@ -15,6 +15,7 @@ import torch
 
 from heartgpt.app.demos import DEMOS, demo_signal
 from heartgpt.data.signal_quality import load_trust
+from heartgpt.data.tokenizer import tokenize_window
 from heartgpt.inference.af_screening import screen_af
 from heartgpt.inference.window_trust import TrustContext
 from tiny import tiny_gpt
@@ -115,3 +116,35 @@ def test_windows_past_the_ood_threshold_are_unreliable(trust):
     assert res.window_rows()[0]["ood_score"] == 99.0
     near = dataclasses.replace(far, ood=lambda tokens: np.zeros(len(tokens)))
     assert screen_af(model, x, RATE, "ecg", stride=500, trust=near).trust.reliable.all()
+
+
+def test_the_ood_score_comes_from_the_scoring_pass(trust, tmp_path):
+    """With a model holding a reference, ``screen_af`` reads each window's OOD distance off the
+    hidden states its probabilities came from (one forward pass): the same distances as a
+    separate pass, and the same probabilities as without the checks."""
+    from heartgpt.heads.calibration import fit_ood_reference
+    from heartgpt.inference.window_trust import trust_context
+    from heartgpt.model.checkpoints import load_model
+    from heartgpt.model.safetensors_file import save_safetensors
+
+    model = tiny_gpt(vocab_size=101, block_size=500, out_features=1)
+    path = save_safetensors(model, tmp_path / "af.safetensors", modality="ecg", task="af")
+    rng = np.random.default_rng(0)
+    tokens = torch.as_tensor(rng.integers(0, 101, (24, 500)))
+    with torch.no_grad():
+        features = model.hidden(tokens).mean(dim=1)
+    reference = fit_ood_reference(features[:16], features[16:], [0.5, 0.99], 0.99, None, "mean")
+    loaded = dataclasses.replace(load_model(path), ood_reference=reference)
+    context = trust_context(loaded, trust.settings)
+    assert context.ood_hidden is not None
+
+    def no_second_pass(tokens: np.ndarray) -> np.ndarray:
+        raise AssertionError("a second forward pass for the OOD score")
+
+    x = np.asarray(demo_signal(SINUS), dtype=np.float64)
+    res = screen_af(loaded.model, x, RATE, "ecg", stride=500,
+                    trust=dataclasses.replace(context, ood=no_second_pass))
+    windows = np.stack([tokenize_window(res.signal[s : s + 500]) for s in res.starts])
+    np.testing.assert_allclose(res.trust.ood, context.ood(windows), rtol=1e-6)
+    bare = screen_af(loaded.model, x, RATE, "ecg", stride=500)
+    np.testing.assert_array_equal(res.probs, bare.probs)

@@ -267,12 +267,22 @@ def af_probabilities(model: GPT | AppliedHead, tokens: np.ndarray | torch.Tensor
     """P(AF) of each window (W, T) -> (W,): ``sigmoid`` of the 1-output head at the last
     position of a GPT, or the positive column of a binary :class:`AppliedHead` (a head pooling
     other positions: :func:`~heartgpt.inference.loading.window_probability_model`)."""
+    if not isinstance(model, AppliedHead):
+        return af_probabilities_and_hidden(model, tokens)[0]
     x = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=model_device(model))
     with eval_mode(model):
-        if isinstance(model, AppliedHead):
-            return model(x)[:, 1].double().cpu().numpy()  # (W, 2): [1 - p, p]
-        out = model(x)[:, -1, 0]  # (W,)
-    return torch.sigmoid(out).double().cpu().numpy()
+        return model(x)[:, 1].double().cpu().numpy()  # (W, 2): [1 - p, p]
+
+
+def af_probabilities_and_hidden(model: GPT, tokens: np.ndarray | torch.Tensor
+                                ) -> tuple[np.ndarray, torch.Tensor]:
+    """:func:`af_probabilities` of a GPT and the hidden states (W, T, C) it read them from
+    (``forward`` is ``head(hidden(x))``: the same numbers), for the OOD score in one pass."""
+    x = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=model_device(model))
+    with eval_mode(model):
+        hidden = model.hidden(x)  # (W, T, C)
+        out = model.head(hidden)[:, -1, 0]  # (W,)
+    return torch.sigmoid(out).double().cpu().numpy(), hidden
 
 
 def no_usable_window(n_windows: int, skipped: dict[int, str]) -> ValueError:
@@ -339,8 +349,14 @@ def screen_af(
     batch_idx: list[int] = []
     batch: list[np.ndarray] = []
 
+    from_hidden = trust.ood_hidden if trust is not None and isinstance(model, GPT) else None
+
     def run_batch() -> None:
         tokens = np.stack(batch)
+        if from_hidden is not None:  # one forward pass: the probability and the OOD score
+            probs[batch_idx], hidden = af_probabilities_and_hidden(model, tokens)
+            ood[batch_idx] = from_hidden(hidden)
+            return
         probs[batch_idx] = af_probabilities(model, tokens)
         if score_ood is not None:
             ood[batch_idx] = score_ood(tokens)
@@ -357,7 +373,8 @@ def screen_af(
         raise no_usable_window(len(starts), skipped)
     res = AFScreen(x, mod.sample_rate, window, starts, probs, skipped, threshold, stride, tail)
     if trust is not None:
-        add_trust(res, trust, mod.name, ood if score_ood is not None else None)
+        scored_ood = score_ood is not None or from_hidden is not None
+        add_trust(res, trust, mod.name, ood if scored_ood else None)
     return res
 
 

@@ -30,7 +30,7 @@ from heartgpt.data.rhythm import (
     rhythm_verdict,
 )
 from heartgpt.data.signal_quality import TrustSettings, recording_quality
-from heartgpt.heads.calibration import logits_of, scaled_probabilities
+from heartgpt.heads.calibration import logits_of, pooled_hidden, scaled_probabilities
 from heartgpt.model.checkpoint_format import LoadedModel
 from heartgpt.model.trust import ood_scores
 
@@ -48,6 +48,9 @@ class TrustContext:
     ood: Callable[[np.ndarray], np.ndarray] | None = None  # tokens (B, T) -> (B,) distances
     ood_threshold: float | None = None
     calibration_kind: str = "binary"  # of the temperature: 'binary' | 'multiclass'
+    # the same distances from hidden states (B, T, C) the scoring pass already computed (one
+    # forward pass instead of two); None where the reference's pooling needs the head
+    ood_hidden: Callable[[torch.Tensor], np.ndarray] | None = None
 
     def calibrated(self, probs: np.ndarray) -> np.ndarray:
         """Binary probabilities ``probs`` rescaled by a binary temperature (as they are without
@@ -85,7 +88,13 @@ def trust_context(loaded: LoadedModel, settings: TrustSettings) -> TrustContext:
             scores = ood_scores(loaded, tokens=torch.as_tensor(tokens, dtype=torch.long))
         return scores.double().numpy()
 
-    return TrustContext(settings, temperature, ood, float(ref.threshold), kind)
+    def ood_hidden(hidden: torch.Tensor) -> np.ndarray:
+        with torch.no_grad():
+            pooled = pooled_hidden(ref.pooling, None, hidden)  # mean / last: no head needed
+            return ood_scores(loaded, pooled=pooled).double().numpy()
+
+    from_hidden = ood_hidden if ref.pooling in ("mean", "last") else None
+    return TrustContext(settings, temperature, ood, float(ref.threshold), kind, from_hidden)
 
 
 @dataclass
