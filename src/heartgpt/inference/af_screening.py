@@ -267,11 +267,14 @@ def af_probabilities(model: GPT | AppliedHead, tokens: np.ndarray | torch.Tensor
     """P(AF) of each window (W, T) -> (W,): ``sigmoid`` of the 1-output head at the last
     position of a GPT, or the positive column of a binary :class:`AppliedHead` (a head pooling
     other positions: :func:`~heartgpt.inference.loading.window_probability_model`)."""
-    if not isinstance(model, AppliedHead):
+    if isinstance(model, GPT):
         return af_probabilities_and_hidden(model, tokens)[0]
     x = torch.as_tensor(np.asarray(tokens), dtype=torch.long, device=model_device(model))
     with eval_mode(model):
-        return model(x)[:, 1].double().cpu().numpy()  # (W, 2): [1 - p, p]
+        if isinstance(model, AppliedHead):
+            return model(x)[:, 1].double().cpu().numpy()  # (W, 2): [1 - p, p]
+        out = model(x)[:, -1, 0]  # (W,): an ONNX export (forward only, no hidden states)
+    return torch.sigmoid(out).double().cpu().numpy()
 
 
 def af_probabilities_and_hidden(model: GPT, tokens: np.ndarray | torch.Tensor
